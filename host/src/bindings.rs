@@ -1,0 +1,34 @@
+//! Host bindings generated from `../wit`. The shared interfaces (types, log, config)
+//! are generated once in `base`; each world maps them in with `with` so a `Batch`
+//! from an ingest stage is the same Rust type a transform stage takes.
+
+pub mod base {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "quiver:ml/base",
+    });
+}
+
+macro_rules! world {
+    ($module:ident, $world:literal) => {
+        pub mod $module {
+            wasmtime::component::bindgen!({
+                path: "../wit",
+                world: $world,
+                exports: { default: async },
+                with: {
+                    "quiver:ml/types@0.1.0": crate::bindings::base::quiver::ml::types,
+                    "quiver:ml/log@0.1.0": crate::bindings::base::quiver::ml::log,
+                    "quiver:ml/config@0.1.0": crate::bindings::base::quiver::ml::config,
+                },
+            });
+        }
+    };
+}
+
+world!(ingest, "quiver:ml/ingest");
+world!(transform, "quiver:ml/transform");
+
+pub use base::quiver::ml::types::{
+    Batch, Column, Error as GuestError, Field, Ingested, RejectedRow,
+};

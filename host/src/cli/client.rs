@@ -1,0 +1,115 @@
+//! HTTP client of the admin API and the invoke route.
+
+use anyhow::{bail, Context as _};
+use serde_json::Value;
+
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    tenant: String,
+}
+
+pub fn split_name(s: &str) -> (&str, Option<&str>) {
+    crate::functions::split_ref(s)
+}
+
+impl Client {
+    pub fn new(server: &str, tenant: &str) -> anyhow::Result<Self> {
+        Ok(Client {
+            http: reqwest::Client::builder().build()?,
+            base: server.trim_end_matches('/').to_string(),
+            tenant: tenant.to_string(),
+        })
+    }
+
+    fn admin(&self, path: &str) -> String {
+        format!("{}/admin/v1/tenants/{}/{path}", self.base, self.tenant)
+    }
+
+    async fn json(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> anyhow::Result<(reqwest::header::HeaderMap, Value)> {
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("connecting to {} (is `quiver serve` running?)", self.base))?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await?;
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if !status.is_success() {
+            match body["error"]["message"].as_str() {
+                Some(m) => bail!(
+                    "{m} ({status}, {})",
+                    body["error"]["code"].as_str().unwrap_or("error")
+                ),
+                None => bail!("{status}: {body}"),
+            }
+        }
+        Ok((headers, body))
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        Ok(self.json(self.http.get(self.admin(path))).await?.1)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        Ok(self
+            .json(self.http.post(self.admin(path)).json(body))
+            .await?
+            .1)
+    }
+
+    pub async fn deploy(
+        &self,
+        manifest_toml: &str,
+        component: Option<Vec<u8>>,
+    ) -> anyhow::Result<Value> {
+        let mut form = reqwest::multipart::Form::new().text("manifest", manifest_toml.to_string());
+        if let Some(bytes) = component {
+            form = form.part(
+                "component",
+                reqwest::multipart::Part::bytes(bytes).mime_str("application/wasm")?,
+            );
+        }
+        Ok(self
+            .json(self.http.post(self.admin("functions")).multipart(form))
+            .await?
+            .1)
+    }
+
+    /// Invoke `name[@version]`; returns the serving version and the result.
+    pub async fn invoke(
+        &self,
+        function: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<(String, Value)> {
+        let url = format!("{}/fn/{}/{function}", self.base, self.tenant);
+        let (headers, out) = self
+            .json(
+                self.http
+                    .post(url)
+                    .header("content-type", content_type)
+                    .body(body),
+            )
+            .await?;
+        let version = headers
+            .get("x-quiver-version")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("?")
+            .to_string();
+        Ok((version, out))
+    }
+
+    pub async fn raw_get(&self, path: &str) -> anyhow::Result<String> {
+        let resp = self.http.get(format!("{}{path}", self.base)).send().await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            bail!("GET {path}: {status}: {text}");
+        }
+        Ok(text)
+    }
+}

@@ -1,0 +1,320 @@
+//! The `quiver` command line: a thin client of the admin API, plus `serve` and `demo`.
+
+mod build;
+mod client;
+mod demo;
+
+use crate::manifest::Manifest;
+use crate::ServerConfig;
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use client::Client;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "quiver",
+    version,
+    about = "Serverless WebAssembly for ML pipelines"
+)]
+pub struct Cli {
+    /// Quiver server to talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "QUIVER_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    server: String,
+    /// Tenant whose functions to act on.
+    #[arg(long, global = true, env = "QUIVER_TENANT", default_value = "default")]
+    tenant: String,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "QUIVER_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// Where the registry, blobs and compiled artifacts live.
+    #[arg(long, env = "QUIVER_DATA_DIR", default_value = ".quiver")]
+    data_dir: PathBuf,
+    /// Largest request body accepted by /fn and /http routes.
+    #[arg(long, env = "QUIVER_MAX_BODY", default_value = "16MiB")]
+    max_body: bytesize::ByteSize,
+}
+
+impl ServeArgs {
+    fn config(&self) -> ServerConfig {
+        ServerConfig {
+            listen: self.listen,
+            data_dir: self.data_dir.clone(),
+            max_body: self.max_body.as_u64() as usize,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the Quiver host.
+    Serve(ServeArgs),
+    /// Start a host on embedded defaults, deploy the first-party functions and a
+    /// pipeline, send the sample records through and print the results.
+    Demo {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// The first-party functions directory.
+        #[arg(long, default_value = "functions")]
+        functions: PathBuf,
+        /// Keep serving after the demo instead of exiting.
+        #[arg(long)]
+        keep_serving: bool,
+    },
+    /// Build (if needed) and upload a function directory, a pipeline or a .wasm file.
+    Deploy {
+        path: PathBuf,
+        /// Override the manifest's name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Override the manifest's version.
+        #[arg(long)]
+        version: Option<String>,
+        /// The kind of a bare .wasm (ingest, transform, inference, monitor, trainer, http).
+        #[arg(long)]
+        kind: Option<String>,
+    },
+    /// Invoke a function: NAME or NAME@VERSION.
+    Invoke {
+        function: String,
+        /// The request body: JSON text, or @FILE to read it from a file.
+        #[arg(long, short)]
+        data: String,
+        #[arg(long, default_value = "application/json")]
+        content_type: String,
+    },
+    /// List functions and the versions serving them.
+    Ls,
+    /// List the versions of a function.
+    Versions { name: String },
+    /// Serve the previous version of a function (or --to VERSION).
+    Rollback {
+        name: String,
+        #[arg(long)]
+        to: Option<String>,
+    },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = Client::new(&cli.server, &cli.tenant)?;
+    match cli.command {
+        Command::Serve(args) => {
+            let server = crate::start(&args.config()).await?;
+            println!("quiver listening on http://{}", server.addr);
+            tokio::select! {
+                r = server.handle => r?,
+                _ = tokio::signal::ctrl_c() => Ok(()),
+            }
+        }
+        Command::Demo {
+            serve,
+            functions,
+            keep_serving,
+        } => demo::run(&serve.config(), &functions, keep_serving, &cli.tenant).await,
+        Command::Deploy {
+            path,
+            name,
+            version,
+            kind,
+        } => {
+            let out = deploy(&client, &path, name, version, kind, !cli.json).await?;
+            match cli.json {
+                true => println!("{out}"),
+                false => println!(
+                    "{} {}@{} ({}) {}",
+                    if out["unchanged"] == true {
+                        "unchanged"
+                    } else {
+                        "deployed"
+                    },
+                    s(&out["name"]),
+                    s(&out["version"]),
+                    s(&out["kind"]),
+                    s(&out["digest"])
+                ),
+            }
+            Ok(())
+        }
+        Command::Invoke {
+            function,
+            data,
+            content_type,
+        } => {
+            let body = match data.strip_prefix('@') {
+                Some(file) => std::fs::read(file).with_context(|| format!("reading {file}"))?,
+                None => data.into_bytes(),
+            };
+            let (version, out) = client.invoke(&function, &content_type, body).await?;
+            match cli.json {
+                true => println!("{}", serde_json::json!({"version": version, "result": out})),
+                false => {
+                    eprintln!("served by {}@{version}", client::split_name(&function).0);
+                    println!("{}", serde_json::to_string_pretty(&out)?);
+                }
+            }
+            Ok(())
+        }
+        Command::Ls => {
+            let out = client.get("functions").await?;
+            if cli.json {
+                println!("{out}");
+                return Ok(());
+            }
+            println!("{:<24} {:<10} {:<10} DIGEST", "NAME", "VERSION", "KIND");
+            for f in out["functions"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<24} {:<10} {:<10} {}",
+                    s(&f["name"]),
+                    s(&f["version"]),
+                    s(&f["kind"]),
+                    short(&f["digest"])
+                );
+            }
+            Ok(())
+        }
+        Command::Versions { name } => {
+            let out = client.get(&format!("functions/{name}/versions")).await?;
+            if cli.json {
+                println!("{out}");
+                return Ok(());
+            }
+            println!(
+                "  {:<10} {:<22} {:>10} DIGEST",
+                "VERSION", "CREATED", "SIZE"
+            );
+            for v in out["versions"].as_array().into_iter().flatten() {
+                let mark = if v["version"] == out["serving"] {
+                    "*"
+                } else {
+                    " "
+                };
+                println!(
+                    "{mark} {:<10} {:<22} {:>10} {}",
+                    s(&v["version"]),
+                    s(&v["created_at"]),
+                    v["size"],
+                    short(&v["digest"])
+                );
+            }
+            Ok(())
+        }
+        Command::Rollback { name, to } => {
+            let out = client
+                .post_json(
+                    &format!("functions/{name}/rollback"),
+                    &serde_json::json!({ "to": to }),
+                )
+                .await?;
+            match cli.json {
+                true => println!("{out}"),
+                false => println!("{name} now serves {}", s(&out["serving"])),
+            }
+            Ok(())
+        }
+    }
+}
+
+fn s(v: &Value) -> String {
+    v.as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| v.to_string())
+}
+
+fn short(v: &Value) -> String {
+    let d = s(v);
+    d.get(..19).map(|p| format!("{p}…")).unwrap_or(d)
+}
+
+/// Resolve what to upload from a path, apply overrides, build if needed, upload.
+pub(crate) async fn deploy(
+    client: &Client,
+    path: &Path,
+    name: Option<String>,
+    version: Option<String>,
+    kind: Option<String>,
+    progress: bool,
+) -> anyhow::Result<Value> {
+    let (mut manifest, component_path) = if path.is_dir() {
+        let manifest_path = path.join("quiver.toml");
+        let text = std::fs::read_to_string(&manifest_path)
+            .with_context(|| format!("reading {}", manifest_path.display()))?;
+        let mut manifest =
+            Manifest::parse(&text).with_context(|| manifest_path.display().to_string())?;
+        if let Some(k) = kind {
+            manifest.function.kind = k;
+        }
+        let wasm = match manifest.function.kind.as_str() {
+            "pipeline" => None,
+            _ if path.join("Cargo.toml").is_file() => {
+                Some(build::build_component(path, progress).await?)
+            }
+            _ => bail!(
+                "{} has no Cargo.toml to build; deploy a .wasm file with --kind instead",
+                path.display()
+            ),
+        };
+        (manifest, wasm)
+    } else if path.is_file() {
+        let kind = kind.context("deploying a bare .wasm needs --kind")?;
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("function")
+            .replace('_', "-");
+        let version = version
+            .clone()
+            .context("deploying a bare .wasm needs --version")?;
+        let manifest = Manifest {
+            function: crate::manifest::FunctionSection {
+                name: stem,
+                version,
+                kind,
+            },
+            scaling: None,
+            limits: None,
+            triggers: None,
+            models: Default::default(),
+            config: Default::default(),
+            pipeline: None,
+        };
+        (manifest, Some(path.to_path_buf()))
+    } else {
+        bail!("{} does not exist", path.display());
+    };
+    if let Some(n) = name {
+        manifest.function.name = n;
+    }
+    if let Some(v) = version {
+        manifest.function.version = v;
+    }
+    manifest.check()?;
+    let component = match &component_path {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+        None => None,
+    };
+    let spinner = build::spinner(
+        progress,
+        format!(
+            "uploading {}@{}",
+            manifest.function.name, manifest.function.version
+        ),
+    );
+    let out = client.deploy(&manifest.to_toml()?, component).await;
+    spinner.finish_and_clear();
+    out
+}

@@ -1,0 +1,186 @@
+//! JSON rows <-> columnar batches, at the edge of the host only: stages inside a
+//! pipeline pass batches to each other directly.
+
+use crate::bindings::{Batch, Column, Field};
+use serde_json::{Map, Number, Value};
+
+/// Accepts an array of objects, one object, or `{"rows": [...]}`. Column types follow
+/// the values: all integers -> int64, any fraction -> float64, strings -> text,
+/// booleans -> boolean. Every row must have every field; null is not a value.
+pub fn json_to_batch(doc: &Value) -> Result<Batch, String> {
+    let rows: &[Value] = match doc {
+        Value::Array(items) => items,
+        Value::Object(obj) => match obj.get("rows") {
+            Some(Value::Array(items)) => items,
+            Some(_) => return Err("`rows` must be an array of objects".into()),
+            None => std::slice::from_ref(doc),
+        },
+        _ => return Err("expected a JSON object or an array of objects".into()),
+    };
+    let objects: Vec<&Map<String, Value>> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            r.as_object()
+                .ok_or(format!("row {} is not a JSON object", i + 1))
+        })
+        .collect::<Result<_, _>>()?;
+    let Some(first) = objects.first() else {
+        return Ok(Batch { fields: Vec::new() });
+    };
+    let mut fields = Vec::with_capacity(first.len());
+    for name in first.keys() {
+        let values: Vec<&Value> = objects
+            .iter()
+            .enumerate()
+            .map(|(i, o)| match o.get(name) {
+                None | Some(Value::Null) => {
+                    Err(format!("row {}: field `{name}` is missing", i + 1))
+                }
+                Some(v) => Ok(v),
+            })
+            .collect::<Result<_, _>>()?;
+        fields.push(Field {
+            name: name.clone(),
+            values: column_of(name, &values)?,
+        });
+    }
+    if let Some((i, extra)) = objects
+        .iter()
+        .enumerate()
+        .find_map(|(i, o)| o.keys().find(|k| !first.contains_key(*k)).map(|k| (i, k)))
+    {
+        return Err(format!(
+            "row {}: field `{extra}` is not in the first row",
+            i + 1
+        ));
+    }
+    Ok(Batch { fields })
+}
+
+fn column_of(name: &str, values: &[&Value]) -> Result<Column, String> {
+    let mismatch = |i: usize, want: &str, got: &Value| {
+        format!(
+            "row {}: field `{name}` must be {want} like the first row, got {got}",
+            i + 1
+        )
+    };
+    Ok(match values[0] {
+        Value::Number(_) => {
+            if values.iter().all(|v| v.is_i64()) {
+                Column::Int64(values.iter().filter_map(|v| v.as_i64()).collect())
+            } else {
+                let mut out = Vec::with_capacity(values.len());
+                for (i, v) in values.iter().enumerate() {
+                    out.push(v.as_f64().ok_or_else(|| mismatch(i, "a number", v))?);
+                }
+                Column::Float64(out)
+            }
+        }
+        Value::String(_) => {
+            let mut out = Vec::with_capacity(values.len());
+            for (i, v) in values.iter().enumerate() {
+                out.push(
+                    v.as_str()
+                        .ok_or_else(|| mismatch(i, "a string", v))?
+                        .to_string(),
+                );
+            }
+            Column::Text(out)
+        }
+        Value::Bool(_) => {
+            let mut out = Vec::with_capacity(values.len());
+            for (i, v) in values.iter().enumerate() {
+                out.push(v.as_bool().ok_or_else(|| mismatch(i, "a boolean", v))?);
+            }
+            Column::Boolean(out)
+        }
+        other => {
+            return Err(format!(
+                "field `{name}` must be a number, string or boolean, got {other}"
+            ))
+        }
+    })
+}
+
+pub fn column_len(c: &Column) -> usize {
+    match c {
+        Column::Float64(v) => v.len(),
+        Column::Int64(v) => v.len(),
+        Column::Text(v) => v.len(),
+        Column::Boolean(v) => v.len(),
+    }
+}
+
+/// Rows as JSON objects. A guest that returns ragged columns gets an error, not a panic.
+pub fn batch_to_rows(batch: &Batch) -> Result<Vec<Value>, String> {
+    let n = batch.fields.first().map_or(0, |f| column_len(&f.values));
+    if let Some(f) = batch.fields.iter().find(|f| column_len(&f.values) != n) {
+        return Err(format!(
+            "the function returned a ragged batch: field `{}` has {} values, expected {n}",
+            f.name,
+            column_len(&f.values)
+        ));
+    }
+    Ok((0..n)
+        .map(|i| {
+            let mut row = Map::with_capacity(batch.fields.len());
+            for f in &batch.fields {
+                let v = match &f.values {
+                    Column::Float64(v) => Number::from_f64(v[i]).map_or(Value::Null, Value::Number),
+                    Column::Int64(v) => Value::from(v[i]),
+                    Column::Text(v) => Value::from(v[i].as_str()),
+                    Column::Boolean(v) => Value::from(v[i]),
+                };
+                row.insert(f.name.clone(), v);
+            }
+            Value::Object(row)
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn roundtrip_and_typing() {
+        let doc = json!([{"a": 1, "b": 1.5, "c": "x", "d": true}, {"a": 2, "b": 2, "c": "y", "d": false}]);
+        let batch = json_to_batch(&doc).unwrap();
+        assert!(matches!(batch.fields[0].values, Column::Int64(ref v) if v == &[1, 2]));
+        assert!(matches!(batch.fields[1].values, Column::Float64(ref v) if v == &[1.5, 2.0]));
+        let rows = batch_to_rows(&batch).unwrap();
+        assert_eq!(rows[1], json!({"a": 2, "b": 2.0, "c": "y", "d": false}));
+        assert_eq!(json_to_batch(&json!({"a": 1})).unwrap().fields.len(), 1);
+        assert_eq!(json_to_batch(&json!({"rows": []})).unwrap().fields.len(), 0);
+    }
+
+    #[test]
+    fn bad_shapes_are_named() {
+        let e = json_to_batch(&json!([{"a": 1}, {"a": "x"}])).unwrap_err();
+        assert!(e.contains("row 2") && e.contains("`a`"), "{e}");
+        assert!(json_to_batch(&json!([{"a": 1}, {}]))
+            .unwrap_err()
+            .contains("missing"));
+        assert!(json_to_batch(&json!([{"a": null}])).is_err());
+        assert!(json_to_batch(&json!([{"a": 1}, {"a": 2, "z": 1}]))
+            .unwrap_err()
+            .contains("`z`"));
+        assert!(json_to_batch(&json!(3)).is_err());
+        assert!(json_to_batch(&json!([1])).is_err());
+        let ragged = Batch {
+            fields: vec![
+                Field {
+                    name: "a".into(),
+                    values: Column::Int64(vec![1, 2]),
+                },
+                Field {
+                    name: "b".into(),
+                    values: Column::Int64(vec![1]),
+                },
+            ],
+        };
+        assert!(batch_to_rows(&ragged).unwrap_err().contains("ragged"));
+    }
+}

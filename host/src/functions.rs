@@ -1,0 +1,331 @@
+//! Deployments: turn registry versions into ready-to-run functions and pipelines,
+//! and run them. Triggers (HTTP today) call `Functions`; they never see wasmtime.
+
+use crate::bindings::{Batch, RejectedRow};
+use crate::convert;
+use crate::manifest::{Manifest, ResolvedLimits};
+use crate::runtime::{Invocation, InvokeError, Prepared, Runtime};
+use anyhow::Context as _;
+use quiver_registry::{
+    validate, NewVersion, PublishOutcome, Registry, RegistryError, VersionRecord,
+};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// A deployed version, ready to invoke.
+pub struct Deployment {
+    pub record: VersionRecord,
+    pub body: DeploymentBody,
+    invocation: Invocation,
+}
+
+pub enum DeploymentBody {
+    Component(Prepared),
+    /// Stages resolved to exact versions at deploy time.
+    Pipeline(Vec<Arc<Deployment>>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("{0:#}")]
+    Internal(anyhow::Error),
+}
+
+/// The result of running a function or pipeline on one request.
+pub struct Output {
+    pub rows: Vec<Value>,
+    pub rejected: Vec<RejectedRow>,
+}
+
+pub struct Functions {
+    registry: Arc<Registry>,
+    runtime: Arc<Runtime>,
+    loaded: Mutex<HashMap<(String, String, String), Arc<Deployment>>>,
+    max_component_size: usize,
+}
+
+impl Functions {
+    pub fn new(registry: Arc<Registry>, runtime: Arc<Runtime>, max_component_size: usize) -> Self {
+        Functions {
+            registry,
+            runtime,
+            loaded: Mutex::new(HashMap::new()),
+            max_component_size,
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// Validate, compile, link and publish. Nothing is published unless it would run.
+    pub async fn deploy(
+        self: &Arc<Self>,
+        tenant: &str,
+        mut manifest: Manifest,
+        component: Option<Vec<u8>>,
+    ) -> Result<(VersionRecord, PublishOutcome), DeployError> {
+        manifest
+            .check()
+            .map_err(|e| DeployError::Invalid(e.to_string()))?;
+        let version = semver::Version::parse(&manifest.function.version)
+            .map_err(|e| DeployError::Invalid(e.to_string()))?;
+        let kind = manifest.function.kind.clone();
+        let (bytes, world) = if kind == "pipeline" {
+            if component.is_some() {
+                return Err(DeployError::Invalid(
+                    "a pipeline has no component; send only the manifest".into(),
+                ));
+            }
+            // Pin each stage to the version serving now, so the pipeline is reproducible.
+            let stages = manifest
+                .pipeline
+                .as_ref()
+                .map(|p| p.stages.clone())
+                .unwrap_or_default();
+            let mut pinned = Vec::new();
+            for (i, stage) in stages.iter().enumerate() {
+                let (name, v) = split_ref(stage);
+                let rec = self
+                    .registry
+                    .resolve(tenant, name, v)
+                    .map_err(|e| DeployError::Invalid(format!("pipeline stage `{stage}`: {e}")))?;
+                check_stage_kind(i, &rec)?;
+                pinned.push(format!("{}@{}", rec.name, rec.version));
+            }
+            if let Some(p) = manifest.pipeline.as_mut() {
+                p.stages = pinned;
+            }
+            let text = manifest.to_toml().map_err(DeployError::Internal)?;
+            (text.into_bytes(), "quiver:ml/pipeline".to_string())
+        } else {
+            let bytes = component.ok_or_else(|| {
+                DeployError::Invalid(format!("a `{kind}` function needs a component"))
+            })?;
+            let provided = crate::runtime::provided_imports(&kind);
+            validate::validate_component(&bytes, &kind, &provided, self.max_component_size)?;
+            // Compile and link before publishing: a version that cannot run is never stored.
+            let digest = quiver_registry::Digest::of(&bytes).hex();
+            let this = self.clone();
+            let (kind2, bytes2) = (kind.clone(), bytes.clone());
+            tokio::task::spawn_blocking(move || {
+                let component = this.runtime.component(&digest, || Ok(bytes2))?;
+                this.runtime.prepare(&kind2, &component)
+            })
+            .await
+            .map_err(|e| DeployError::Internal(e.into()))?
+            .map_err(|e| DeployError::Invalid(format!("{e:#}")))?;
+            let world = validate::world_of_kind(&kind)
+                .map(|(_, w)| w)
+                .unwrap_or_default()
+                .to_string();
+            (bytes, world)
+        };
+        let manifest_toml = match kind.as_str() {
+            "pipeline" => String::from_utf8_lossy(&bytes).into_owned(),
+            _ => manifest.to_toml().map_err(DeployError::Internal)?,
+        };
+        let published = self.registry.publish(&NewVersion {
+            tenant,
+            name: &manifest.function.name,
+            version: &version,
+            kind: &kind,
+            world: &world,
+            manifest: &manifest_toml,
+            bytes: &bytes,
+        })?;
+        Ok(published)
+    }
+
+    /// The deployment serving `name` (or `name@version`), loaded on first use.
+    pub async fn get(
+        self: &Arc<Self>,
+        tenant: &str,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Arc<Deployment>, DeployError> {
+        let record = self.registry.resolve(tenant, name, version)?;
+        self.load(record).await
+    }
+
+    fn load(
+        self: &Arc<Self>,
+        record: VersionRecord,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Arc<Deployment>, DeployError>> + Send + '_>,
+    > {
+        Box::pin(async move {
+            let key = (
+                record.tenant.clone(),
+                record.name.clone(),
+                record.version.clone(),
+            );
+            if let Some(d) = self
+                .loaded
+                .lock()
+                .map_err(|_| DeployError::Internal(anyhow::anyhow!("poisoned")))?
+                .get(&key)
+            {
+                return Ok(d.clone());
+            }
+            let manifest = Manifest::parse(&record.manifest).map_err(DeployError::Internal)?;
+            let limits: ResolvedLimits = manifest.limits().map_err(DeployError::Internal)?;
+            let invocation = Invocation {
+                limits,
+                config: Arc::new(manifest.config.clone()),
+                tag: format!("{}/{}@{}", record.tenant, record.name, record.version).into(),
+            };
+            let body = if record.kind == "pipeline" {
+                let mut stages = Vec::new();
+                for stage in manifest.pipeline.map(|p| p.stages).unwrap_or_default() {
+                    let (name, v) = split_ref(&stage);
+                    let rec = self.registry.resolve(&record.tenant, name, v)?;
+                    stages.push(self.load(rec).await?);
+                }
+                DeploymentBody::Pipeline(stages)
+            } else {
+                let this = self.clone();
+                let rec = record.clone();
+                let prepared = tokio::task::spawn_blocking(move || -> anyhow::Result<Prepared> {
+                    let digest = rec.digest()?;
+                    let component = this
+                        .runtime
+                        .component(&digest.hex(), || Ok(this.registry.blobs().get(&digest)?))?;
+                    this.runtime.prepare(&rec.kind, &component)
+                })
+                .await
+                .map_err(|e| DeployError::Internal(e.into()))?
+                .context("loading component")
+                .map_err(DeployError::Internal)?;
+                DeploymentBody::Component(prepared)
+            };
+            let deployment = Arc::new(Deployment {
+                record,
+                body,
+                invocation,
+            });
+            self.loaded
+                .lock()
+                .map_err(|_| DeployError::Internal(anyhow::anyhow!("poisoned")))?
+                .insert(key, deployment.clone());
+            Ok(deployment)
+        })
+    }
+
+    /// Run a typed function or a pipeline on a request body. An ingest first stage
+    /// gets the raw body; otherwise the body is JSON rows.
+    pub async fn invoke(
+        &self,
+        d: &Deployment,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<Output, InvokeError> {
+        let stages: Vec<&Deployment> = match &d.body {
+            DeploymentBody::Pipeline(stages) => stages.iter().map(|s| s.as_ref()).collect(),
+            DeploymentBody::Component(_) => vec![d],
+        };
+        let mut rejected = Vec::new();
+        let mut batch: Option<Batch> = None;
+        for stage in stages {
+            let DeploymentBody::Component(prepared) = &stage.body else {
+                return Err(InvokeError::Host(anyhow::anyhow!(
+                    "nested pipelines are not supported"
+                )));
+            };
+            let input = match batch.take() {
+                Some(b) => b,
+                None if matches!(prepared, Prepared::Ingest(_)) => Batch { fields: Vec::new() },
+                None => {
+                    let doc: Value = serde_json::from_slice(body).map_err(|e| {
+                        InvokeError::Guest(
+                            format!("invalid JSON: {e}"),
+                            crate::runtime::GuestErrorKind::InvalidInput,
+                        )
+                    })?;
+                    convert::json_to_batch(&doc).map_err(|e| {
+                        InvokeError::Guest(e, crate::runtime::GuestErrorKind::InvalidInput)
+                    })?
+                }
+            };
+            batch = Some(match prepared {
+                Prepared::Ingest(pre) => {
+                    if !input.fields.is_empty() {
+                        return Err(InvokeError::Host(anyhow::anyhow!(
+                            "an ingest stage must come first"
+                        )));
+                    }
+                    let out = self
+                        .runtime
+                        .ingest(pre, &stage.invocation, content_type, body)
+                        .await?;
+                    rejected.extend(out.rejected);
+                    out.batch
+                }
+                Prepared::Transform(pre) => {
+                    self.runtime
+                        .transform(pre, &stage.invocation, &input)
+                        .await?
+                }
+                Prepared::Http(_) => {
+                    return Err(InvokeError::BadOutput(
+                        "an http component is served at /http/..., not /fn/...".into(),
+                    ))
+                }
+                Prepared::NotInvocable(world) => {
+                    return Err(InvokeError::BadOutput(format!(
+                        "`{world}` functions cannot be invoked over HTTP by this host yet"
+                    )))
+                }
+            });
+        }
+        let rows = convert::batch_to_rows(&batch.unwrap_or(Batch { fields: Vec::new() }))
+            .map_err(InvokeError::BadOutput)?;
+        Ok(Output { rows, rejected })
+    }
+
+    pub fn invocation(d: &Deployment) -> &Invocation {
+        &d.invocation
+    }
+}
+
+impl Output {
+    pub fn to_json(&self) -> Value {
+        let rejected: Vec<Value> = self
+            .rejected
+            .iter()
+            .map(|r| json!({"row": r.row, "reason": r.reason}))
+            .collect();
+        json!({ "rows": self.rows, "rejected": rejected })
+    }
+}
+
+/// `name@version` -> (`name`, Some(`version`)).
+pub fn split_ref(s: &str) -> (&str, Option<&str>) {
+    match s.split_once('@') {
+        Some((n, v)) => (n, Some(v)),
+        None => (s, None),
+    }
+}
+
+fn check_stage_kind(i: usize, rec: &VersionRecord) -> Result<(), DeployError> {
+    let ok = matches!((i, rec.kind.as_str()), (0, "ingest") | (_, "transform"));
+    if ok {
+        Ok(())
+    } else {
+        Err(DeployError::Invalid(format!(
+            "pipeline stage {} `{}` is a `{}` function; a pipeline is an optional ingest stage followed by transforms",
+            i + 1,
+            rec.name,
+            rec.kind
+        )))
+    }
+}

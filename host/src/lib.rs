@@ -1,0 +1,61 @@
+//! The Quiver host: runtime, registry-backed deployments, HTTP trigger, admin API and
+//! the `quiver` CLI (a thin layer over these modules).
+
+pub mod bindings;
+pub mod cli;
+pub mod convert;
+pub mod functions;
+pub mod manifest;
+pub mod metrics;
+pub mod runtime;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Server settings: flags and `QUIVER_*` env over embedded defaults.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub max_body: usize,
+}
+
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub state: Arc<server::AppState>,
+}
+
+/// Open the data dir, build the runtime and start serving in the background.
+pub async fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
+    let registry = Arc::new(open_registry(&config.data_dir)?);
+    let runtime = runtime::Runtime::new(&config.data_dir)?;
+    tracing::info!(pooling = runtime.pooling(), data_dir = %config.data_dir.display(), "runtime ready");
+    let functions = Arc::new(functions::Functions::new(
+        registry,
+        runtime,
+        server::MAX_COMPONENT_SIZE,
+    ));
+    let state = Arc::new(server::AppState {
+        functions,
+        metrics: metrics::Metrics::new()?,
+        max_body: config.max_body,
+    });
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding {}: {e}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let handle = tokio::spawn(server::serve(listener, state.clone()));
+    Ok(RunningServer {
+        addr,
+        handle,
+        state,
+    })
+}
+
+fn open_registry(data_dir: &Path) -> anyhow::Result<quiver_registry::Registry> {
+    quiver_registry::Registry::open(&data_dir.join("registry"))
+        .map_err(|e| anyhow::anyhow!("opening the registry under {}: {e}", data_dir.display()))
+}

@@ -1,0 +1,194 @@
+//! `quiver.toml`: the function manifest. Unknown keys are errors that name the key.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub function: FunctionSection,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<Scaling>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triggers: Option<Triggers>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub models: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<Pipeline>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionSection {
+    pub name: String,
+    pub version: String,
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Scaling {
+    pub min_instances: Option<u32>,
+    pub max_instances: Option<u32>,
+    pub max_concurrency: Option<u32>,
+    pub idle_timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub memory: Option<String>,
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Triggers {
+    pub http: Option<bool>,
+    #[serde(default)]
+    pub events: Vec<String>,
+    pub schedule: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    pub stages: Vec<String>,
+}
+
+/// Resource limits of one invocation, with defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResolvedLimits {
+    pub memory_bytes: usize,
+    pub timeout: Duration,
+}
+
+pub const DEFAULT_MEMORY: usize = 64 << 20;
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most any manifest may ask for; the pooling allocator reserves slots this big.
+pub const MAX_MEMORY: usize = 1 << 30;
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(300);
+
+impl Manifest {
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let manifest: Manifest = toml::from_str(text)
+            .map_err(|e| anyhow::anyhow!("invalid quiver.toml: {}", e.message()))?;
+        manifest.check()?;
+        Ok(manifest)
+    }
+
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        Ok(toml::to_string(self)?)
+    }
+
+    /// Checks that need more than the shape of the TOML.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let f = &self.function;
+        if f.name.is_empty()
+            || f.name.len() > 64
+            || !f
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            anyhow::bail!(
+                "function name `{}` must be 1-64 characters of a-z, 0-9 and '-'",
+                f.name
+            );
+        }
+        semver::Version::parse(&f.version)
+            .map_err(|e| anyhow::anyhow!("version `{}` is not semver: {e}", f.version))?;
+        match (f.kind.as_str(), &self.pipeline) {
+            ("pipeline", Some(p)) if p.stages.is_empty() => {
+                anyhow::bail!("[pipeline] stages is empty")
+            }
+            ("pipeline", Some(_)) => {}
+            ("pipeline", None) => {
+                anyhow::bail!("kind `pipeline` needs a [pipeline] table with `stages`")
+            }
+            (_, Some(_)) => anyhow::bail!("a [pipeline] table needs kind = \"pipeline\""),
+            (kind, None) if quiver_registry::validate::world_of_kind(kind).is_none() => {
+                anyhow::bail!(
+                    "unknown kind `{kind}` (expected one of: {}, pipeline)",
+                    quiver_registry::validate::KINDS
+                )
+            }
+            _ => {}
+        }
+        self.limits()?;
+        Ok(())
+    }
+
+    pub fn limits(&self) -> anyhow::Result<ResolvedLimits> {
+        let limits = self.limits.as_ref();
+        let memory_bytes = match limits.and_then(|l| l.memory.as_deref()) {
+            None => DEFAULT_MEMORY,
+            Some(m) => m
+                .parse::<bytesize::ByteSize>()
+                .map_err(|e| anyhow::anyhow!("[limits] memory `{m}`: {e}"))?
+                .as_u64() as usize,
+        };
+        let timeout = match limits.and_then(|l| l.timeout.as_deref()) {
+            None => DEFAULT_TIMEOUT,
+            Some(t) => humantime::parse_duration(t)
+                .map_err(|e| anyhow::anyhow!("[limits] timeout `{t}`: {e}"))?,
+        };
+        if memory_bytes == 0 || memory_bytes > MAX_MEMORY {
+            anyhow::bail!("[limits] memory must be between 1 byte and 1GiB");
+        }
+        if timeout.is_zero() || timeout > MAX_TIMEOUT {
+            anyhow::bail!("[limits] timeout must be between 1ms and 300s");
+        }
+        Ok(ResolvedLimits {
+            memory_bytes,
+            timeout,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Manifest::parse(
+            "[function]\nname='a'\nversion='1.0.0'\nkind='transform'\ncolour='red'\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("colour"), "{err}");
+        let err =
+            Manifest::parse("[function]\nname='a'\nversion='1.0.0'\nkind='transform'\n[limitz]\n")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("limitz"), "{err}");
+    }
+
+    #[test]
+    fn limits_and_kinds() {
+        let m = Manifest::parse(
+            "[function]\nname='a'\nversion='1.0.0'\nkind='transform'\n[limits]\nmemory='32MiB'\ntimeout='500ms'\n",
+        )
+        .unwrap();
+        let l = m.limits().unwrap();
+        assert_eq!(l.memory_bytes, 32 << 20);
+        assert_eq!(l.timeout, Duration::from_millis(500));
+        assert!(Manifest::parse("[function]\nname='a'\nversion='x'\nkind='transform'\n").is_err());
+        assert!(
+            Manifest::parse("[function]\nname='a'\nversion='1.0.0'\nkind='blender'\n").is_err()
+        );
+        assert!(Manifest::parse("[function]\nname='A b'\nversion='1.0.0'\nkind='http'\n").is_err());
+        assert!(
+            Manifest::parse("[function]\nname='p'\nversion='1.0.0'\nkind='pipeline'\n").is_err()
+        );
+        let p = Manifest::parse("[function]\nname='p'\nversion='1.0.0'\nkind='pipeline'\n[pipeline]\nstages=['a','b']\n")
+            .unwrap();
+        assert_eq!(p.pipeline.unwrap().stages, vec!["a", "b"]);
+    }
+}

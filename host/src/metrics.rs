@@ -1,0 +1,56 @@
+//! Prometheus metrics, one registry per server.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub invocations: IntCounterVec,
+    pub errors: IntCounterVec,
+    pub latency: HistogramVec,
+}
+
+impl Metrics {
+    pub fn new() -> anyhow::Result<Self> {
+        let registry = Registry::new();
+        let invocations = IntCounterVec::new(
+            Opts::new(
+                "quiver_invocations_total",
+                "Invocations by function and HTTP status",
+            ),
+            &["tenant", "function", "version", "status"],
+        )?;
+        let errors = IntCounterVec::new(
+            Opts::new("quiver_errors_total", "Failed invocations by error code"),
+            &["tenant", "function", "code"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "quiver_invocation_duration_seconds",
+                "Invocation latency inside the host",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0,
+            ]),
+            &["tenant", "function"],
+        )?;
+        registry.register(Box::new(invocations.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        Ok(Metrics {
+            registry,
+            invocations,
+            errors,
+            latency,
+        })
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}

@@ -1,0 +1,471 @@
+//! The only place that configures `wasmtime::Engine`: pooling allocator (probed, with
+//! on-demand fallback), epoch ticker for timeouts, on-disk AOT cache keyed by digest
+//! and engine, per-store memory limits, and pre-instantiation per component.
+
+use crate::bindings::{
+    base, ingest::IngestPre, transform::TransformPre, Batch, GuestError, Ingested,
+};
+use crate::manifest::{ResolvedLimits, MAX_MEMORY};
+use anyhow::Context as _;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
+    Trap,
+};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Interfaces (or whole packages, `pkg/*`) a component of `kind` may import.
+pub fn provided_imports(kind: &str) -> Vec<&'static str> {
+    let mut v = vec![
+        "wasi:cli/*",
+        "wasi:io/*",
+        "wasi:clocks/*",
+        "wasi:random/*",
+        "wasi:filesystem/*",
+        "wasi:sockets/*",
+        "quiver:ml/types",
+        "quiver:ml/log",
+        "quiver:ml/config",
+    ];
+    if kind == "http" {
+        // Only the types: outbound requests (`outgoing-handler`) are not linked, so
+        // a component cannot reach the network.
+        v.push("wasi:http/types");
+    }
+    v
+}
+
+/// Per-invocation state of a store.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    http: WasiHttpCtx,
+    limiter: MemoryLimiter,
+    config: Arc<BTreeMap<String, String>>,
+    tag: Arc<str>,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: Default::default(),
+        }
+    }
+}
+
+impl base::quiver::ml::types::Host for HostState {}
+
+impl base::quiver::ml::log::Host for HostState {
+    fn log(&mut self, level: base::quiver::ml::log::Level, message: String) {
+        use base::quiver::ml::log::Level;
+        let f = &*self.tag;
+        match level {
+            Level::Trace => tracing::trace!(function = f, "{message}"),
+            Level::Debug => tracing::debug!(function = f, "{message}"),
+            Level::Info => tracing::info!(function = f, "{message}"),
+            Level::Warn => tracing::warn!(function = f, "{message}"),
+            Level::Error => tracing::error!(function = f, "{message}"),
+        }
+    }
+}
+
+impl base::quiver::ml::config::Host for HostState {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.config.get(&key).cloned()
+    }
+}
+
+/// Caps linear memory per store and remembers that it said no, so the failure is
+/// reported as a memory limit rather than as whatever the guest did next.
+struct MemoryLimiter {
+    limit: usize,
+    exceeded: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.exceeded = true;
+            wasmtime::bail!("memory limit of {} bytes exceeded", self.limit);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// A component ready to instantiate, by the world it serves.
+#[derive(Clone)]
+pub enum Prepared {
+    Ingest(IngestPre<HostState>),
+    Transform(TransformPre<HostState>),
+    Http(ProxyPre<HostState>),
+    /// Validated and linked, but this host has no trigger for its world yet.
+    NotInvocable(&'static str),
+}
+
+/// How an invocation failed, in terms a caller can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("{0}")]
+    Guest(String, GuestErrorKind),
+    #[error("function exceeded its timeout of {0:?}")]
+    Timeout(Duration),
+    #[error("function exceeded its memory limit of {0}")]
+    Memory(bytesize::ByteSize),
+    #[error("function trapped: {0}")]
+    Trap(String),
+    #[error("{0}")]
+    BadOutput(String),
+    #[error("host error: {0:#}")]
+    Host(anyhow::Error),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestErrorKind {
+    InvalidInput,
+    Unavailable,
+    LimitExceeded,
+    Internal,
+}
+
+impl From<GuestError> for InvokeError {
+    fn from(e: GuestError) -> Self {
+        match e {
+            GuestError::InvalidInput(m) => InvokeError::Guest(m, GuestErrorKind::InvalidInput),
+            GuestError::Unavailable(m) => InvokeError::Guest(m, GuestErrorKind::Unavailable),
+            GuestError::LimitExceeded(m) => InvokeError::Guest(m, GuestErrorKind::LimitExceeded),
+            GuestError::Internal(m) => InvokeError::Guest(m, GuestErrorKind::Internal),
+        }
+    }
+}
+
+/// What one invocation runs with.
+#[derive(Clone)]
+pub struct Invocation {
+    pub limits: ResolvedLimits,
+    pub config: Arc<BTreeMap<String, String>>,
+    pub tag: Arc<str>,
+}
+
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    aot_dir: PathBuf,
+    engine_hash: String,
+    components: Mutex<HashMap<String, Component>>,
+    pooling: bool,
+    compilations: AtomicU64,
+}
+
+fn engine_config() -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    config
+}
+
+fn pooled_engine() -> wasmtime::Result<Engine> {
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(1_000);
+    pool.total_core_instances(2_000);
+    pool.total_memories(2_000);
+    pool.total_tables(2_000);
+    pool.max_memory_size(MAX_MEMORY);
+    let mut config = engine_config();
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&config)
+}
+
+impl Runtime {
+    pub fn new(data_dir: &std::path::Path) -> anyhow::Result<Arc<Self>> {
+        let (engine, pooling) = match pooled_engine() {
+            Ok(engine) => (engine, true),
+            Err(e) => {
+                tracing::warn!("pooling allocator unavailable ({e}); using on-demand allocation");
+                (Engine::new(&engine_config())?, false)
+            }
+        };
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::bindings::http::types::add_to_linker::<
+            HostState,
+            wasmtime_wasi_http::WasiHttp,
+        >(
+            &mut linker,
+            &wasmtime_wasi_http::p2::bindings::LinkOptions::default().into(),
+            |s: &mut HostState| s.http(),
+        )?;
+        base::quiver::ml::log::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        base::quiver::ml::config::add_to_linker::<HostState, HasSelf<HostState>>(
+            &mut linker,
+            |s| s,
+        )?;
+
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let engine_hash = format!("{:016x}", hasher.finish());
+        let aot_dir = data_dir.join("aot");
+        std::fs::create_dir_all(&aot_dir)
+            .with_context(|| format!("creating {}", aot_dir.display()))?;
+
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("quiver-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })?;
+
+        Ok(Arc::new(Runtime {
+            engine,
+            linker,
+            aot_dir,
+            engine_hash,
+            components: Mutex::new(HashMap::new()),
+            pooling,
+            compilations: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn pooling(&self) -> bool {
+        self.pooling
+    }
+
+    /// How many components this process compiled (rather than loaded from the AOT cache).
+    pub fn compilations(&self) -> u64 {
+        self.compilations.load(Ordering::Relaxed)
+    }
+
+    /// Compiled code for a digest: memory, then the AOT file, then compile (and save).
+    /// Blocking: call from a blocking thread.
+    pub fn component(
+        &self,
+        digest_hex: &str,
+        bytes: impl FnOnce() -> anyhow::Result<Vec<u8>>,
+    ) -> anyhow::Result<Component> {
+        if let Some(c) = self
+            .components
+            .lock()
+            .map_err(|_| anyhow::anyhow!("component cache poisoned"))?
+            .get(digest_hex)
+        {
+            return Ok(c.clone());
+        }
+        let path = self
+            .aot_dir
+            .join(format!("{digest_hex}-{}.cwasm", self.engine_hash));
+        // SAFETY: the file was written by `Component::serialize` of an engine with the
+        // same compatibility hash (it is in the file name) into this host's own data
+        // dir; wasmtime still checks the header and rejects a foreign artifact.
+        let loaded = match path.is_file() {
+            true => unsafe { Component::deserialize_file(&self.engine, &path) }.ok(),
+            false => None,
+        };
+        let component = match loaded {
+            Some(c) => c,
+            None => {
+                let bytes = bytes()?;
+                let component = Component::new(&self.engine, &bytes)
+                    .map_err(|e| anyhow::anyhow!("compiling component: {e}"))?;
+                self.compilations.fetch_add(1, Ordering::Relaxed);
+                let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+                let artifact = component.serialize()?;
+                std::fs::write(&tmp, artifact).and_then(|_| std::fs::rename(&tmp, &path))?;
+                component
+            }
+        };
+        self.components
+            .lock()
+            .map_err(|_| anyhow::anyhow!("component cache poisoned"))?
+            .insert(digest_hex.to_string(), component.clone());
+        Ok(component)
+    }
+
+    /// Link and pre-instantiate for the world of `kind`. Errors name what does not link.
+    pub fn prepare(&self, kind: &str, component: &Component) -> anyhow::Result<Prepared> {
+        let pre = self.linker.instantiate_pre(component).map_err(|e| {
+            anyhow::anyhow!("component does not link against Quiver's imports: {e}")
+        })?;
+        let wrong = |e: wasmtime::Error| {
+            anyhow::anyhow!("component does not match the `{kind}` world: {e}")
+        };
+        Ok(match kind {
+            "ingest" => Prepared::Ingest(IngestPre::new(pre).map_err(wrong)?),
+            "transform" => Prepared::Transform(TransformPre::new(pre).map_err(wrong)?),
+            "http" => Prepared::Http(ProxyPre::new(pre).map_err(wrong)?),
+            "monitor" => Prepared::NotInvocable("monitor"),
+            "trainer" => Prepared::NotInvocable("trainer"),
+            other => Prepared::NotInvocable(match other {
+                "inference" => "inference",
+                _ => "unknown",
+            }),
+        })
+    }
+
+    fn store(&self, inv: &Invocation) -> Store<HostState> {
+        let state = HostState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            http: WasiHttpCtx::new(),
+            limiter: MemoryLimiter {
+                limit: inv.limits.memory_bytes,
+                exceeded: false,
+            },
+            config: inv.config.clone(),
+            tag: inv.tag.clone(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let ticks = inv
+            .limits
+            .timeout
+            .as_millis()
+            .div_ceil(EPOCH_TICK.as_millis()) as u64
+            + 1;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+        store
+    }
+
+    fn classify(inv: &Invocation, store: &Store<HostState>, err: wasmtime::Error) -> InvokeError {
+        if store.data().limiter.exceeded {
+            return InvokeError::Memory(bytesize::ByteSize(inv.limits.memory_bytes as u64));
+        }
+        match err.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => InvokeError::Timeout(inv.limits.timeout),
+            Some(trap) => InvokeError::Trap(trap.to_string()),
+            None => InvokeError::Trap(format!("{err}")),
+        }
+    }
+
+    pub async fn transform(
+        &self,
+        pre: &TransformPre<HostState>,
+        inv: &Invocation,
+        input: &Batch,
+    ) -> Result<Batch, InvokeError> {
+        let mut store = self.store(inv);
+        let call = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            instance.call_transform(&mut store, input).await
+        };
+        match tokio::time::timeout(inv.limits.timeout + Duration::from_millis(250), call).await {
+            Err(_) => Err(InvokeError::Timeout(inv.limits.timeout)),
+            Ok(Ok(result)) => result.map_err(InvokeError::from),
+            Ok(Err(e)) => Err(Self::classify(inv, &store, e)),
+        }
+    }
+
+    pub async fn ingest(
+        &self,
+        pre: &IngestPre<HostState>,
+        inv: &Invocation,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<Ingested, InvokeError> {
+        let mut store = self.store(inv);
+        let call = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            instance.call_ingest(&mut store, content_type, body).await
+        };
+        match tokio::time::timeout(inv.limits.timeout + Duration::from_millis(250), call).await {
+            Err(_) => Err(InvokeError::Timeout(inv.limits.timeout)),
+            Ok(Ok(result)) => result.map_err(InvokeError::from),
+            Ok(Err(e)) => Err(Self::classify(inv, &store, e)),
+        }
+    }
+
+    /// Serve one request with a `wasi:http/proxy` component.
+    pub async fn http(
+        &self,
+        pre: &ProxyPre<HostState>,
+        inv: &Invocation,
+        req: hyper::Request<bytes::Bytes>,
+    ) -> Result<hyper::Response<wasmtime_wasi_http::p2::body::HyperOutgoingBody>, InvokeError> {
+        use http_body_util::BodyExt as _;
+        use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+        let mut store = self.store(inv);
+        let req = req.map(|b| {
+            http_body_util::Full::new(b)
+                .map_err(|never: std::convert::Infallible| -> ErrorCode { match never {} })
+        });
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let req = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, req)
+            .map_err(|e| InvokeError::Host(e.into()))?;
+        let out = store
+            .data_mut()
+            .http()
+            .new_response_outparam(sender)
+            .map_err(|e| InvokeError::Host(e.into()))?;
+        let pre = pre.clone();
+        let inv2 = inv.clone();
+        let task = tokio::task::spawn(async move {
+            let result = async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, req, out)
+                    .await
+            }
+            .await;
+            result.map_err(|e| Self::classify(&inv2, &store, e))
+        });
+        match tokio::time::timeout(inv.limits.timeout, receiver).await {
+            Err(_) => {
+                task.abort();
+                Err(InvokeError::Timeout(inv.limits.timeout))
+            }
+            Ok(Ok(Ok(resp))) => Ok(resp),
+            Ok(Ok(Err(code))) => Err(InvokeError::Trap(format!(
+                "the component answered with error {code:?}"
+            ))),
+            Ok(Err(_)) => match task.await {
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(())) => Err(InvokeError::BadOutput(
+                    "the component never set a response".into(),
+                )),
+                Err(e) => Err(InvokeError::Host(e.into())),
+            },
+        }
+    }
+}

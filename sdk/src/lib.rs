@@ -1,0 +1,169 @@
+//! The Quiver guest SDK.
+//!
+//! A Quiver function is a plain Rust function plus one macro:
+//!
+//! ```ignore
+//! use quiver_sdk::{Batch, Error};
+//!
+//! fn double(input: Batch) -> Result<Batch, Error> {
+//!     let x = input.f64s("x")?;
+//!     Batch::new().with_f64("x2", x.iter().map(|v| v * 2.0).collect())
+//! }
+//! quiver_sdk::transform!(double);
+//! ```
+//!
+//! `examples/rows.rs` is the same with serde rows, and compiles in CI. Bindings come
+//! from `../wit` (never hand-copied); batches are columnar, so a stage pays per column
+//! when it crosses the component boundary.
+
+mod batch;
+mod rows;
+
+pub use batch::{Batch, Column, Field};
+pub use rows::{from_rows, to_rows};
+
+/// Bindings of the interfaces every world shares (types, log, config).
+#[doc(hidden)]
+pub mod base {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "quiver:ml/base",
+        generate_all,
+    });
+}
+
+macro_rules! world_bindings {
+    ($module:ident, $world:literal, $macro_name:literal, $path:literal) => {
+        #[doc(hidden)]
+        pub mod $module {
+            wit_bindgen::generate!({
+                path: "../wit",
+                world: $world,
+                with: {
+                    "quiver:ml/types@0.1.0": crate::base::quiver::ml::types,
+                    "quiver:ml/log@0.1.0": crate::base::quiver::ml::log,
+                    "quiver:ml/config@0.1.0": crate::base::quiver::ml::config,
+                },
+                pub_export_macro: true,
+                export_macro_name: $macro_name,
+                default_bindings_module: $path,
+            });
+        }
+    };
+}
+
+world_bindings!(
+    ingest_world,
+    "quiver:ml/ingest",
+    "export",
+    "quiver_sdk::ingest_world"
+);
+world_bindings!(
+    transform_world,
+    "quiver:ml/transform",
+    "export",
+    "quiver_sdk::transform_world"
+);
+world_bindings!(
+    monitor_world,
+    "quiver:ml/monitor",
+    "export",
+    "quiver_sdk::monitor_world"
+);
+world_bindings!(
+    trainer_world,
+    "quiver:ml/trainer",
+    "export",
+    "quiver_sdk::trainer_world"
+);
+
+pub use base::quiver::ml::types::{Error, Ingested, ModelArtifact, RejectedRow, Report};
+
+/// Read a value from the function's `[config]` table.
+pub fn config(key: &str) -> Option<String> {
+    base::quiver::ml::config::get(key)
+}
+
+/// Structured logging through the host (tagged with tenant, function and version).
+pub mod log {
+    use crate::base::quiver::ml::log::{log, Level};
+    pub fn debug(message: &str) {
+        log(Level::Debug, message)
+    }
+    pub fn info(message: &str) {
+        log(Level::Info, message)
+    }
+    pub fn warn(message: &str) {
+        log(Level::Warn, message)
+    }
+    pub fn error(message: &str) {
+        log(Level::Error, message)
+    }
+}
+
+/// Export `fn(Batch) -> Result<Batch, Error>` as this component's `transform`.
+#[macro_export]
+macro_rules! transform {
+    ($f:path) => {
+        struct __QuiverTransform;
+        impl $crate::transform_world::Guest for __QuiverTransform {
+            fn transform(
+                input: $crate::Batch,
+            ) -> ::core::result::Result<$crate::Batch, $crate::Error> {
+                $f(input)
+            }
+        }
+        $crate::transform_world::export!(__QuiverTransform);
+    };
+}
+
+/// Export `fn(&str, &[u8]) -> Result<Ingested, Error>` (content type, body) as `ingest`.
+#[macro_export]
+macro_rules! ingest {
+    ($f:path) => {
+        struct __QuiverIngest;
+        impl $crate::ingest_world::Guest for __QuiverIngest {
+            fn ingest(
+                content_type: ::std::string::String,
+                body: ::std::vec::Vec<u8>,
+            ) -> ::core::result::Result<$crate::Ingested, $crate::Error> {
+                $f(&content_type, &body)
+            }
+        }
+        $crate::ingest_world::export!(__QuiverIngest);
+    };
+}
+
+/// Export `fn(Batch, Batch) -> Result<Report, Error>` (inputs, outputs) as `observe`.
+#[macro_export]
+macro_rules! monitor {
+    ($f:path) => {
+        struct __QuiverMonitor;
+        impl $crate::monitor_world::Guest for __QuiverMonitor {
+            fn observe(
+                inputs: $crate::Batch,
+                outputs: $crate::Batch,
+            ) -> ::core::result::Result<$crate::Report, $crate::Error> {
+                $f(inputs, outputs)
+            }
+        }
+        $crate::monitor_world::export!(__QuiverMonitor);
+    };
+}
+
+/// Export `fn(Batch, Vec<(String, String)>) -> Result<ModelArtifact, Error>` as `train`.
+#[macro_export]
+macro_rules! trainer {
+    ($f:path) => {
+        struct __QuiverTrainer;
+        impl $crate::trainer_world::Guest for __QuiverTrainer {
+            fn train(
+                dataset: $crate::Batch,
+                params: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+            ) -> ::core::result::Result<$crate::ModelArtifact, $crate::Error> {
+                $f(dataset, params)
+            }
+        }
+        $crate::trainer_world::export!(__QuiverTrainer);
+    };
+}

@@ -1,0 +1,196 @@
+//! Harness for black-box tests: start the real `quiver` binary on a free loopback
+//! port with a fresh data dir, drive it over HTTP and the CLI, kill it on drop.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The repository root (this crate lives in `tests/`).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The `quiver` binary: `QUIVER_BIN`, or the one cargo built next to this test.
+pub fn quiver_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("QUIVER_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test-exe> -> target/<profile>/quiver
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("quiver");
+    assert!(
+        bin.is_file(),
+        "{} not found: build it first (`cargo build -p quiver-host`) or set QUIVER_BIN",
+        bin.display()
+    );
+    bin
+}
+
+pub struct Server {
+    child: Child,
+    pub url: String,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// A server with a fresh data dir and a 1 MiB body limit.
+    pub fn start() -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut s = Server::start_in(tmp.path());
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// A server on an existing data dir (to test restarts).
+    pub fn start_in(data_dir: &Path) -> Server {
+        let mut child = Command::new(quiver_bin())
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--max-body",
+                "1MiB",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn quiver serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let url = line
+            .trim()
+            .strip_prefix("quiver listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .to_string();
+        Server {
+            child,
+            url,
+            data_dir: data_dir.to_path_buf(),
+            _tmp: None,
+        }
+    }
+
+    /// Run the CLI against this server.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(quiver_bin())
+            .current_dir(repo())
+            .env("QUIVER_SERVER", &self.url)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run quiver")
+    }
+
+    /// Run the CLI and require success; returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "quiver {args:?} failed:\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Run the CLI and require failure; returns stderr.
+    pub fn cli_err(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            !out.status.success(),
+            "quiver {args:?} should have failed:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn deploy(&self, function: &str) -> String {
+        self.cli_ok(&["deploy", &format!("functions/{function}")])
+    }
+
+    pub fn http(&self) -> reqwest::blocking::Client {
+        reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("client")
+    }
+
+    pub fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::blocking::Body>,
+    ) -> reqwest::blocking::Response {
+        self.http()
+            .post(format!("{}{path}", self.url))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .expect("request")
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::blocking::Response {
+        self.http()
+            .get(format!("{}{path}", self.url))
+            .send()
+            .expect("request")
+    }
+
+    /// The server answers `/healthz` (used after every bad input).
+    pub fn assert_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(r) = self.http().get(format!("{}/healthz", self.url)).send() {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "server is not healthy");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `{"error": {"code", "message"}}` of a failed response, checked for shape.
+pub fn error_of(resp: reqwest::blocking::Response) -> (u16, String, String) {
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().expect("error body is JSON");
+    let code = body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error.code in {body}"))
+        .to_string();
+    let message = body["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error.message in {body}"))
+        .to_string();
+    (status, code, message)
+}
+
+pub fn read_sample(function: &str) -> Vec<u8> {
+    std::fs::read(repo().join("functions").join(function).join("sample.json")).expect("sample.json")
+}

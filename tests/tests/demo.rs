@@ -1,0 +1,47 @@
+//! Acceptance 1: `quiver demo` runs the whole pipeline on embedded defaults.
+use quiver_tests::{quiver_bin, repo};
+use std::process::{Command, Stdio};
+
+#[test]
+fn demo_deploys_and_runs_the_pipeline() {
+    let data = tempfile::tempdir().unwrap();
+    let run = || {
+        Command::new(quiver_bin())
+            .current_dir(repo())
+            .args(["demo", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run quiver demo")
+    };
+    let out = run();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "deployed ingest-json",
+        "deployed txn-features",
+        "deployed hello-http",
+        "deployed fraud-pipeline",
+        "t-1001",
+        "log_amount",
+        "rejected row 3",
+        "hello from Quiver: GET /demo",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    assert!(data.path().join("registry/index.sqlite3").is_file());
+    // A second run on the same data is idempotent.
+    let again = run();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
