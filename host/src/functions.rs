@@ -11,7 +11,7 @@ use quiver_registry::{
 };
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// A deployed version, ready to invoke.
 pub struct Deployment {
@@ -46,6 +46,10 @@ pub struct Functions {
     registry: Arc<Registry>,
     runtime: Arc<Runtime>,
     loaded: Mutex<HashMap<(String, String, String), Arc<Deployment>>>,
+    /// `tenant/name` -> the deployment its `stable` channel points at. Versions are
+    /// immutable and this process is the only writer of the embedded index, so the
+    /// entry stays right until this process deploys or rolls back that name.
+    serving: RwLock<HashMap<String, Arc<Deployment>>>,
     max_component_size: usize,
 }
 
@@ -55,6 +59,7 @@ impl Functions {
             registry,
             runtime,
             loaded: Mutex::new(HashMap::new()),
+            serving: RwLock::new(HashMap::new()),
             max_component_size,
         }
     }
@@ -143,7 +148,26 @@ impl Functions {
             manifest: &manifest_toml,
             bytes: &bytes,
         })?;
+        self.forget_serving(tenant, &manifest.function.name);
         Ok(published)
+    }
+
+    /// Point `stable` at `to` (or the previous version) and serve it from now on.
+    pub fn rollback(
+        &self,
+        tenant: &str,
+        name: &str,
+        to: Option<&str>,
+    ) -> Result<VersionRecord, RegistryError> {
+        let rec = self.registry.rollback(tenant, name, to)?;
+        self.forget_serving(tenant, name);
+        Ok(rec)
+    }
+
+    fn forget_serving(&self, tenant: &str, name: &str) {
+        if let Ok(mut serving) = self.serving.write() {
+            serving.remove(&format!("{tenant}/{name}"));
+        }
     }
 
     /// The deployment serving `name` (or `name@version`), loaded on first use.
@@ -153,8 +177,31 @@ impl Functions {
         name: &str,
         version: Option<&str>,
     ) -> Result<Arc<Deployment>, DeployError> {
-        let record = self.registry.resolve(tenant, name, version)?;
-        self.load(record).await
+        let poisoned = || DeployError::Internal(anyhow::anyhow!("deployment cache poisoned"));
+        match version {
+            None => {
+                let key = format!("{tenant}/{name}");
+                if let Some(d) = self.serving.read().map_err(|_| poisoned())?.get(&key) {
+                    return Ok(d.clone());
+                }
+                let d = self
+                    .load(self.registry.resolve(tenant, name, None)?)
+                    .await?;
+                self.serving
+                    .write()
+                    .map_err(|_| poisoned())?
+                    .insert(key, d.clone());
+                Ok(d)
+            }
+            Some(v) => {
+                let key = (tenant.to_string(), name.to_string(), v.to_string());
+                if let Some(d) = self.loaded.lock().map_err(|_| poisoned())?.get(&key) {
+                    return Ok(d.clone());
+                }
+                self.load(self.registry.resolve(tenant, name, Some(v))?)
+                    .await
+            }
+        }
     }
 
     fn load(

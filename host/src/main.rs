@@ -1,6 +1,13 @@
 use clap::Parser as _;
 
 fn main() -> std::process::ExitCode {
+    // wasmtime creates error values on some successful paths; with RUST_BACKTRACE=1
+    // each would capture a backtrace (~25 µs per invocation, see BENCHMARKS.md).
+    // Keep backtraces for panics only, unless the user asked for library ones.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // Single-threaded here: no runtime or other thread has started yet.
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     let cli = quiver_host::cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -375,6 +375,23 @@ impl Runtime {
         }
     }
 
+    /// For benchmarks: the cost of a store alone.
+    #[doc(hidden)]
+    pub fn store_only(&self, inv: &Invocation) -> usize {
+        self.store(inv).data().limiter.limit
+    }
+
+    /// For benchmarks: a store plus instantiation, no call.
+    #[doc(hidden)]
+    pub async fn instantiate_only(
+        &self,
+        pre: &TransformPre<HostState>,
+        inv: &Invocation,
+    ) -> wasmtime::Result<()> {
+        let mut store = self.store(inv);
+        pre.instantiate_async(&mut store).await.map(|_| ())
+    }
+
     pub async fn transform(
         &self,
         pre: &TransformPre<HostState>,

@@ -203,21 +203,20 @@ async fn invoke(
     let started = Instant::now();
     let (name, _) = split_ref(&name_ref);
     let name = name.to_string();
+    let mut served = None;
     let result: Result<Response, ApiError> = async {
         let body = read_body(&headers, body, state.max_body).await?;
         let d = resolve(&state, &tenant, &name_ref).await?;
+        served = Some(version_header(&d));
         let content_type = headers
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/json");
         let out = state.functions.invoke(&d, content_type, &body).await?;
-        let mut resp = Json(out.to_json()).into_response();
-        resp.headers_mut()
-            .insert("x-quiver-version", version_header(&d));
-        Ok(resp)
+        Ok(Json(out.to_json()).into_response())
     }
     .await;
-    finish(&state, &tenant, &name, started, result)
+    finish(&state, &tenant, &name, started, served, result)
 }
 
 fn finish(
@@ -225,9 +224,10 @@ fn finish(
     tenant: &str,
     name: &str,
     started: Instant,
+    served: Option<HeaderValue>,
     result: Result<Response, ApiError>,
 ) -> Response {
-    let resp = match result {
+    let mut resp = match result {
         Ok(r) => r,
         Err(e) => {
             if e.status != StatusCode::NOT_FOUND {
@@ -240,6 +240,10 @@ fn finish(
             e.into_response()
         }
     };
+    // Errors of a resolved function say which version failed, too.
+    if let Some(v) = served {
+        resp.headers_mut().insert("x-quiver-version", v);
+    }
     if resp.status() != StatusCode::NOT_FOUND {
         let version = resp
             .headers()
@@ -276,8 +280,10 @@ async fn http_proxy(
     let (tenant, name_ref) = (get("tenant"), get("name"));
     let (name, _) = split_ref(&name_ref);
     let name = name.to_string();
+    let mut served = None;
     let result: Result<Response, ApiError> = async {
         let d = resolve(&state, &tenant, &name_ref).await?;
+        served = Some(version_header(&d));
         let DeploymentBody::Component(Prepared::Http(pre)) = &d.body else {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -308,13 +314,10 @@ async fn http_proxy(
             .http(pre, Functions::invocation(&d), req)
             .await?;
         let (parts, body) = resp.into_parts();
-        let mut resp = Response::from_parts(parts, Body::new(body));
-        resp.headers_mut()
-            .insert("x-quiver-version", version_header(&d));
-        Ok(resp)
+        Ok(Response::from_parts(parts, Body::new(body)))
     }
     .await;
-    finish(&state, &tenant, &name, started, result)
+    finish(&state, &tenant, &name, started, served, result)
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
@@ -438,7 +441,6 @@ async fn rollback(
     };
     let rec = state
         .functions
-        .registry()
         .rollback(&tenant, &name, req.to.as_deref())
         .map_err(|e| match e {
             RegistryError::Invalid(m) => ApiError::new(StatusCode::CONFLICT, "no_older_version", m),

@@ -41,7 +41,13 @@ pub struct BlobStore {
 impl BlobStore {
     pub fn open(root: &Path) -> Result<Self> {
         fs::create_dir_all(root.join("sha256"))?;
-        fs::create_dir_all(root.join("tmp"))?;
+        // Temp files belong to writes that never finished (a crash before the rename);
+        // nothing refers to them.
+        let tmp = root.join("tmp");
+        if tmp.is_dir() {
+            fs::remove_dir_all(&tmp)?;
+        }
+        fs::create_dir_all(&tmp)?;
         Ok(BlobStore {
             root: root.to_path_buf(),
         })

@@ -228,7 +228,13 @@ fn misbehaving_guests_are_contained() {
 
     // Loops forever: stopped at its 500 ms limit with a 504, and the next request is served.
     let started = Instant::now();
-    let (status, code, message) = error_of(call("loop"));
+    let resp = call("loop");
+    assert_eq!(
+        resp.headers()["x-quiver-version"],
+        "1.0.0",
+        "errors say which version failed"
+    );
+    let (status, code, message) = error_of(resp);
     let took = started.elapsed();
     assert_eq!((status, code.as_str()), (504, "timeout"), "{message}");
     assert!(took < Duration::from_secs(3), "the timeout took {took:?}");

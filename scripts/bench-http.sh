@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# hello-http on Quiver vs `wasmtime serve` 48.0.8: the same component, the same
+# load generator (wrk), the same connections, on this machine, in one run.
+#   needs: wrk (apt), wasmtime-cli 48.0.8 (`cargo install wasmtime-cli@48.0.8 --locked`)
+#   usage: scripts/bench-http.sh [seconds] [connections] [rounds]
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+secs=${1:-10}; conns=${2:-32}; rounds=${3:-3}
+WASMTIME=${WASMTIME:-$(command -v wasmtime || echo /tmp/wasmtime-cli/bin/wasmtime)}
+command -v wrk >/dev/null || { echo "install wrk (apt-get install wrk)"; exit 1; }
+[ -x "$WASMTIME" ] || { echo "wasmtime not found; set WASMTIME"; exit 1; }
+"$WASMTIME" --version | grep -q '^wasmtime 48.0.8' || echo "warning: $("$WASMTIME" --version) is not 48.0.8"
+
+build_functions
+build_host --release
+wasm="$CARGO_TARGET_DIR/wasm32-wasip2/release/hello_http.wasm"
+data=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$data"; }
+trap cleanup EXIT
+
+"$CARGO_TARGET_DIR/release/quiver" serve --listen 127.0.0.1:18080 --data-dir "$data" >/dev/null 2>&1 &
+pids+=($!)
+"$WASMTIME" serve --addr 127.0.0.1:18081 -Scli "$wasm" >/dev/null 2>&1 &
+pids+=($!)
+for port in 18080 18081; do
+  for _ in $(seq 100); do curl -s -o /dev/null "127.0.0.1:$port/" && break; sleep 0.1; done
+done
+QUIVER_SERVER=http://127.0.0.1:18080 "$CARGO_TARGET_DIR/release/quiver" deploy functions/hello-http >/dev/null
+curl -sf 127.0.0.1:18080/http/default/hello-http/bench >/dev/null
+curl -sf 127.0.0.1:18081/bench >/dev/null
+
+rps() { wrk -t2 -c"$conns" -d"${secs}s" --latency "$1" | tee -a "$data/wrk.log" | awk '/Requests\/sec/ {print $2}'; }
+echo "round quiver_rps wasmtime_rps ratio"
+for r in $(seq "$rounds"); do
+  q=$(rps http://127.0.0.1:18080/http/default/hello-http/bench)
+  w=$(rps http://127.0.0.1:18081/bench)
+  echo "$r $q $w $(python3 -c "print(round($q/$w, 2))")"
+done
+grep -E "Latency|50%|99%" "$data/wrk.log" | sed 's/^/  /'
