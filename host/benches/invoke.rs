@@ -9,7 +9,6 @@ use quiver_host::bindings::{Batch, Column, Field};
 use quiver_host::manifest::ResolvedLimits;
 use quiver_host::runtime::{Invocation, Prepared, Runtime};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 fn wasm(name: &str) -> Vec<u8> {
@@ -52,14 +51,15 @@ fn bench(c: &mut Criterion) {
     else {
         panic!("txn-features is a transform");
     };
-    let inv = Invocation {
-        limits: ResolvedLimits {
-            memory_bytes: 64 << 20,
-            timeout: Duration::from_secs(2),
-        },
-        config: Arc::new(Default::default()),
-        tag: "bench/txn-features@1.0.0".into(),
+    let limits = ResolvedLimits {
+        memory_bytes: 64 << 20,
+        timeout: Duration::from_secs(2),
     };
+    let inv = Invocation::new(limits, Default::default(), "bench/txn-features@1.0.0");
+    // A second deployment of the same component whose pool never keeps an instance:
+    // every call instantiates, as before instance reuse.
+    let cold_inv = Invocation::new(limits, Default::default(), "bench/fresh@1.0.0");
+    let echo_inv = Invocation::new(limits, Default::default(), "bench/chaos@1.0.0");
     let input = one_row();
     let echo_bytes = wasm("chaos");
     let echo_component = runtime
@@ -91,7 +91,16 @@ fn bench(c: &mut Criterion) {
     g.bench_function("echo_invoke_1_row", |b| {
         b.to_async(&rt).iter(|| async {
             let out = runtime
-                .transform(&echo, &inv, &echo_input)
+                .transform(&echo, &echo_inv, &echo_input)
+                .await
+                .expect("invoke");
+            assert_eq!(out.fields.len(), 1);
+        })
+    });
+    g.bench_function("echo_invoke_fresh_instance", |b| {
+        b.to_async(&rt).iter(|| async {
+            let out = runtime
+                .transform_fresh(&echo, &cold_inv, &echo_input)
                 .await
                 .expect("invoke");
             assert_eq!(out.fields.len(), 1);

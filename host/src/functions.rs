@@ -226,11 +226,8 @@ impl Functions {
             }
             let manifest = Manifest::parse(&record.manifest).map_err(DeployError::Internal)?;
             let limits: ResolvedLimits = manifest.limits().map_err(DeployError::Internal)?;
-            let invocation = Invocation {
-                limits,
-                config: Arc::new(manifest.config.clone()),
-                tag: format!("{}/{}@{}", record.tenant, record.name, record.version).into(),
-            };
+            let tag = format!("{}/{}@{}", record.tenant, record.name, record.version);
+            let invocation = Invocation::new(limits, manifest.config.clone(), &tag);
             let body = if record.kind == "pipeline" {
                 let mut stages = Vec::new();
                 for stage in manifest.pipeline.map(|p| p.stages).unwrap_or_default() {

@@ -1,10 +1,11 @@
 //! The only place that configures `wasmtime::Engine`: pooling allocator (probed, with
 //! on-demand fallback), epoch ticker for timeouts, on-disk AOT cache keyed by digest
-//! and engine, per-store memory limits, and pre-instantiation per component.
+//! and engine, per-store memory limits, pre-instantiation per component, and a pool
+//! of warm instances per deployment.
 
-use crate::bindings::{
-    base, ingest::IngestPre, transform::TransformPre, Batch, GuestError, Ingested,
-};
+use crate::bindings::ingest::{Ingest, IngestPre};
+use crate::bindings::transform::{Transform, TransformPre};
+use crate::bindings::{base, Batch, GuestError, Ingested};
 use crate::manifest::{ResolvedLimits, MAX_MEMORY};
 use anyhow::Context as _;
 use std::collections::{BTreeMap, HashMap};
@@ -173,12 +174,67 @@ impl From<GuestError> for InvokeError {
     }
 }
 
-/// What one invocation runs with.
+/// What the invocations of one deployment run with, and its idle instances. Use it
+/// only with that deployment's `Prepared`: its pool holds instances of that component.
 #[derive(Clone)]
 pub struct Invocation {
     pub limits: ResolvedLimits,
     pub config: Arc<BTreeMap<String, String>>,
     pub tag: Arc<str>,
+    pool: Arc<InstancePool>,
+}
+
+impl Invocation {
+    pub fn new(limits: ResolvedLimits, config: BTreeMap<String, String>, tag: &str) -> Self {
+        Invocation {
+            limits,
+            config: Arc::new(config),
+            tag: tag.into(),
+            pool: Arc::new(InstancePool::default()),
+        }
+    }
+}
+
+/// Typed functions are stateless: an instance that returned cleanly serves the
+/// deployment's next call, skipping instantiation and the page faults of fresh
+/// memory. Instances are never shared across deployments (each has its own limits
+/// and config), so never across functions or tenants.
+#[derive(Default)]
+struct InstancePool {
+    idle: Mutex<Vec<Warm>>,
+}
+
+/// Idle instances kept per deployment; more concurrent calls instantiate afresh.
+const MAX_IDLE: usize = 8;
+
+impl InstancePool {
+    fn take(&self) -> Option<Warm> {
+        self.idle.lock().ok()?.pop()
+    }
+
+    fn put(&self, warm: Warm) {
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < MAX_IDLE {
+                idle.push(warm);
+            }
+        }
+    }
+}
+
+struct Warm {
+    store: Store<HostState>,
+    instance: WarmInstance,
+}
+
+enum WarmInstance {
+    Ingest(Ingest),
+    Transform(Transform),
+}
+
+#[derive(Clone, Copy)]
+enum Pre<'a> {
+    Ingest(&'a IngestPre<HostState>),
+    Transform(&'a TransformPre<HostState>),
 }
 
 pub struct Runtime {
@@ -189,6 +245,7 @@ pub struct Runtime {
     components: Mutex<HashMap<String, Component>>,
     pooling: bool,
     compilations: AtomicU64,
+    instantiations: AtomicU64,
 }
 
 fn engine_config() -> Config {
@@ -261,6 +318,7 @@ impl Runtime {
             components: Mutex::new(HashMap::new()),
             pooling,
             compilations: AtomicU64::new(0),
+            instantiations: AtomicU64::new(0),
         }))
     }
 
@@ -271,6 +329,11 @@ impl Runtime {
     /// How many components this process compiled (rather than loaded from the AOT cache).
     pub fn compilations(&self) -> u64 {
         self.compilations.load(Ordering::Relaxed)
+    }
+
+    /// How many typed-function instances this process created (reuse keeps it low).
+    pub fn instantiations(&self) -> u64 {
+        self.instantiations.load(Ordering::Relaxed)
     }
 
     /// Compiled code for a digest: memory, then the AOT file, then compile (and save).
@@ -392,22 +455,87 @@ impl Runtime {
         pre.instantiate_async(&mut store).await.map(|_| ())
     }
 
+    /// A warm instance from the deployment's pool, or a new one.
+    async fn checkout(&self, inv: &Invocation, pre: Pre<'_>) -> Result<Warm, InvokeError> {
+        if let Some(warm) = inv.pool.take() {
+            return Ok(warm);
+        }
+        let mut store = self.store(inv);
+        let instance = match pre {
+            Pre::Ingest(p) => p
+                .instantiate_async(&mut store)
+                .await
+                .map(WarmInstance::Ingest),
+            Pre::Transform(p) => p
+                .instantiate_async(&mut store)
+                .await
+                .map(WarmInstance::Transform),
+        };
+        self.instantiations.fetch_add(1, Ordering::Relaxed);
+        match instance {
+            Ok(instance) => Ok(Warm { store, instance }),
+            Err(e) => Err(Self::classify(inv, &store, e)),
+        }
+    }
+
+    /// After a call: a clean return (a value or the guest's own typed error) sends the
+    /// instance back to the pool; a trap, timeout or memory-limit hit discards it.
+    fn settle<T>(
+        inv: &Invocation,
+        warm: Warm,
+        result: Result<wasmtime::Result<Result<T, GuestError>>, tokio::time::error::Elapsed>,
+    ) -> Result<T, InvokeError> {
+        match result {
+            Err(_) => Err(InvokeError::Timeout(inv.limits.timeout)),
+            Ok(Ok(returned)) => {
+                inv.pool.put(warm);
+                returned.map_err(InvokeError::from)
+            }
+            Ok(Err(e)) => Err(Self::classify(inv, &warm.store, e)),
+        }
+    }
+
+    fn deadline(inv: &Invocation, store: &mut Store<HostState>) -> Duration {
+        let ticks = inv
+            .limits
+            .timeout
+            .as_millis()
+            .div_ceil(EPOCH_TICK.as_millis()) as u64
+            + 1;
+        store.set_epoch_deadline(ticks);
+        inv.limits.timeout + Duration::from_millis(250)
+    }
+
+    /// For benchmarks: a call that never reuses an instance (the pool is emptied after).
+    #[doc(hidden)]
+    pub async fn transform_fresh(
+        &self,
+        pre: &TransformPre<HostState>,
+        inv: &Invocation,
+        input: &Batch,
+    ) -> Result<Batch, InvokeError> {
+        let out = self.transform(pre, inv, input).await;
+        drop(inv.pool.take());
+        out
+    }
+
     pub async fn transform(
         &self,
         pre: &TransformPre<HostState>,
         inv: &Invocation,
         input: &Batch,
     ) -> Result<Batch, InvokeError> {
-        let mut store = self.store(inv);
-        let call = async {
-            let instance = pre.instantiate_async(&mut store).await?;
-            instance.call_transform(&mut store, input).await
+        let mut warm = self.checkout(inv, Pre::Transform(pre)).await?;
+        let limit = Self::deadline(inv, &mut warm.store);
+        let result = match &warm.instance {
+            WarmInstance::Transform(t) => {
+                tokio::time::timeout(limit, t.call_transform(&mut warm.store, input)).await
+            }
+            WarmInstance::Ingest(_) => {
+                return Err(InvokeError::Host(anyhow::anyhow!("not a transform")))
+            }
         };
-        match tokio::time::timeout(inv.limits.timeout + Duration::from_millis(250), call).await {
-            Err(_) => Err(InvokeError::Timeout(inv.limits.timeout)),
-            Ok(Ok(result)) => result.map_err(InvokeError::from),
-            Ok(Err(e)) => Err(Self::classify(inv, &store, e)),
-        }
+        Self::settle(inv, warm, result)
     }
 
     pub async fn ingest(
@@ -417,16 +545,18 @@ impl Runtime {
         content_type: &str,
         body: &[u8],
     ) -> Result<Ingested, InvokeError> {
-        let mut store = self.store(inv);
-        let call = async {
-            let instance = pre.instantiate_async(&mut store).await?;
-            instance.call_ingest(&mut store, content_type, body).await
+        let mut warm = self.checkout(inv, Pre::Ingest(pre)).await?;
+        let limit = Self::deadline(inv, &mut warm.store);
+        let result = match &warm.instance {
+            WarmInstance::Ingest(i) => {
+                tokio::time::timeout(limit, i.call_ingest(&mut warm.store, content_type, body))
+                    .await
+            }
+            WarmInstance::Transform(_) => {
+                return Err(InvokeError::Host(anyhow::anyhow!("not an ingest")))
+            }
         };
-        match tokio::time::timeout(inv.limits.timeout + Duration::from_millis(250), call).await {
-            Err(_) => Err(InvokeError::Timeout(inv.limits.timeout)),
-            Ok(Ok(result)) => result.map_err(InvokeError::from),
-            Ok(Err(e)) => Err(Self::classify(inv, &store, e)),
-        }
+        Self::settle(inv, warm, result)
     }
 
     /// Serve one request with a `wasi:http/proxy` component.

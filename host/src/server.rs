@@ -321,11 +321,17 @@ async fn http_proxy(
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    (
-        [("content-type", "text/plain; version=0.0.4")],
+    let runtime = state.functions.runtime();
+    let text = format!(
+        "{}# HELP quiver_instantiations_total Instances of typed functions created\n\
+         # TYPE quiver_instantiations_total counter\nquiver_instantiations_total {}\n\
+         # HELP quiver_compilations_total Components compiled rather than loaded from the AOT cache\n\
+         # TYPE quiver_compilations_total counter\nquiver_compilations_total {}\n",
         state.metrics.render(),
-    )
-        .into_response()
+        runtime.instantiations(),
+        runtime.compilations()
+    );
+    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn deploy(

@@ -261,5 +261,14 @@ fn misbehaving_guests_are_contained() {
 
     let body: serde_json::Value = call("echo").json().unwrap();
     assert_eq!(body["rows"][0]["mode"], "echo");
+    // Instances that looped, ran out of memory or trapped were discarded, never reused:
+    // loop (new, dropped), echo (new, kept), oom (reuses it, dropped), echo (new, kept),
+    // trap (reuses it, dropped), fail (new, kept: a typed error is a clean return),
+    // echo (reuses it) = 4 instances.
+    let metrics = server.get("/metrics").text().unwrap();
+    assert!(
+        metrics.contains("\nquiver_instantiations_total 4\n"),
+        "{metrics}"
+    );
     server.assert_healthy();
 }
