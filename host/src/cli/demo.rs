@@ -3,15 +3,39 @@
 use super::client::Client;
 use crate::ServerConfig;
 use anyhow::Context as _;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::path::Path;
+
+const FUNCTIONS: [&str; 4] = [
+    "ingest-json",
+    "txn-features",
+    "hello-http",
+    "fraud-pipeline",
+];
+
+/// The narration: stdout normally, stderr under `--json` (stdout then carries one
+/// summary object).
+struct Narrator {
+    json: bool,
+}
+
+impl Narrator {
+    fn say(&self, line: &str) {
+        match self.json {
+            true => eprintln!("{line}"),
+            false => println!("{line}"),
+        }
+    }
+}
 
 pub async fn run(
     config: &ServerConfig,
     functions: &Path,
     keep_serving: bool,
     tenant: &str,
+    json: bool,
 ) -> anyhow::Result<()> {
+    let n = Narrator { json };
     let server = match crate::start(config).await {
         Ok(s) => s,
         Err(e) => {
@@ -22,74 +46,83 @@ pub async fn run(
         }
     };
     let base = format!("http://{}", server.addr);
-    println!(
+    n.say(&format!(
         "▶ quiver host on {base} (data in {})",
         config.data_dir.display()
-    );
+    ));
     let client = Client::new(&base, tenant)?;
 
-    for f in [
-        "ingest-json",
-        "txn-features",
-        "hello-http",
-        "fraud-pipeline",
-    ] {
-        let out = super::deploy(&client, &functions.join(f), None, None, None, true)
+    let mut deployed = Vec::new();
+    for f in FUNCTIONS {
+        let out = super::deploy(&client, &functions.join(f), None, None, None, !json)
             .await
             .with_context(|| format!("deploying {f}"))?;
-        println!(
+        n.say(&format!(
             "▶ deployed {:<15} {:<6} {:<9} {}",
             out["name"].as_str().unwrap_or(f),
             out["version"].as_str().unwrap_or("?"),
             out["kind"].as_str().unwrap_or("?"),
             out["digest"].as_str().unwrap_or("?")
-        );
+        ));
+        deployed.push(out);
     }
 
     let sample = functions.join("fraud-pipeline/sample.json");
     let body = std::fs::read(&sample).with_context(|| format!("reading {}", sample.display()))?;
-    println!(
+    n.say(&format!(
         "\n▶ POST /fn/{tenant}/fraud-pipeline  ({})",
         sample.display()
-    );
+    ));
     let (version, out) = client
         .invoke("fraud-pipeline", "application/json", body)
         .await?;
-    println!("  served by fraud-pipeline@{version}: ingest-json → txn-features\n");
-    print_rows(&out["rows"]);
+    n.say(&format!(
+        "  served by fraud-pipeline@{version}: ingest-json → txn-features\n"
+    ));
+    for line in table(&out["rows"]) {
+        n.say(&line);
+    }
     for r in out["rejected"].as_array().into_iter().flatten() {
-        println!(
+        n.say(&format!(
             "  rejected row {}: {}",
             r["row"],
             r["reason"].as_str().unwrap_or("")
-        );
+        ));
     }
 
-    println!("\n▶ GET /http/{tenant}/hello-http/demo (a standard wasi:http component)");
-    print!(
-        "  {}",
-        client
-            .raw_get(&format!("/http/{tenant}/hello-http/demo"))
-            .await?
-    );
+    n.say(&format!(
+        "\n▶ GET /http/{tenant}/hello-http/demo (a standard wasi:http component)"
+    ));
+    let hello = client
+        .raw_get(&format!("/http/{tenant}/hello-http/demo"))
+        .await?;
+    n.say(&format!("  {}", hello.trim_end()));
 
+    if json {
+        let summary = json!({
+            "server": base, "deployed": deployed,
+            "pipeline": { "version": version, "result": out }, "hello_http": hello,
+        });
+        println!("{summary}");
+    }
     if keep_serving {
-        println!("\n▶ serving on {base}; Ctrl-C to stop");
+        n.say(&format!("\n▶ serving on {base}; Ctrl-C to stop"));
         tokio::select! {
             r = server.handle => r??,
             _ = tokio::signal::ctrl_c() => {}
         }
     } else {
-        println!("\n▶ done. `quiver serve` keeps a host running; see the README's tour.");
+        n.say("\n▶ done. `quiver serve` keeps a host running; see the README's tour.");
     }
     Ok(())
 }
 
-fn print_rows(rows: &Value) {
-    let Some(rows) = rows.as_array() else { return };
+fn table(rows: &Value) -> Vec<String> {
+    let Some(rows) = rows.as_array() else {
+        return Vec::new();
+    };
     let Some(Value::Object(first)) = rows.first() else {
-        println!("  (no rows)");
-        return;
+        return vec!["  (no rows)".into()];
     };
     let cols: Vec<&String> = first.keys().collect();
     let cell = |v: &Value| match v {
@@ -106,20 +139,14 @@ fn print_rows(rows: &Value) {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    println!(
-        "  {}",
-        cols.iter()
-            .map(|c| format!("{c:>14}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
+    let line = |cells: Vec<String>| format!("  {}", cells.join(" "));
+    let mut out = vec![line(cols.iter().map(|c| format!("{c:>14}")).collect())];
     for row in rows {
-        println!(
-            "  {}",
+        out.push(line(
             cols.iter()
                 .map(|c| format!("{:>14}", cell(&row[c.as_str()])))
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
+                .collect(),
+        ));
     }
+    out
 }

@@ -115,7 +115,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let server = crate::start(&args.config()).await?;
-            println!("quiver listening on http://{}", server.addr);
+            match cli.json {
+                true => println!(
+                    "{}",
+                    serde_json::json!({ "listening": format!("http://{}", server.addr) })
+                ),
+                false => println!("quiver listening on http://{}", server.addr),
+            }
             tokio::select! {
                 r = server.handle => r?,
                 _ = tokio::signal::ctrl_c() => Ok(()),
@@ -125,7 +131,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             serve,
             functions,
             keep_serving,
-        } => demo::run(&serve.config(), &functions, keep_serving, &cli.tenant).await,
+        } => {
+            demo::run(
+                &serve.config(),
+                &functions,
+                keep_serving,
+                &cli.tenant,
+                cli.json,
+            )
+            .await
+        }
         Command::Deploy {
             path,
             name,
