@@ -37,3 +37,14 @@ for r in $(seq "$rounds"); do
   echo "$r $q $w $(python3 -c "print(round($q/$w, 2))")"
 done
 grep -E "Latency|50%|99%" "$data/wrk.log" | sed 's/^/  /'
+
+# A typed function over /fn (no peer serves this API): Quiver alone.
+QUIVER_SERVER=http://127.0.0.1:18080 "$CARGO_TARGET_DIR/release/quiver" deploy functions/txn-features >/dev/null
+cat > "$data/post.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["content-type"] = "application/json"
+wrk.body = [==[$(tr -d '\n' < functions/txn-features/sample.json)]==]
+LUA
+echo "txn-features over POST /fn (2 rows per request):"
+wrk -t2 -c"$conns" -d"${secs}s" --latency -s "$data/post.lua" http://127.0.0.1:18080/fn/default/txn-features \
+  | grep -E "Requests/sec|50%|99%|Non-2xx" | sed 's/^/  /'
