@@ -416,14 +416,9 @@ impl Runtime {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        let ticks = inv
-            .limits
-            .timeout
-            .as_millis()
-            .div_ceil(EPOCH_TICK.as_millis()) as u64
-            + 1;
-        store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
+        // Instantiation runs under the same deadline as a call.
+        Self::deadline(inv, &mut store);
         store
     }
 
@@ -495,6 +490,7 @@ impl Runtime {
         }
     }
 
+    /// Arm the epoch deadline for one call; returns the host-side backstop timeout.
     fn deadline(inv: &Invocation, store: &mut Store<HostState>) -> Duration {
         let ticks = inv
             .limits
