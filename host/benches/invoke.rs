@@ -7,7 +7,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use quiver_host::bindings::{Batch, Column, Field};
 use quiver_host::manifest::ResolvedLimits;
-use quiver_host::runtime::{Invocation, Prepared, Runtime};
+use quiver_host::runtime::{Allocator, Invocation, Prepared, Runtime};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -44,7 +44,7 @@ fn one_row() -> Batch {
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("tokio");
     let dir = tempfile::tempdir().expect("tempdir");
-    let runtime = Runtime::new(dir.path()).expect("runtime");
+    let runtime = Runtime::new(dir.path(), Allocator::Pooling).expect("runtime");
     let bytes = wasm("txn_features");
     let component = runtime.component("bench", || Ok(bytes)).expect("compile");
     let Prepared::Transform(pre) = runtime.prepare("transform", &component).expect("prepare")

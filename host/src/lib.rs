@@ -20,6 +20,7 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub max_body: usize,
+    pub allocator: runtime::Allocator,
 }
 
 pub struct RunningServer {
@@ -31,7 +32,7 @@ pub struct RunningServer {
 /// Open the data dir, build the runtime and start serving in the background.
 pub async fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
     let registry = Arc::new(open_registry(&config.data_dir)?);
-    let runtime = runtime::Runtime::new(&config.data_dir)?;
+    let runtime = runtime::Runtime::new(&config.data_dir, config.allocator)?;
     tracing::info!(pooling = runtime.pooling(), data_dir = %config.data_dir.display(), "runtime ready");
     let functions = Arc::new(functions::Functions::new(
         registry,

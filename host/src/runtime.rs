@@ -237,6 +237,14 @@ enum Pre<'a> {
     Transform(&'a TransformPre<HostState>),
 }
 
+/// How instance memory is allocated. `Pooling` is probed at start (it reserves a
+/// large virtual address range) and falls back to `OnDemand` where that fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Allocator {
+    Pooling,
+    OnDemand,
+}
+
 pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
@@ -268,13 +276,16 @@ fn pooled_engine() -> wasmtime::Result<Engine> {
 }
 
 impl Runtime {
-    pub fn new(data_dir: &std::path::Path) -> anyhow::Result<Arc<Self>> {
-        let (engine, pooling) = match pooled_engine() {
-            Ok(engine) => (engine, true),
-            Err(e) => {
+    pub fn new(data_dir: &std::path::Path, allocator: Allocator) -> anyhow::Result<Arc<Self>> {
+        let probed = match allocator {
+            Allocator::Pooling => pooled_engine().map_err(|e| {
                 tracing::warn!("pooling allocator unavailable ({e}); using on-demand allocation");
-                (Engine::new(&engine_config())?, false)
-            }
+            }),
+            Allocator::OnDemand => Err(()),
+        };
+        let (engine, pooling) = match probed {
+            Ok(engine) => (engine, true),
+            Err(()) => (Engine::new(&engine_config())?, false),
         };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;

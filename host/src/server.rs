@@ -116,7 +116,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/http/{tenant}/{name}", any(http_proxy))
         .route("/http/{tenant}/{name}/", any(http_proxy))
         .route("/http/{tenant}/{name}/{*rest}", any(http_proxy))
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .nest("/admin/v1", admin)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
@@ -318,6 +318,14 @@ async fn http_proxy(
     }
     .await;
     finish(&state, &tenant, &name, started, served, result)
+}
+
+async fn healthz(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let allocator = match state.functions.runtime().pooling() {
+        true => "pooling",
+        false => "on-demand",
+    };
+    Json(json!({ "status": "ok", "allocator": allocator }))
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {

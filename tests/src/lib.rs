@@ -50,17 +50,24 @@ impl Server {
         s
     }
 
+    /// A server with a fresh data dir and extra `serve` flags.
+    pub fn start_with(extra: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut s = Server::spawn(tmp.path(), extra);
+        s._tmp = Some(tmp);
+        s
+    }
+
     /// A server on an existing data dir (to test restarts).
     pub fn start_in(data_dir: &Path) -> Server {
+        Server::spawn(data_dir, &[])
+    }
+
+    fn spawn(data_dir: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(quiver_bin())
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--max-body",
-                "1MiB",
-                "--data-dir",
-            ])
+            .args(["serve", "--listen", "127.0.0.1:0", "--max-body", "1MiB"])
+            .args(extra)
+            .arg("--data-dir")
             .arg(data_dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

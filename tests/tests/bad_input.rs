@@ -216,6 +216,19 @@ fn bad_requests_get_json_errors() {
 #[test]
 fn misbehaving_guests_are_contained() {
     let server = Server::start();
+    assert_misbehaving_guests_are_contained(&server);
+}
+
+/// The same containment when the pooling allocator is off (as where its probe fails).
+#[test]
+fn misbehaving_guests_are_contained_with_the_on_demand_allocator() {
+    let server = Server::start_with(&["--allocator", "on-demand"]);
+    let health: serde_json::Value = server.get("/healthz").json().unwrap();
+    assert_eq!(health["allocator"], "on-demand");
+    assert_misbehaving_guests_are_contained(&server);
+}
+
+fn assert_misbehaving_guests_are_contained(server: &Server) {
     let out = server.deploy("chaos");
     assert!(out.contains("chaos@1.0.0"), "{out}");
     let call = |mode: &str| {

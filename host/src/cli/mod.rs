@@ -48,6 +48,9 @@ struct ServeArgs {
     /// Largest request body accepted by /fn and /http routes.
     #[arg(long, env = "QUIVER_MAX_BODY", default_value = "16MiB")]
     max_body: bytesize::ByteSize,
+    /// Instance allocator: `pooling` (probed, falls back to on-demand) or `on-demand`.
+    #[arg(long, env = "QUIVER_ALLOCATOR", value_enum, default_value = "pooling")]
+    allocator: crate::runtime::Allocator,
 }
 
 impl ServeArgs {
@@ -56,6 +59,7 @@ impl ServeArgs {
             listen: self.listen,
             data_dir: self.data_dir.clone(),
             max_body: self.max_body.as_u64() as usize,
+            allocator: self.allocator,
         }
     }
 }
