@@ -124,6 +124,46 @@ impl Manifest {
         Ok(())
     }
 
+    /// Apply `key.path=value` overrides (as helm's `--set`) and validate the result
+    /// like a manifest, so an unknown key is named. Values are TOML (`3`, `true`,
+    /// `"x"`), and bare words are strings; `config.*` values are always strings.
+    pub fn with_overrides(&self, sets: &[String]) -> anyhow::Result<Manifest> {
+        if sets.is_empty() {
+            return Ok(self.clone());
+        }
+        let mut root = toml::Table::try_from(self)?;
+        for set in sets {
+            let (path, raw) = set
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--set `{set}` is not key.path=value"))?;
+            let keys: Vec<&str> = path.split('.').map(str::trim).collect();
+            if keys.iter().any(|k| k.is_empty()) {
+                anyhow::bail!("--set `{set}`: empty key in `{path}`");
+            }
+            let value = match keys[0] {
+                "config" => toml::Value::String(raw.to_string()),
+                _ => toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                    .ok()
+                    .and_then(|mut t| t.remove("v"))
+                    .unwrap_or_else(|| toml::Value::String(raw.to_string())),
+            };
+            let (last, parents) = keys
+                .split_last()
+                .ok_or_else(|| anyhow::anyhow!("--set `{set}`: no key"))?;
+            let mut table = &mut root;
+            for key in parents {
+                let entry = table
+                    .entry(key.to_string())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                table = entry
+                    .as_table_mut()
+                    .ok_or_else(|| anyhow::anyhow!("--set `{set}`: `{key}` is not a table"))?;
+            }
+            table.insert(last.to_string(), value);
+        }
+        Manifest::parse(&toml::to_string(&root)?).map_err(|e| anyhow::anyhow!("after --set: {e}"))
+    }
+
     pub fn limits(&self) -> anyhow::Result<ResolvedLimits> {
         let limits = self.limits.as_ref();
         let memory_bytes = match limits.and_then(|l| l.memory.as_deref()) {
@@ -168,6 +208,32 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(err.contains("limitz"), "{err}");
+    }
+
+    #[test]
+    fn overrides_like_helm_set() {
+        let m =
+            Manifest::parse("[function]\nname='a'\nversion='1.0.0'\nkind='transform'\n").unwrap();
+        let o = m
+            .with_overrides(&[
+                "limits.timeout=250ms".into(),
+                "scaling.max_instances=4".into(),
+                "config.threshold=0.5".into(),
+                "function.version=2.0.0".into(),
+            ])
+            .unwrap();
+        assert_eq!(o.limits().unwrap().timeout, Duration::from_millis(250));
+        assert_eq!(o.scaling.unwrap().max_instances, Some(4));
+        assert_eq!(o.config["threshold"], "0.5");
+        assert_eq!(o.function.version, "2.0.0");
+        let err = m
+            .with_overrides(&["scaling.replicas=3".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("replicas"), "{err}");
+        assert!(m.with_overrides(&["nothing".into()]).is_err());
+        assert!(m.with_overrides(&["function.name.x=1".into()]).is_err());
+        assert!(m.with_overrides(&["limits..timeout=1s".into()]).is_err());
     }
 
     #[test]

@@ -158,3 +158,55 @@ fn metrics_and_health() {
     let health: Value = server.get("/healthz").json().unwrap();
     assert_eq!(health["status"], "ok");
 }
+
+#[test]
+fn deploy_set_overrides_manifest_fields() {
+    let server = Server::start();
+    let out = server.cli_ok(&[
+        "deploy",
+        "functions/chaos",
+        "--set",
+        "limits.timeout=200ms",
+        "--set",
+        "function.version=1.0.1",
+        "--json",
+    ]);
+    let out: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(out["version"], "1.0.1");
+    let resp = server.post(
+        "/fn/default/chaos",
+        "application/json",
+        r#"[{"mode": "loop"}]"#,
+    );
+    let (status, _, message) = quiver_tests::error_of(resp);
+    assert_eq!(status, 504);
+    assert!(
+        message.contains("200ms"),
+        "the overridden timeout applies: {message}"
+    );
+
+    // Config values are strings; an unknown key is named.
+    server.cli_ok(&[
+        "deploy",
+        "functions/txn-features",
+        "--set",
+        r#"config.merchant_stats={"m": [1.0, 0.5]}"#,
+    ]);
+    let body: Value = server
+        .post(
+            "/fn/default/txn-features",
+            "application/json",
+            r#"[{"amount": 1.718281828, "ts": 0, "merchant": "m"}]"#,
+        )
+        .json()
+        .unwrap();
+    let z = body["rows"][0]["merchant_z"].as_f64().unwrap();
+    assert!(z.abs() < 1e-6, "ln(1 + e - 1) = 1 = the mean: {z}");
+    let err = server.cli_err(&[
+        "deploy",
+        "functions/txn-features",
+        "--set",
+        "scaling.replicas=3",
+    ]);
+    assert!(err.contains("replicas"), "{err}");
+}

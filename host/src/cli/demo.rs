@@ -54,7 +54,7 @@ pub async fn run(
 
     let mut deployed = Vec::new();
     for f in FUNCTIONS {
-        let out = super::deploy(&client, &functions.join(f), None, None, None, !json)
+        let out = super::deploy(&client, &functions.join(f), &Default::default(), !json)
             .await
             .with_context(|| format!("deploying {f}"))?;
         n.say(&format!(

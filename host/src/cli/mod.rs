@@ -92,6 +92,9 @@ enum Command {
         /// The kind of a bare .wasm (ingest, transform, inference, monitor, trainer, http).
         #[arg(long)]
         kind: Option<String>,
+        /// Override any manifest field: `--set limits.timeout=5s --set config.k=v`.
+        #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+        sets: Vec<String>,
     },
     /// Invoke a function: NAME or NAME@VERSION.
     Invoke {
@@ -150,8 +153,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             version,
             kind,
+            sets,
         } => {
-            let out = deploy(&client, &path, name, version, kind, !cli.json).await?;
+            let overrides = Overrides {
+                name,
+                version,
+                kind,
+                sets,
+            };
+            let out = deploy(&client, &path, &overrides, !cli.json).await?;
             match cli.json {
                 true => println!("{out}"),
                 false => println!(
@@ -260,14 +270,28 @@ fn short(v: &Value) -> String {
 }
 
 /// Resolve what to upload from a path, apply overrides, build if needed, upload.
+/// What `deploy` changes in the manifest it sends.
+#[derive(Debug, Default)]
+pub(crate) struct Overrides {
+    pub name: Option<String>,
+    pub version: Option<String>,
+    pub kind: Option<String>,
+    pub sets: Vec<String>,
+}
+
 pub(crate) async fn deploy(
     client: &Client,
     path: &Path,
-    name: Option<String>,
-    version: Option<String>,
-    kind: Option<String>,
+    overrides: &Overrides,
     progress: bool,
 ) -> anyhow::Result<Value> {
+    let Overrides {
+        name,
+        version,
+        kind,
+        sets,
+    } = overrides;
+    let (name, version, kind) = (name.clone(), version.clone(), kind.clone());
     let (mut manifest, component_path) = if path.is_dir() {
         let manifest_path = path.join("quiver.toml");
         let text = std::fs::read_to_string(&manifest_path)
@@ -277,6 +301,7 @@ pub(crate) async fn deploy(
         if let Some(k) = kind {
             manifest.function.kind = k;
         }
+        manifest = manifest.with_overrides(sets)?;
         let wasm = match manifest.function.kind.as_str() {
             "pipeline" => None,
             _ if path.join("Cargo.toml").is_file() => {
@@ -311,7 +336,7 @@ pub(crate) async fn deploy(
             config: Default::default(),
             pipeline: None,
         };
-        (manifest, Some(path.to_path_buf()))
+        (manifest.with_overrides(sets)?, Some(path.to_path_buf()))
     } else {
         bail!("{} does not exist", path.display());
     };
