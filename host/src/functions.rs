@@ -5,6 +5,7 @@ use crate::bindings::{Batch, RejectedRow};
 use crate::convert;
 use crate::manifest::{Manifest, ResolvedLimits};
 use crate::runtime::{Invocation, InvokeError, Prepared, Runtime};
+use crate::scaler::Lifecycle;
 use anyhow::Context as _;
 use quiver_registry::{
     validate, NewVersion, PublishOutcome, Registry, RegistryError, VersionRecord,
@@ -12,12 +13,37 @@ use quiver_registry::{
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 /// A deployed version, ready to invoke.
 pub struct Deployment {
     pub record: VersionRecord,
     pub body: DeploymentBody,
     invocation: Invocation,
+    lifecycle: Mutex<Lifecycle>,
+}
+
+/// Marks a request in flight on a deployment (and a pipeline's stages) until dropped,
+/// so errors and cancelled requests count as finished too.
+pub struct InFlight(Vec<Arc<Deployment>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        for d in &self.0 {
+            if let Ok(mut l) = d.lifecycle.lock() {
+                l.finished(now);
+            }
+        }
+    }
+}
+
+/// What `quiver ls` shows of a loaded deployment.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LiveState {
+    pub state: &'static str,
+    pub in_flight: u32,
+    pub idle_instances: usize,
 }
 
 pub enum DeploymentBody {
@@ -164,6 +190,61 @@ impl Functions {
         Ok(rec)
     }
 
+    /// Count a request in flight on `d` until the guard drops.
+    pub fn track(&self, d: &Arc<Deployment>) -> InFlight {
+        let mut all = vec![d.clone()];
+        if let DeploymentBody::Pipeline(stages) = &d.body {
+            all.extend(stages.iter().cloned());
+        }
+        for d in &all {
+            if let Ok(mut l) = d.lifecycle.lock() {
+                l.started();
+            }
+        }
+        InFlight(all)
+    }
+
+    /// Send every deployment idle past its `idle_timeout` back to Cold: its
+    /// `InstancePre`, warm instances and compiled code leave memory; the registry
+    /// entry and the on-disk AOT artifact stay. Returns how many went cold.
+    pub fn evict_idle(&self, now: Instant) -> usize {
+        let Ok(mut loaded) = self.loaded.lock() else {
+            return 0;
+        };
+        let cold: Vec<_> = loaded
+            .iter()
+            .filter(|(_, d)| {
+                d.lifecycle
+                    .lock()
+                    .map(|l| l.should_evict(now))
+                    .unwrap_or(false)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &cold {
+            if let Some(d) = loaded.remove(key) {
+                self.forget_serving(&key.0, &key.1);
+                if let Ok(digest) = d.record.digest() {
+                    self.runtime.forget_component(&digest.hex());
+                }
+                tracing::info!(function = %d.invocation.tag, "idle: scaled to zero");
+            }
+        }
+        cold.len()
+    }
+
+    /// Live state of a version, or `None` when it is Cold.
+    pub fn live_state(&self, tenant: &str, name: &str, version: &str) -> Option<LiveState> {
+        let key = (tenant.to_string(), name.to_string(), version.to_string());
+        let d = self.loaded.lock().ok()?.get(&key)?.clone();
+        let l = d.lifecycle.lock().ok()?;
+        Some(LiveState {
+            state: l.phase().as_str(),
+            in_flight: l.in_flight(),
+            idle_instances: d.invocation.idle_instances(),
+        })
+    }
+
     fn forget_serving(&self, tenant: &str, name: &str) {
         if let Ok(mut serving) = self.serving.write() {
             serving.remove(&format!("{tenant}/{name}"));
@@ -226,6 +307,9 @@ impl Functions {
             }
             let manifest = Manifest::parse(&record.manifest).map_err(DeployError::Internal)?;
             let limits: ResolvedLimits = manifest.limits().map_err(DeployError::Internal)?;
+            let (idle_timeout, min_instances) =
+                manifest.lifecycle().map_err(DeployError::Internal)?;
+            let lifecycle = Mutex::new(Lifecycle::new(idle_timeout, min_instances, Instant::now()));
             let tag = format!("{}/{}@{}", record.tenant, record.name, record.version);
             let invocation = Invocation::new(limits, manifest.config.clone(), &tag);
             let body = if record.kind == "pipeline" {
@@ -256,6 +340,7 @@ impl Functions {
                 record,
                 body,
                 invocation,
+                lifecycle,
             });
             self.loaded
                 .lock()

@@ -8,6 +8,7 @@ pub mod functions;
 pub mod manifest;
 pub mod metrics;
 pub mod runtime;
+pub mod scaler;
 pub mod server;
 
 use std::net::SocketAddr;
@@ -49,6 +50,18 @@ pub async fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         .map_err(|e| anyhow::anyhow!("binding {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
     let handle = tokio::spawn(server::serve(listener, state.clone()));
+    // The scaler's clock: idle deployments go back to Cold.
+    let reaper = Arc::downgrade(&state.functions);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            let Some(functions) = reaper.upgrade() else {
+                break;
+            };
+            functions.evict_idle(std::time::Instant::now());
+        }
+    });
     Ok(RunningServer {
         addr,
         handle,

@@ -121,7 +121,19 @@ impl Manifest {
             _ => {}
         }
         self.limits()?;
+        self.lifecycle()?;
         Ok(())
+    }
+
+    /// `[scaling]` idle_timeout (default 30 s) and min_instances (default 0).
+    pub fn lifecycle(&self) -> anyhow::Result<(Duration, u32)> {
+        let scaling = self.scaling.as_ref();
+        let idle = match scaling.and_then(|s| s.idle_timeout.as_deref()) {
+            None => crate::scaler::DEFAULT_IDLE_TIMEOUT,
+            Some(t) => humantime::parse_duration(t)
+                .map_err(|e| anyhow::anyhow!("[scaling] idle_timeout `{t}`: {e}"))?,
+        };
+        Ok((idle, scaling.and_then(|s| s.min_instances).unwrap_or(0)))
     }
 
     /// Apply `key.path=value` overrides (as helm's `--set`) and validate the result

@@ -185,6 +185,11 @@ pub struct Invocation {
 }
 
 impl Invocation {
+    /// Warm instances waiting for this deployment's next call.
+    pub fn idle_instances(&self) -> usize {
+        self.pool.len()
+    }
+
     pub fn new(limits: ResolvedLimits, config: BTreeMap<String, String>, tag: &str) -> Self {
         Invocation {
             limits,
@@ -208,6 +213,10 @@ struct InstancePool {
 const MAX_IDLE: usize = 8;
 
 impl InstancePool {
+    fn len(&self) -> usize {
+        self.idle.lock().map_or(0, |idle| idle.len())
+    }
+
     fn take(&self) -> Option<Warm> {
         self.idle.lock().ok()?.pop()
     }
@@ -345,6 +354,13 @@ impl Runtime {
     /// How many typed-function instances this process created (reuse keeps it low).
     pub fn instantiations(&self) -> u64 {
         self.instantiations.load(Ordering::Relaxed)
+    }
+
+    /// Drop compiled code from memory (the AOT artifact stays on disk).
+    pub fn forget_component(&self, digest_hex: &str) {
+        if let Ok(mut components) = self.components.lock() {
+            components.remove(digest_hex);
+        }
     }
 
     /// Compiled code for a digest: memory, then the AOT file, then compile (and save).

@@ -212,6 +212,7 @@ async fn invoke(
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/json");
+        let _in_flight = state.functions.track(&d);
         let out = state.functions.invoke(&d, content_type, &body).await?;
         Ok(Json(out.to_json()).into_response())
     }
@@ -308,6 +309,7 @@ async fn http_proxy(
             .parse()
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_uri", format!("{e}")))?;
         let req = hyper::Request::from_parts(parts, body);
+        let _in_flight = state.functions.track(&d);
         let resp = state
             .functions
             .runtime()
@@ -418,7 +420,18 @@ async fn list(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_name("tenant", &tenant)?;
     let records = state.functions.registry().index().list_serving(&tenant)?;
-    Ok(Json(json!({ "functions": records })))
+    let functions: Vec<serde_json::Value> = records
+        .into_iter()
+        .map(|r| {
+            let live = state.functions.live_state(&r.tenant, &r.name, &r.version);
+            let mut v = json!(r);
+            v["state"] = json!(live.as_ref().map_or("cold", |l| l.state));
+            v["in_flight"] = json!(live.as_ref().map_or(0, |l| l.in_flight));
+            v["idle_instances"] = json!(live.as_ref().map_or(0, |l| l.idle_instances));
+            v
+        })
+        .collect();
+    Ok(Json(json!({ "functions": functions })))
 }
 
 async fn versions(

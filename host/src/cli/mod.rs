@@ -204,13 +204,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{out}");
                 return Ok(());
             }
-            println!("{:<24} {:<10} {:<10} DIGEST", "NAME", "VERSION", "KIND");
+            println!(
+                "{:<24} {:<10} {:<10} {:<6} {:>9} {:>5} DIGEST",
+                "NAME", "VERSION", "KIND", "STATE", "IN-FLIGHT", "IDLE"
+            );
             for f in out["functions"].as_array().into_iter().flatten() {
                 println!(
-                    "{:<24} {:<10} {:<10} {}",
+                    "{:<24} {:<10} {:<10} {:<6} {:>9} {:>5} {}",
                     s(&f["name"]),
                     s(&f["version"]),
                     s(&f["kind"]),
+                    s(&f["state"]),
+                    f["in_flight"],
+                    f["idle_instances"],
                     short(&f["digest"])
                 );
             }
