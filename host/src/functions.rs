@@ -7,6 +7,7 @@ use crate::manifest::{Manifest, ResolvedLimits};
 use crate::runtime::{Invocation, InvokeError, Prepared, Runtime};
 use crate::scaler::Lifecycle;
 use anyhow::Context as _;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 use quiver_registry::{
     validate, NewVersion, PublishOutcome, Registry, RegistryError, VersionRecord,
 };
@@ -68,10 +69,17 @@ pub struct Output {
     pub rejected: Vec<RejectedRow>,
 }
 
+/// (tenant, name, version)
+type DeploymentKey = (String, String, String);
+
 pub struct Functions {
     registry: Arc<Registry>,
     runtime: Arc<Runtime>,
-    loaded: Mutex<HashMap<(String, String, String), Arc<Deployment>>>,
+    loaded: Mutex<HashMap<DeploymentKey, Arc<Deployment>>>,
+    /// One gate per version being loaded, so concurrent cold requests load it once.
+    loading: Mutex<HashMap<DeploymentKey, Arc<tokio::sync::Mutex<()>>>>,
+    cold_starts: IntCounterVec,
+    cold_start_seconds: HistogramVec,
     /// `tenant/name` -> the deployment its `stable` channel points at. Versions are
     /// immutable and this process is the only writer of the embedded index, so the
     /// entry stays right until this process deploys or rolls back that name.
@@ -80,14 +88,43 @@ pub struct Functions {
 }
 
 impl Functions {
-    pub fn new(registry: Arc<Registry>, runtime: Arc<Runtime>, max_component_size: usize) -> Self {
-        Functions {
+    pub fn new(
+        registry: Arc<Registry>,
+        runtime: Arc<Runtime>,
+        max_component_size: usize,
+    ) -> anyhow::Result<Self> {
+        let cold_starts = IntCounterVec::new(
+            Opts::new("quiver_cold_starts_total", "Loads of a Cold deployment"),
+            &["tenant", "function"],
+        )?;
+        let cold_start_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "quiver_cold_start_seconds",
+                "Time to load a Cold deployment (AOT artifact or compile, link, pre-instantiate)",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0,
+            ]),
+            &["tenant", "function"],
+        )?;
+        Ok(Functions {
             registry,
             runtime,
             loaded: Mutex::new(HashMap::new()),
+            loading: Mutex::new(HashMap::new()),
+            cold_starts,
+            cold_start_seconds,
             serving: RwLock::new(HashMap::new()),
             max_component_size,
-        }
+        })
+    }
+
+    /// The scaler's metrics, for the server's Prometheus registry.
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.cold_starts.clone()),
+            Box::new(self.cold_start_seconds.clone()),
+        ]
     }
 
     pub fn registry(&self) -> &Registry {
@@ -285,6 +322,16 @@ impl Functions {
         }
     }
 
+    fn cached(&self, key: &DeploymentKey) -> Result<Option<Arc<Deployment>>, DeployError> {
+        let loaded = self
+            .loaded
+            .lock()
+            .map_err(|_| DeployError::Internal(anyhow::anyhow!("poisoned")))?;
+        Ok(loaded.get(key).cloned())
+    }
+
+    /// Load a Cold deployment once, however many requests ask at the same time
+    /// (single flight per version); counts and times the cold start.
     fn load(
         self: &Arc<Self>,
         record: VersionRecord,
@@ -297,14 +344,41 @@ impl Functions {
                 record.name.clone(),
                 record.version.clone(),
             );
-            if let Some(d) = self
-                .loaded
-                .lock()
-                .map_err(|_| DeployError::Internal(anyhow::anyhow!("poisoned")))?
-                .get(&key)
-            {
-                return Ok(d.clone());
+            if let Some(d) = self.cached(&key)? {
+                return Ok(d);
             }
+            let gate = match self.loading.lock() {
+                Ok(mut loading) => loading.entry(key.clone()).or_default().clone(),
+                Err(_) => return Err(DeployError::Internal(anyhow::anyhow!("poisoned"))),
+            };
+            let _turn = gate.lock().await;
+            if let Some(d) = self.cached(&key)? {
+                return Ok(d);
+            }
+            let started = Instant::now();
+            let loaded = self.load_uncached(record).await;
+            if let Ok(mut loading) = self.loading.lock() {
+                loading.remove(&key);
+            }
+            let d = loaded?;
+            self.cold_starts.with_label_values(&[&key.0, &key.1]).inc();
+            self.cold_start_seconds
+                .with_label_values(&[&key.0, &key.1])
+                .observe(started.elapsed().as_secs_f64());
+            Ok(d)
+        })
+    }
+
+    async fn load_uncached(
+        self: &Arc<Self>,
+        record: VersionRecord,
+    ) -> Result<Arc<Deployment>, DeployError> {
+        {
+            let key = (
+                record.tenant.clone(),
+                record.name.clone(),
+                record.version.clone(),
+            );
             let manifest = Manifest::parse(&record.manifest).map_err(DeployError::Internal)?;
             let limits: ResolvedLimits = manifest.limits().map_err(DeployError::Internal)?;
             let (idle_timeout, min_instances) =
@@ -347,7 +421,7 @@ impl Functions {
                 .map_err(|_| DeployError::Internal(anyhow::anyhow!("poisoned")))?
                 .insert(key, deployment.clone());
             Ok(deployment)
-        })
+        }
     }
 
     /// Run a typed function or a pipeline on a request body. An ingest first stage

@@ -39,10 +39,14 @@ pub async fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         registry,
         runtime,
         server::MAX_COMPONENT_SIZE,
-    ));
+    )?);
+    let metrics = metrics::Metrics::new()?;
+    for collector in functions.collectors() {
+        metrics.register(collector)?;
+    }
     let state = Arc::new(server::AppState {
         functions,
-        metrics: metrics::Metrics::new()?,
+        metrics,
         max_body: config.max_body,
     });
     let listener = tokio::net::TcpListener::bind(config.listen)

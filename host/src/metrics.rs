@@ -47,6 +47,11 @@ impl Metrics {
         })
     }
 
+    /// Add metrics owned elsewhere (the scaler's, for example).
+    pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) -> anyhow::Result<()> {
+        Ok(self.registry.register(collector)?)
+    }
+
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metric families.

@@ -100,3 +100,58 @@ fn min_instances_keeps_a_function_loaded() {
     std::thread::sleep(Duration::from_millis(1200));
     assert_eq!(state_of(&server, "txn-features")["state"], "idle");
 }
+
+#[test]
+fn concurrent_first_requests_load_a_cold_function_once() {
+    let server = Server::start();
+    server.cli_ok(&[
+        "deploy",
+        "functions/txn-features",
+        "--set",
+        "scaling.idle_timeout=1s",
+    ]);
+    let burst = || {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..16)
+                .map(|_| {
+                    s.spawn(|| {
+                        server
+                            .post(
+                                "/fn/default/txn-features",
+                                "application/json",
+                                read_sample("txn-features"),
+                            )
+                            .status()
+                    })
+                })
+                .collect();
+            for h in handles {
+                assert_eq!(h.join().unwrap(), 200);
+            }
+        })
+    };
+    let cold_starts = || {
+        let text = server.get("/metrics").text().unwrap();
+        text.lines()
+            .find(|l| {
+                l.starts_with(
+                    r#"quiver_cold_starts_total{function="txn-features",tenant="default"}"#,
+                )
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .unwrap_or(0)
+    };
+    burst();
+    assert_eq!(cold_starts(), 1, "16 concurrent first requests, one load");
+    let text = server.get("/metrics").text().unwrap();
+    assert!(
+        text.contains(
+            r#"quiver_cold_start_seconds_count{function="txn-features",tenant="default"} 1"#
+        ),
+        "{text}"
+    );
+
+    wait_for_cold(&server, "txn-features", Duration::from_secs(5));
+    burst();
+    assert_eq!(cold_starts(), 2, "one more load after going cold");
+}
