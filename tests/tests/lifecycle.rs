@@ -15,13 +15,23 @@ fn state_of(server: &Server, name: &str) -> Value {
         .unwrap()
 }
 
-fn counter(server: &Server, name: &str) -> u64 {
+/// The value of the first metric line that starts with `series` (name and labels).
+fn counter(server: &Server, series: &str) -> u64 {
     let text = server.get("/metrics").text().unwrap();
     let line = text
         .lines()
-        .find(|l| l.starts_with(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} missing"));
+        .find(|l| l.starts_with(&format!("{series} ")))
+        .unwrap_or_else(|| panic!("{series} missing in {text}"));
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn deploy_idle_after_1s(server: &Server) {
+    server.cli_ok(&[
+        "deploy",
+        "functions/txn-features",
+        "--set",
+        "scaling.idle_timeout=1s",
+    ]);
 }
 
 fn wait_for_cold(server: &Server, name: &str, within: Duration) {
@@ -39,12 +49,7 @@ fn wait_for_cold(server: &Server, name: &str, within: Duration) {
 #[test]
 fn idle_functions_scale_to_zero_and_come_back() {
     let server = Server::start();
-    server.cli_ok(&[
-        "deploy",
-        "functions/txn-features",
-        "--set",
-        "scaling.idle_timeout=1s",
-    ]);
+    deploy_idle_after_1s(&server);
     wait_for_cold(&server, "txn-features", Duration::from_secs(5));
     assert!(server.cli_ok(&["ls"]).contains("cold"));
 
@@ -104,12 +109,7 @@ fn min_instances_keeps_a_function_loaded() {
 #[test]
 fn concurrent_first_requests_load_a_cold_function_once() {
     let server = Server::start();
-    server.cli_ok(&[
-        "deploy",
-        "functions/txn-features",
-        "--set",
-        "scaling.idle_timeout=1s",
-    ]);
+    deploy_idle_after_1s(&server);
     let burst = || {
         std::thread::scope(|s| {
             let handles: Vec<_> = (0..16)
@@ -131,15 +131,10 @@ fn concurrent_first_requests_load_a_cold_function_once() {
         })
     };
     let cold_starts = || {
-        let text = server.get("/metrics").text().unwrap();
-        text.lines()
-            .find(|l| {
-                l.starts_with(
-                    r#"quiver_cold_starts_total{function="txn-features",tenant="default"}"#,
-                )
-            })
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-            .unwrap_or(0)
+        counter(
+            &server,
+            r#"quiver_cold_starts_total{function="txn-features",tenant="default"}"#,
+        )
     };
     burst();
     assert_eq!(cold_starts(), 1, "16 concurrent first requests, one load");
