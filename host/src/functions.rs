@@ -361,6 +361,10 @@ impl Functions {
                 loading.remove(&key);
             }
             let d = loaded?;
+            self.loaded
+                .lock()
+                .map_err(|_| DeployError::Internal(anyhow::anyhow!("poisoned")))?
+                .insert(key.clone(), d.clone());
             self.cold_starts.with_label_values(&[&key.0, &key.1]).inc();
             self.cold_start_seconds
                 .with_label_values(&[&key.0, &key.1])
@@ -369,59 +373,47 @@ impl Functions {
         })
     }
 
+    /// Build a deployment from its registry record (the caller caches it).
     async fn load_uncached(
         self: &Arc<Self>,
         record: VersionRecord,
     ) -> Result<Arc<Deployment>, DeployError> {
-        {
-            let key = (
-                record.tenant.clone(),
-                record.name.clone(),
-                record.version.clone(),
-            );
-            let manifest = Manifest::parse(&record.manifest).map_err(DeployError::Internal)?;
-            let limits: ResolvedLimits = manifest.limits().map_err(DeployError::Internal)?;
-            let (idle_timeout, min_instances) =
-                manifest.lifecycle().map_err(DeployError::Internal)?;
-            let lifecycle = Mutex::new(Lifecycle::new(idle_timeout, min_instances, Instant::now()));
-            let tag = format!("{}/{}@{}", record.tenant, record.name, record.version);
-            let invocation = Invocation::new(limits, manifest.config.clone(), &tag);
-            let body = if record.kind == "pipeline" {
-                let mut stages = Vec::new();
-                for stage in manifest.pipeline.map(|p| p.stages).unwrap_or_default() {
-                    let (name, v) = split_ref(&stage);
-                    let rec = self.registry.resolve(&record.tenant, name, v)?;
-                    stages.push(self.load(rec).await?);
-                }
-                DeploymentBody::Pipeline(stages)
-            } else {
-                let this = self.clone();
-                let rec = record.clone();
-                let prepared = tokio::task::spawn_blocking(move || -> anyhow::Result<Prepared> {
-                    let digest = rec.digest()?;
-                    let component = this
-                        .runtime
-                        .component(&digest.hex(), || Ok(this.registry.blobs().get(&digest)?))?;
-                    this.runtime.prepare(&rec.kind, &component)
-                })
-                .await
-                .map_err(|e| DeployError::Internal(e.into()))?
-                .context("loading component")
-                .map_err(DeployError::Internal)?;
-                DeploymentBody::Component(prepared)
-            };
-            let deployment = Arc::new(Deployment {
-                record,
-                body,
-                invocation,
-                lifecycle,
-            });
-            self.loaded
-                .lock()
-                .map_err(|_| DeployError::Internal(anyhow::anyhow!("poisoned")))?
-                .insert(key, deployment.clone());
-            Ok(deployment)
-        }
+        let manifest = Manifest::parse(&record.manifest).map_err(DeployError::Internal)?;
+        let limits: ResolvedLimits = manifest.limits().map_err(DeployError::Internal)?;
+        let (idle_timeout, min_instances) = manifest.lifecycle().map_err(DeployError::Internal)?;
+        let lifecycle = Mutex::new(Lifecycle::new(idle_timeout, min_instances, Instant::now()));
+        let tag = format!("{}/{}@{}", record.tenant, record.name, record.version);
+        let invocation = Invocation::new(limits, manifest.config.clone(), &tag);
+        let body = if record.kind == "pipeline" {
+            let mut stages = Vec::new();
+            for stage in manifest.pipeline.map(|p| p.stages).unwrap_or_default() {
+                let (name, v) = split_ref(&stage);
+                let rec = self.registry.resolve(&record.tenant, name, v)?;
+                stages.push(self.load(rec).await?);
+            }
+            DeploymentBody::Pipeline(stages)
+        } else {
+            let this = self.clone();
+            let rec = record.clone();
+            let prepared = tokio::task::spawn_blocking(move || -> anyhow::Result<Prepared> {
+                let digest = rec.digest()?;
+                let component = this
+                    .runtime
+                    .component(&digest.hex(), || Ok(this.registry.blobs().get(&digest)?))?;
+                this.runtime.prepare(&rec.kind, &component)
+            })
+            .await
+            .map_err(|e| DeployError::Internal(e.into()))?
+            .context("loading component")
+            .map_err(DeployError::Internal)?;
+            DeploymentBody::Component(prepared)
+        };
+        Ok(Arc::new(Deployment {
+            record,
+            body,
+            invocation,
+            lifecycle,
+        }))
     }
 
     /// Run a typed function or a pipeline on a request body. An ingest first stage

@@ -134,8 +134,9 @@ pub enum Prepared {
     Ingest(IngestPre<HostState>),
     Transform(TransformPre<HostState>),
     Http(ProxyPre<HostState>),
-    /// Validated and linked, but this host has no trigger for its world yet.
-    NotInvocable(&'static str),
+    /// Validated and linked (its kind is named), but this host has no trigger for
+    /// its world yet.
+    NotInvocable(String),
 }
 
 /// How an invocation failed, in terms a caller can act on.
@@ -420,12 +421,7 @@ impl Runtime {
             "ingest" => Prepared::Ingest(IngestPre::new(pre).map_err(wrong)?),
             "transform" => Prepared::Transform(TransformPre::new(pre).map_err(wrong)?),
             "http" => Prepared::Http(ProxyPre::new(pre).map_err(wrong)?),
-            "monitor" => Prepared::NotInvocable("monitor"),
-            "trainer" => Prepared::NotInvocable("trainer"),
-            other => Prepared::NotInvocable(match other {
-                "inference" => "inference",
-                _ => "unknown",
-            }),
+            other => Prepared::NotInvocable(other.to_string()),
         })
     }
 

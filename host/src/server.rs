@@ -102,7 +102,7 @@ impl From<InvokeError> for ApiError {
 
 pub fn router(state: Arc<AppState>) -> Router {
     // Uploads are bounded by the registry's component size limit plus room for the manifest.
-    let upload_limit = quiver_registry_size_limit() + (1 << 20);
+    let upload_limit = MAX_COMPONENT_SIZE + (1 << 20);
     let admin = Router::new()
         .route("/tenants/{tenant}/functions", post(deploy).get(list))
         .route("/tenants/{tenant}/functions/{name}/versions", get(versions))
@@ -125,10 +125,6 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 pub const MAX_COMPONENT_SIZE: usize = 64 << 20;
-
-fn quiver_registry_size_limit() -> usize {
-    MAX_COMPONENT_SIZE
-}
 
 fn check_name(what: &str, s: &str) -> Result<(), ApiError> {
     let ok = !s.is_empty()

@@ -9,10 +9,6 @@ pub struct Client {
     tenant: String,
 }
 
-pub fn split_name(s: &str) -> (&str, Option<&str>) {
-    crate::functions::split_ref(s)
-}
-
 impl Client {
     pub fn new(server: &str, tenant: &str) -> anyhow::Result<Self> {
         Ok(Client {

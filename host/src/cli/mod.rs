@@ -192,7 +192,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             match cli.json {
                 true => println!("{}", serde_json::json!({"version": version, "result": out})),
                 false => {
-                    eprintln!("served by {}@{version}", client::split_name(&function).0);
+                    eprintln!(
+                        "served by {}@{version}",
+                        crate::functions::split_ref(&function).0
+                    );
                     println!("{}", serde_json::to_string_pretty(&out)?);
                 }
             }
