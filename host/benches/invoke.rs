@@ -7,7 +7,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use quiver_host::bindings::{Batch, Column, Field};
 use quiver_host::manifest::ResolvedLimits;
-use quiver_host::runtime::{Allocator, Invocation, Prepared, Runtime};
+use quiver_host::runtime::{Allocator, Invocation, Prepared, Runtime, MAX_IDLE};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -55,11 +55,16 @@ fn bench(c: &mut Criterion) {
         memory_bytes: 64 << 20,
         timeout: Duration::from_secs(2),
     };
-    let inv = Invocation::new(limits, Default::default(), "bench/txn-features@1.0.0");
+    let inv = Invocation::new(
+        limits,
+        Default::default(),
+        "bench/txn-features@1.0.0",
+        MAX_IDLE,
+    );
     // A second deployment of the same component whose pool never keeps an instance:
     // every call instantiates, as before instance reuse.
-    let cold_inv = Invocation::new(limits, Default::default(), "bench/fresh@1.0.0");
-    let echo_inv = Invocation::new(limits, Default::default(), "bench/chaos@1.0.0");
+    let cold_inv = Invocation::new(limits, Default::default(), "bench/fresh@1.0.0", MAX_IDLE);
+    let echo_inv = Invocation::new(limits, Default::default(), "bench/chaos@1.0.0", MAX_IDLE);
     let input = one_row();
     let echo_bytes = wasm("chaos");
     let echo_component = runtime

@@ -1,13 +1,14 @@
 //! Deployments: turn registry versions into ready-to-run functions and pipelines,
 //! and run them. Triggers (HTTP today) call `Functions`; they never see wasmtime.
 
+use crate::admission::{Admission, Rejected, Slot};
 use crate::bindings::{Batch, RejectedRow};
 use crate::convert;
 use crate::manifest::{Manifest, ResolvedLimits};
 use crate::runtime::{Invocation, InvokeError, Prepared, Runtime};
 use crate::scaler::Lifecycle;
 use anyhow::Context as _;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
 use quiver_registry::{
     validate, NewVersion, PublishOutcome, Registry, RegistryError, VersionRecord,
 };
@@ -22,11 +23,18 @@ pub struct Deployment {
     pub body: DeploymentBody,
     invocation: Invocation,
     lifecycle: Mutex<Lifecycle>,
+    admission: Admission,
 }
 
 /// Marks a request in flight on a deployment (and a pipeline's stages) until dropped,
 /// so errors and cancelled requests count as finished too.
 pub struct InFlight(Vec<Arc<Deployment>>);
+
+/// An admitted request: a slot of the deployment's capacity, and in flight.
+pub struct Ticket {
+    _slot: Slot,
+    _in_flight: InFlight,
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -44,6 +52,8 @@ impl Drop for InFlight {
 pub struct LiveState {
     pub state: &'static str,
     pub in_flight: u32,
+    pub queued: u32,
+    pub busy_instances: usize,
     pub idle_instances: usize,
 }
 
@@ -80,6 +90,8 @@ pub struct Functions {
     loading: Mutex<HashMap<DeploymentKey, Arc<tokio::sync::Mutex<()>>>>,
     cold_starts: IntCounterVec,
     cold_start_seconds: HistogramVec,
+    instances: IntGaugeVec,
+    queue_depth: IntGaugeVec,
     /// `tenant/name` -> the deployment its `stable` channel points at. Versions are
     /// immutable and this process is the only writer of the embedded index, so the
     /// entry stays right until this process deploys or rolls back that name.
@@ -107,6 +119,20 @@ impl Functions {
             ]),
             &["tenant", "function"],
         )?;
+        let instances = IntGaugeVec::new(
+            Opts::new(
+                "quiver_instances",
+                "Instances of loaded deployments: busy (serving a call) or idle (warm, pooled)",
+            ),
+            &["tenant", "function", "version", "state"],
+        )?;
+        let queue_depth = IntGaugeVec::new(
+            Opts::new(
+                "quiver_queue_depth",
+                "Requests waiting for capacity (max_instances / max_concurrency)",
+            ),
+            &["tenant", "function", "version"],
+        )?;
         Ok(Functions {
             registry,
             runtime,
@@ -114,6 +140,8 @@ impl Functions {
             loading: Mutex::new(HashMap::new()),
             cold_starts,
             cold_start_seconds,
+            instances,
+            queue_depth,
             serving: RwLock::new(HashMap::new()),
             max_component_size,
         })
@@ -124,7 +152,40 @@ impl Functions {
         vec![
             Box::new(self.cold_starts.clone()),
             Box::new(self.cold_start_seconds.clone()),
+            Box::new(self.instances.clone()),
+            Box::new(self.queue_depth.clone()),
         ]
+    }
+
+    /// Set the gauges from the loaded deployments (called before each scrape, so a
+    /// deployment that went Cold has no series left).
+    pub fn update_gauges(&self) {
+        let Ok(loaded) = self.loaded.lock() else {
+            return;
+        };
+        self.instances.reset();
+        self.queue_depth.reset();
+        for ((tenant, name, version), d) in loaded.iter() {
+            let labels = [tenant.as_str(), name.as_str(), version.as_str()];
+            self.queue_depth
+                .with_label_values(&labels)
+                .set(i64::from(d.admission.queued()));
+            if let DeploymentBody::Component(_) = d.body {
+                for (state, n) in [
+                    ("busy", d.invocation.busy_instances()),
+                    ("idle", d.invocation.idle_instances()),
+                ] {
+                    self.instances
+                        .with_label_values(&[tenant, name, version, state])
+                        .set(n as i64);
+                }
+            }
+        }
+    }
+
+    /// Cold starts of `tenant/name` since this host started.
+    pub fn cold_starts(&self, tenant: &str, name: &str) -> u64 {
+        self.cold_starts.with_label_values(&[tenant, name]).get()
     }
 
     pub fn registry(&self) -> &Registry {
@@ -186,7 +247,7 @@ impl Functions {
             let this = self.clone();
             let (kind2, bytes2) = (kind.clone(), bytes.clone());
             tokio::task::spawn_blocking(move || {
-                let component = this.runtime.component(&digest, || Ok(bytes2))?;
+                let component = this.runtime.component_transient(&digest, || Ok(bytes2))?;
                 this.runtime.prepare(&kind2, &component)
             })
             .await
@@ -227,8 +288,18 @@ impl Functions {
         Ok(rec)
     }
 
+    /// Wait for a slot of `d`'s capacity (bounded queue with a deadline), then count
+    /// the request in flight until the ticket drops.
+    pub async fn admit(&self, d: &Arc<Deployment>) -> Result<Ticket, Rejected> {
+        let slot = d.admission.enter().await?;
+        Ok(Ticket {
+            _slot: slot,
+            _in_flight: self.track(d),
+        })
+    }
+
     /// Count a request in flight on `d` until the guard drops.
-    pub fn track(&self, d: &Arc<Deployment>) -> InFlight {
+    fn track(&self, d: &Arc<Deployment>) -> InFlight {
         let mut all = vec![d.clone()];
         if let DeploymentBody::Pipeline(stages) = &d.body {
             all.extend(stages.iter().cloned());
@@ -278,6 +349,8 @@ impl Functions {
         Some(LiveState {
             state: l.phase().as_str(),
             in_flight: l.in_flight(),
+            queued: d.admission.queued(),
+            busy_instances: d.invocation.busy_instances(),
             idle_instances: d.invocation.idle_instances(),
         })
     }
@@ -380,10 +453,26 @@ impl Functions {
     ) -> Result<Arc<Deployment>, DeployError> {
         let manifest = Manifest::parse(&record.manifest).map_err(DeployError::Internal)?;
         let limits: ResolvedLimits = manifest.limits().map_err(DeployError::Internal)?;
-        let (idle_timeout, min_instances) = manifest.lifecycle().map_err(DeployError::Internal)?;
-        let lifecycle = Mutex::new(Lifecycle::new(idle_timeout, min_instances, Instant::now()));
+        let scaling = manifest.scaling().map_err(DeployError::Internal)?;
+        let lifecycle = Mutex::new(Lifecycle::new(
+            scaling.idle_timeout,
+            scaling.min_instances,
+            Instant::now(),
+        ));
         let tag = format!("{}/{}@{}", record.tenant, record.name, record.version);
-        let invocation = Invocation::new(limits, manifest.config.clone(), &tag);
+        let invocation = Invocation::new(
+            limits,
+            manifest.config.clone(),
+            &tag,
+            scaling.max_instances as usize,
+        );
+        // One instance serves one call at a time, so a component runs at most
+        // `max_instances` calls; a pipeline's own limit is `max_concurrency`.
+        let capacity = match record.kind.as_str() {
+            "pipeline" => scaling.max_concurrency,
+            _ => scaling.max_concurrency.min(scaling.max_instances),
+        };
+        let admission = Admission::new(capacity, scaling.max_queue, scaling.queue_timeout);
         let body = if record.kind == "pipeline" {
             let mut stages = Vec::new();
             for stage in manifest.pipeline.map(|p| p.stages).unwrap_or_default() {
@@ -413,6 +502,7 @@ impl Functions {
             body,
             invocation,
             lifecycle,
+            admission,
         }))
     }
 
@@ -430,7 +520,13 @@ impl Functions {
         };
         let mut rejected = Vec::new();
         let mut batch: Option<Batch> = None;
+        let pipeline = matches!(d.body, DeploymentBody::Pipeline(_));
         for stage in stages {
+            // A pipeline's stages keep their own limits: wait for a slot of each.
+            let _slot = match pipeline {
+                true => Some(stage.admission.enter().await?),
+                false => None,
+            };
             let DeploymentBody::Component(prepared) = &stage.body else {
                 return Err(InvokeError::Host(anyhow::anyhow!(
                     "nested pipelines are not supported"

@@ -1,6 +1,7 @@
 //! The Quiver host: runtime, registry-backed deployments, HTTP trigger, admin API and
 //! the `quiver` CLI (a thin layer over these modules).
 
+pub mod admission;
 pub mod bindings;
 pub mod cli;
 pub mod convert;

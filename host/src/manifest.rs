@@ -37,7 +37,29 @@ pub struct Scaling {
     pub max_instances: Option<u32>,
     pub max_concurrency: Option<u32>,
     pub idle_timeout: Option<String>,
+    /// Requests that may wait for capacity; past it they get 429.
+    pub max_queue: Option<u32>,
+    /// How long a request waits for capacity before a 503 (default: `[limits] timeout`).
+    pub queue_timeout: Option<String>,
 }
+
+/// `[scaling]` with defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResolvedScaling {
+    pub idle_timeout: Duration,
+    pub min_instances: u32,
+    /// Instances alive at once, busy or idle. One instance serves one call at a time.
+    pub max_instances: u32,
+    /// Requests running at once (a pipeline's, or a component's own).
+    pub max_concurrency: u32,
+    pub max_queue: u32,
+    pub queue_timeout: Duration,
+}
+
+pub const DEFAULT_MAX_INSTANCES: u32 = 64;
+pub const DEFAULT_MAX_QUEUE: u32 = 256;
+/// The pooling allocator's budget of component instances is shared by all functions.
+pub const MAX_INSTANCES: u32 = 512;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -121,19 +143,58 @@ impl Manifest {
             _ => {}
         }
         self.limits()?;
-        self.lifecycle()?;
+        self.scaling()?;
         Ok(())
     }
 
-    /// `[scaling]` idle_timeout (default 30 s) and min_instances (default 0).
-    pub fn lifecycle(&self) -> anyhow::Result<(Duration, u32)> {
-        let scaling = self.scaling.as_ref();
-        let idle = match scaling.and_then(|s| s.idle_timeout.as_deref()) {
-            None => crate::scaler::DEFAULT_IDLE_TIMEOUT,
-            Some(t) => humantime::parse_duration(t)
-                .map_err(|e| anyhow::anyhow!("[scaling] idle_timeout `{t}`: {e}"))?,
+    /// `[scaling]`: idle_timeout 30 s, min_instances 0, max_instances 64,
+    /// max_concurrency = max_instances, max_queue 256, queue_timeout = `[limits] timeout`.
+    pub fn scaling(&self) -> anyhow::Result<ResolvedScaling> {
+        let s = self.scaling.clone().unwrap_or(Scaling {
+            min_instances: None,
+            max_instances: None,
+            max_concurrency: None,
+            idle_timeout: None,
+            max_queue: None,
+            queue_timeout: None,
+        });
+        let duration = |key: &str, v: &Option<String>| -> anyhow::Result<Option<Duration>> {
+            v.as_deref()
+                .map(|t| {
+                    humantime::parse_duration(t)
+                        .map_err(|e| anyhow::anyhow!("[scaling] {key} `{t}`: {e}"))
+                })
+                .transpose()
         };
-        Ok((idle, scaling.and_then(|s| s.min_instances).unwrap_or(0)))
+        let idle_timeout = duration("idle_timeout", &s.idle_timeout)?
+            .unwrap_or(crate::scaler::DEFAULT_IDLE_TIMEOUT);
+        let queue_timeout =
+            duration("queue_timeout", &s.queue_timeout)?.unwrap_or(self.limits()?.timeout);
+        let min_instances = s.min_instances.unwrap_or(0);
+        let max_instances = s.max_instances.unwrap_or(DEFAULT_MAX_INSTANCES);
+        let max_concurrency = s.max_concurrency.unwrap_or(max_instances);
+        if max_instances == 0 || max_instances > MAX_INSTANCES {
+            anyhow::bail!("[scaling] max_instances must be between 1 and {MAX_INSTANCES}");
+        }
+        if max_concurrency == 0 {
+            anyhow::bail!("[scaling] max_concurrency must be at least 1");
+        }
+        if min_instances > max_instances {
+            anyhow::bail!(
+                "[scaling] min_instances ({min_instances}) is more than max_instances ({max_instances})"
+            );
+        }
+        if queue_timeout > MAX_TIMEOUT {
+            anyhow::bail!("[scaling] queue_timeout must be at most 300s");
+        }
+        Ok(ResolvedScaling {
+            idle_timeout,
+            min_instances,
+            max_instances,
+            max_concurrency,
+            max_queue: s.max_queue.unwrap_or(DEFAULT_MAX_QUEUE),
+            queue_timeout,
+        })
     }
 
     /// Apply `key.path=value` overrides (as helm's `--set`) and validate the result
@@ -235,7 +296,16 @@ mod tests {
             ])
             .unwrap();
         assert_eq!(o.limits().unwrap().timeout, Duration::from_millis(250));
-        assert_eq!(o.scaling.unwrap().max_instances, Some(4));
+        assert_eq!(o.scaling().unwrap().max_instances, 4);
+        assert_eq!(
+            o.scaling().unwrap().max_concurrency,
+            4,
+            "defaults to max_instances"
+        );
+        assert_eq!(
+            o.scaling().unwrap().queue_timeout,
+            Duration::from_millis(250)
+        );
         assert_eq!(o.config["threshold"], "0.5");
         assert_eq!(o.function.version, "2.0.0");
         let err = m
@@ -265,6 +335,10 @@ mod tests {
         assert!(
             Manifest::parse("[function]\nname='p'\nversion='1.0.0'\nkind='pipeline'\n").is_err()
         );
+        let base = "[function]\nname='a'\nversion='1.0.0'\nkind='transform'\n[scaling]\n";
+        assert!(Manifest::parse(&format!("{base}max_instances=0")).is_err());
+        assert!(Manifest::parse(&format!("{base}max_instances=2\nmin_instances=3")).is_err());
+        assert!(Manifest::parse(&format!("{base}queue_timeout='soon'")).is_err());
         let p = Manifest::parse("[function]\nname='p'\nversion='1.0.0'\nkind='pipeline'\n[pipeline]\nstages=['a','b']\n")
             .unwrap();
         assert_eq!(p.pipeline.unwrap().stages, vec!["a", "b"]);

@@ -11,13 +11,13 @@ use anyhow::Context as _;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
-    Trap,
+    Trap, UpdateDeadline,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -54,6 +54,8 @@ pub struct HostState {
     limiter: MemoryLimiter,
     config: Arc<BTreeMap<String, String>>,
     tag: Arc<str>,
+    /// When the running call must stop (checked on every epoch tick).
+    deadline: Instant,
 }
 
 impl WasiView for HostState {
@@ -154,6 +156,8 @@ pub enum InvokeError {
     BadOutput(String),
     #[error("host error: {0:#}")]
     Host(anyhow::Error),
+    #[error("{0}")]
+    Overloaded(#[from] crate::admission::Rejected),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,12 +195,27 @@ impl Invocation {
         self.pool.len()
     }
 
-    pub fn new(limits: ResolvedLimits, config: BTreeMap<String, String>, tag: &str) -> Self {
+    /// Instances currently serving a call.
+    pub fn busy_instances(&self) -> usize {
+        self.pool.busy.load(Ordering::Relaxed)
+    }
+
+    /// `max_idle` caps the warm instances kept (at most [`MAX_IDLE`]).
+    pub fn new(
+        limits: ResolvedLimits,
+        config: BTreeMap<String, String>,
+        tag: &str,
+        max_idle: usize,
+    ) -> Self {
         Invocation {
             limits,
             config: Arc::new(config),
             tag: tag.into(),
-            pool: Arc::new(InstancePool::default()),
+            pool: Arc::new(InstancePool {
+                idle: Mutex::new(Vec::new()),
+                max_idle: max_idle.min(MAX_IDLE),
+                busy: AtomicUsize::new(0),
+            }),
         }
     }
 }
@@ -205,13 +224,30 @@ impl Invocation {
 /// deployment's next call, skipping instantiation and the page faults of fresh
 /// memory. Instances are never shared across deployments (each has its own limits
 /// and config), so never across functions or tenants.
-#[derive(Default)]
 struct InstancePool {
     idle: Mutex<Vec<Warm>>,
+    max_idle: usize,
+    busy: AtomicUsize,
 }
 
-/// Idle instances kept per deployment; more concurrent calls instantiate afresh.
-const MAX_IDLE: usize = 8;
+/// Idle instances kept per deployment at most; more concurrent calls instantiate afresh.
+pub const MAX_IDLE: usize = 8;
+
+/// Counts an instance as busy until dropped.
+struct Busy(Arc<InstancePool>);
+
+impl Busy {
+    fn new(pool: &Arc<InstancePool>) -> Self {
+        pool.busy.fetch_add(1, Ordering::Relaxed);
+        Busy(pool.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 impl InstancePool {
     fn len(&self) -> usize {
@@ -222,9 +258,10 @@ impl InstancePool {
         self.idle.lock().ok()?.pop()
     }
 
-    fn put(&self, warm: Warm) {
+    fn put(&self, mut warm: Warm) {
+        warm.busy = None;
         if let Ok(mut idle) = self.idle.lock() {
-            if idle.len() < MAX_IDLE {
+            if idle.len() < self.max_idle {
                 idle.push(warm);
             }
         }
@@ -234,6 +271,8 @@ impl InstancePool {
 struct Warm {
     store: Store<HostState>,
     instance: WarmInstance,
+    /// `Some` while checked out (never while pooled: the pool must not own itself).
+    busy: Option<Busy>,
 }
 
 enum WarmInstance {
@@ -364,9 +403,24 @@ impl Runtime {
         }
     }
 
-    /// Compiled code for a digest: memory, then the AOT file, then compile (and save).
-    /// Blocking: call from a blocking thread.
+    /// Compiled code for a digest, kept in memory until `forget_component`: memory,
+    /// then the AOT file, then compile (and save). Blocking: call from a blocking thread.
     pub fn component(
+        &self,
+        digest_hex: &str,
+        bytes: impl FnOnce() -> anyhow::Result<Vec<u8>>,
+    ) -> anyhow::Result<Component> {
+        let component = self.component_transient(digest_hex, bytes)?;
+        self.components
+            .lock()
+            .map_err(|_| anyhow::anyhow!("component cache poisoned"))?
+            .insert(digest_hex.to_string(), component.clone());
+        Ok(component)
+    }
+
+    /// As `component`, but not kept in memory (deploy checks a component and leaves
+    /// it Cold: only the AOT artifact on disk stays).
+    pub fn component_transient(
         &self,
         digest_hex: &str,
         bytes: impl FnOnce() -> anyhow::Result<Vec<u8>>,
@@ -402,10 +456,6 @@ impl Runtime {
                 component
             }
         };
-        self.components
-            .lock()
-            .map_err(|_| anyhow::anyhow!("component cache poisoned"))?
-            .insert(digest_hex.to_string(), component.clone());
         Ok(component)
     }
 
@@ -436,10 +486,19 @@ impl Runtime {
             },
             config: inv.config.clone(),
             tag: inv.tag.clone(),
+            deadline: Instant::now(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_trap();
+        // On every epoch tick a running guest yields to the executor, so a busy
+        // guest never holds a runtime thread for more than a tick, and traps once
+        // past its deadline.
+        store.epoch_deadline_callback(|ctx| {
+            Ok(match Instant::now() >= ctx.data().deadline {
+                true => UpdateDeadline::Interrupt,
+                false => UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())),
+            })
+        });
         // Instantiation runs under the same deadline as a call.
         Self::deadline(inv, &mut store);
         store
@@ -475,9 +534,11 @@ impl Runtime {
 
     /// A warm instance from the deployment's pool, or a new one.
     async fn checkout(&self, inv: &Invocation, pre: Pre<'_>) -> Result<Warm, InvokeError> {
-        if let Some(warm) = inv.pool.take() {
+        if let Some(mut warm) = inv.pool.take() {
+            warm.busy = Some(Busy::new(&inv.pool));
             return Ok(warm);
         }
+        let busy = Busy::new(&inv.pool);
         let mut store = self.store(inv);
         let instance = match pre {
             Pre::Ingest(p) => p
@@ -491,7 +552,11 @@ impl Runtime {
         };
         self.instantiations.fetch_add(1, Ordering::Relaxed);
         match instance {
-            Ok(instance) => Ok(Warm { store, instance }),
+            Ok(instance) => Ok(Warm {
+                store,
+                instance,
+                busy: Some(busy),
+            }),
             Err(e) => Err(Self::classify(inv, &store, e)),
         }
     }
@@ -513,15 +578,10 @@ impl Runtime {
         }
     }
 
-    /// Arm the epoch deadline for one call; returns the host-side backstop timeout.
+    /// Arm the deadline for one call; returns the host-side backstop timeout.
     fn deadline(inv: &Invocation, store: &mut Store<HostState>) -> Duration {
-        let ticks = inv
-            .limits
-            .timeout
-            .as_millis()
-            .div_ceil(EPOCH_TICK.as_millis()) as u64
-            + 1;
-        store.set_epoch_deadline(ticks);
+        store.data_mut().deadline = Instant::now() + inv.limits.timeout;
+        store.set_epoch_deadline(1);
         inv.limits.timeout + Duration::from_millis(250)
     }
 
@@ -605,7 +665,9 @@ impl Runtime {
             .map_err(|e| InvokeError::Host(e.into()))?;
         let pre = pre.clone();
         let inv2 = inv.clone();
+        let busy = Busy::new(&inv.pool);
         let task = tokio::task::spawn(async move {
+            let _busy = busy;
             let result = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
                 proxy

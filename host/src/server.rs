@@ -1,6 +1,7 @@
 //! The HTTP trigger and the admin API, on one port. Every error is JSON
 //! `{"error": {"code", "message"}}` with a status that says what happened.
 
+use crate::admission::Rejected;
 use crate::functions::{split_ref, DeployError, Deployment, DeploymentBody, Functions};
 use crate::manifest::Manifest;
 use crate::metrics::Metrics;
@@ -28,6 +29,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds, for `Retry-After` on 429 and 503.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -36,6 +39,20 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+impl From<Rejected> for ApiError {
+    fn from(e: Rejected) -> Self {
+        let (status, code) = match e {
+            Rejected::QueueFull { .. } => (StatusCode::TOO_MANY_REQUESTS, "queue_full"),
+            Rejected::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "queue_timeout"),
+        };
+        ApiError {
+            retry_after: Some(e.retry_after_secs()),
+            ..ApiError::new(status, code, e.to_string())
         }
     }
 }
@@ -43,7 +60,12 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert("retry-after", HeaderValue::from(secs));
+        }
+        resp
     }
 }
 
@@ -77,7 +99,17 @@ impl From<DeployError> for ApiError {
 
 impl From<InvokeError> for ApiError {
     fn from(e: InvokeError) -> Self {
-        let (status, code) = match &e {
+        let (status, code) = match e {
+            InvokeError::Overloaded(r) => return r.into(),
+            ref e => ApiError::invoke_status(e),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl ApiError {
+    fn invoke_status(e: &InvokeError) -> (StatusCode, &'static str) {
+        match e {
             InvokeError::Guest(_, GuestErrorKind::InvalidInput) => {
                 (StatusCode::BAD_REQUEST, "invalid_input")
             }
@@ -95,8 +127,13 @@ impl From<InvokeError> for ApiError {
             InvokeError::Trap(_) => (StatusCode::INTERNAL_SERVER_ERROR, "trap"),
             InvokeError::BadOutput(_) => (StatusCode::BAD_GATEWAY, "bad_output"),
             InvokeError::Host(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-        };
-        ApiError::new(status, code, e.to_string())
+            InvokeError::Overloaded(Rejected::QueueFull { .. }) => {
+                (StatusCode::TOO_MANY_REQUESTS, "queue_full")
+            }
+            InvokeError::Overloaded(Rejected::Timeout(_)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "queue_timeout")
+            }
+        }
     }
 }
 
@@ -208,7 +245,7 @@ async fn invoke(
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/json");
-        let _in_flight = state.functions.track(&d);
+        let _ticket = state.functions.admit(&d).await?;
         let out = state.functions.invoke(&d, content_type, &body).await?;
         Ok(Json(out.to_json()).into_response())
     }
@@ -305,7 +342,7 @@ async fn http_proxy(
             .parse()
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_uri", format!("{e}")))?;
         let req = hyper::Request::from_parts(parts, body);
-        let _in_flight = state.functions.track(&d);
+        let _ticket = state.functions.admit(&d).await?;
         let resp = state
             .functions
             .runtime()
@@ -328,6 +365,7 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> 
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let runtime = state.functions.runtime();
+    state.functions.update_gauges();
     let text = format!(
         "{}# HELP quiver_instantiations_total Instances of typed functions created\n\
          # TYPE quiver_instantiations_total counter\nquiver_instantiations_total {}\n\
@@ -423,7 +461,10 @@ async fn list(
             let mut v = json!(r);
             v["state"] = json!(live.as_ref().map_or("cold", |l| l.state));
             v["in_flight"] = json!(live.as_ref().map_or(0, |l| l.in_flight));
+            v["queued"] = json!(live.as_ref().map_or(0, |l| l.queued));
+            v["busy_instances"] = json!(live.as_ref().map_or(0, |l| l.busy_instances));
             v["idle_instances"] = json!(live.as_ref().map_or(0, |l| l.idle_instances));
+            v["cold_starts"] = json!(state.functions.cold_starts(&r.tenant, &r.name));
             v
         })
         .collect();

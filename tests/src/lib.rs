@@ -129,6 +129,45 @@ impl Server {
         self.cli_ok(&["deploy", &format!("functions/{function}")])
     }
 
+    /// Deploy through the admin API directly (no cargo build): `manifest` TOML plus
+    /// component bytes. Returns the HTTP status.
+    pub fn deploy_raw(&self, tenant: &str, manifest: &str, component: Vec<u8>) -> u16 {
+        let form = reqwest::blocking::multipart::Form::new()
+            .text("manifest", manifest.to_string())
+            .part(
+                "component",
+                reqwest::blocking::multipart::Part::bytes(component),
+            );
+        self.http()
+            .post(format!("{}/admin/v1/tenants/{tenant}/functions", self.url))
+            .multipart(form)
+            .send()
+            .expect("deploy request")
+            .status()
+            .as_u16()
+    }
+
+    /// The server's resident set size in bytes (Linux `/proc/PID/status` VmRSS).
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc/PID/status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status");
+        kib * 1024
+    }
+
+    /// The value of the metric line `series` (name and labels as rendered), if present.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.get("/metrics").text().expect("metrics text");
+        text.lines()
+            .find(|l| l.starts_with(&format!("{series} ")))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+    }
+
     pub fn http(&self) -> reqwest::blocking::Client {
         reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(60))
@@ -200,4 +239,18 @@ pub fn error_of(resp: reqwest::blocking::Response) -> (u16, String, String) {
 
 pub fn read_sample(function: &str) -> Vec<u8> {
     std::fs::read(repo().join("functions").join(function).join("sample.json")).expect("sample.json")
+}
+
+/// The component cargo built for `function` (run `server.deploy(function)` first so
+/// it exists): `<target>/wasm32-wasip2/release/<crate>.wasm` beside the quiver binary.
+pub fn built_component(function: &str) -> Vec<u8> {
+    let target = quiver_bin()
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
+    let path = target
+        .join("wasm32-wasip2/release")
+        .join(format!("{}.wasm", function.replace('-', "_")));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }

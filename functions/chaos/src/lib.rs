@@ -1,7 +1,8 @@
 //! A transform that misbehaves on purpose, so the tests can prove the host survives:
 //! the first row's `mode` field picks `loop` (never returns), `oom` (grows memory
-//! without bound), `trap` (panics), `fail` (returns an error) or anything else
-//! (echoes the batch back).
+//! without bound), `grow` (touches 8 MiB of fresh memory, then echoes: a warm
+//! instance that holds memory), `trap` (panics), `fail` (returns an error) or
+//! anything else (echoes the batch back).
 use quiver_sdk::{Batch, Error};
 
 fn chaos(input: Batch) -> Result<Batch, Error> {
@@ -19,6 +20,11 @@ fn chaos(input: Batch) -> Result<Batch, Error> {
                 hog.push(vec![1u8; 1 << 20]);
                 std::hint::black_box(&hog);
             }
+        }
+        "grow" => {
+            let held = vec![1u8; 8 << 20];
+            std::hint::black_box(&held);
+            Ok(input)
         }
         "trap" => panic!("chaos asked to trap"),
         "fail" => Err(Error::InvalidInput("chaos asked to fail".into())),

@@ -208,18 +208,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 return Ok(());
             }
             println!(
-                "{:<24} {:<10} {:<10} {:<6} {:>9} {:>5} DIGEST",
-                "NAME", "VERSION", "KIND", "STATE", "IN-FLIGHT", "IDLE"
+                "{:<24} {:<10} {:<10} {:<6} {:>9} {:>6} {:>5} {:>4} {:>6} DIGEST",
+                "NAME", "VERSION", "KIND", "STATE", "IN-FLIGHT", "QUEUED", "BUSY", "IDLE", "COLD"
             );
             for f in out["functions"].as_array().into_iter().flatten() {
                 println!(
-                    "{:<24} {:<10} {:<10} {:<6} {:>9} {:>5} {}",
+                    "{:<24} {:<10} {:<10} {:<6} {:>9} {:>6} {:>5} {:>4} {:>6} {}",
                     s(&f["name"]),
                     s(&f["version"]),
                     s(&f["kind"]),
                     s(&f["state"]),
                     f["in_flight"],
+                    f["queued"],
+                    f["busy_instances"],
                     f["idle_instances"],
+                    f["cold_starts"],
                     short(&f["digest"])
                 );
             }
