@@ -25,21 +25,27 @@ pids+=($!)
 for port in 18080 18081; do
   for _ in $(seq 100); do curl -s -o /dev/null "127.0.0.1:$port/" && break; sleep 0.1; done
 done
-QUIVER_SERVER=http://127.0.0.1:18080 "$CARGO_TARGET_DIR/release/quiver" deploy functions/hello-http >/dev/null
+export QUIVER_SERVER=http://127.0.0.1:18080
+"$CARGO_TARGET_DIR/release/quiver" deploy functions/hello-http >/dev/null
+# The same component again, opted in to instance reuse (it keeps no state).
+"$CARGO_TARGET_DIR/release/quiver" deploy functions/hello-http --name hello-reuse \
+  --set scaling.instance_reuse=true >/dev/null
 curl -sf 127.0.0.1:18080/http/default/hello-http/bench >/dev/null
+curl -sf 127.0.0.1:18080/http/default/hello-reuse/bench >/dev/null
 curl -sf 127.0.0.1:18081/bench >/dev/null
 
 rps() { wrk -t2 -c"$conns" -d"${secs}s" --latency "$1" | tee -a "$data/wrk.log" | awk '/Requests\/sec/ {print $2}'; }
-echo "round quiver_rps wasmtime_rps ratio"
+echo "round quiver_fresh_rps quiver_reuse_rps wasmtime_rps ratio_fresh ratio_reuse"
 for r in $(seq "$rounds"); do
   q=$(rps http://127.0.0.1:18080/http/default/hello-http/bench)
+  u=$(rps http://127.0.0.1:18080/http/default/hello-reuse/bench)
   w=$(rps http://127.0.0.1:18081/bench)
-  echo "$r $q $w $(python3 -c "print(round($q/$w, 2))")"
+  echo "$r $q $u $w $(python3 -c "print(round($q/$w, 2), round($u/$w, 2))")"
 done
 grep -E "Latency|50%|99%" "$data/wrk.log" | sed 's/^/  /'
 
 # A typed function over /fn (no peer serves this API): Quiver alone.
-QUIVER_SERVER=http://127.0.0.1:18080 "$CARGO_TARGET_DIR/release/quiver" deploy functions/txn-features >/dev/null
+"$CARGO_TARGET_DIR/release/quiver" deploy functions/txn-features >/dev/null
 cat > "$data/post.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["content-type"] = "application/json"

@@ -464,7 +464,10 @@ impl Functions {
             limits,
             manifest.config.clone(),
             &tag,
-            scaling.max_instances as usize,
+            match scaling.instance_reuse {
+                true => scaling.max_instances as usize,
+                false => 0,
+            },
         );
         // One instance serves one call at a time, so a component runs at most
         // `max_instances` calls; a pipeline's own limit is `max_concurrency`.

@@ -41,6 +41,9 @@ pub struct Scaling {
     pub max_queue: Option<u32>,
     /// How long a request waits for capacity before a 503 (default: `[limits] timeout`).
     pub queue_timeout: Option<String>,
+    /// Serve later calls with an instance that returned cleanly (default: on for
+    /// typed functions, off for `http`, whose components expect a fresh instance).
+    pub instance_reuse: Option<bool>,
 }
 
 /// `[scaling]` with defaults filled in.
@@ -54,6 +57,7 @@ pub struct ResolvedScaling {
     pub max_concurrency: u32,
     pub max_queue: u32,
     pub queue_timeout: Duration,
+    pub instance_reuse: bool,
 }
 
 pub const DEFAULT_MAX_INSTANCES: u32 = 64;
@@ -157,6 +161,7 @@ impl Manifest {
             idle_timeout: None,
             max_queue: None,
             queue_timeout: None,
+            instance_reuse: None,
         });
         let duration = |key: &str, v: &Option<String>| -> anyhow::Result<Option<Duration>> {
             v.as_deref()
@@ -194,6 +199,7 @@ impl Manifest {
             max_concurrency,
             max_queue: s.max_queue.unwrap_or(DEFAULT_MAX_QUEUE),
             queue_timeout,
+            instance_reuse: s.instance_reuse.unwrap_or(self.function.kind != "http"),
         })
     }
 

@@ -517,6 +517,13 @@ async fn rollback(
 
 /// Start serving on `listener` until the future completes.
 pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) -> anyhow::Result<()> {
+    use axum::serve::ListenerExt as _;
+    // Small responses go out at once rather than waiting on Nagle's algorithm.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY: {e}");
+        }
+    });
     axum::serve(listener, router(state)).await?;
     Ok(())
 }

@@ -114,3 +114,39 @@ fn wasi_http_component_is_served_unchanged() {
         quiver_tests::error_of(server.post("/fn/default/hello-http", "application/json", "{}"));
     assert_eq!((status, code.as_str()), (502, "bad_output"));
 }
+
+#[test]
+fn wasi_http_instances_are_fresh_unless_the_function_opts_in_to_reuse() {
+    let server = Server::start();
+    server.deploy("hello-http");
+    server.cli_ok(&[
+        "deploy",
+        "functions/hello-http",
+        "--name",
+        "hello-reuse",
+        "--set",
+        "scaling.instance_reuse=true",
+    ]);
+    let instantiations = || server.metric("quiver_instantiations_total").unwrap();
+    let serve = |name: &str| {
+        for i in 0..5 {
+            let resp = server.post(&format!("/http/default/{name}/n"), "text/plain", "abc");
+            assert_eq!(resp.status(), 200);
+            assert_eq!(
+                resp.text().unwrap(),
+                "hello from Quiver: POST /n (3 bytes)\nabc",
+                "request {i} to {name}"
+            );
+        }
+    };
+    let before = instantiations();
+    serve("hello-http");
+    assert_eq!(instantiations(), before + 5.0, "one instance per request");
+    let before = instantiations();
+    serve("hello-reuse");
+    assert_eq!(
+        instantiations(),
+        before + 1.0,
+        "one instance serves all five, each request answered correctly"
+    );
+}
