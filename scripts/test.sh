@@ -14,6 +14,14 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 (cd functions && cargo clippy --locked --target wasm32-wasip2 --all-targets -- -D warnings)
 (cd sdk && cargo clippy --locked --target wasm32-wasip2 --all-targets -- -D warnings)
 
+# The feature-store tests run a real Redis server (started by the tests on loopback).
+if ! command -v redis-server >/dev/null 2>&1; then
+  step "apt-get install redis-server"
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
+fi
+
 # The black-box tests run the binary, which lives in another package: build it first.
 build_host
 step "tests"

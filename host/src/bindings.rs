@@ -6,6 +6,12 @@ pub mod base {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "quiver:ml/base",
+        imports: {
+            "quiver:ml/features.get": async,
+            "quiver:ml/features.get-many": async,
+            "quiver:ml/features.put": async,
+            "quiver:ml/features.delete": async,
+        },
     });
 }
 
@@ -20,6 +26,7 @@ macro_rules! world {
                     "quiver:ml/types@0.1.0": crate::bindings::base::quiver::ml::types,
                     "quiver:ml/log@0.1.0": crate::bindings::base::quiver::ml::log,
                     "quiver:ml/config@0.1.0": crate::bindings::base::quiver::ml::config,
+                    "quiver:ml/features@0.1.0": crate::bindings::base::quiver::ml::features,
                 },
             });
         }

@@ -4,6 +4,7 @@
 use crate::admission::{Admission, Rejected, Slot};
 use crate::bindings::{Batch, RejectedRow};
 use crate::convert;
+use crate::features::{FeatureBackend, FeatureScope};
 use crate::manifest::{Manifest, ResolvedLimits};
 use crate::runtime::{Invocation, InvokeError, Prepared, Runtime};
 use crate::scaler::Lifecycle;
@@ -96,6 +97,7 @@ pub struct Functions {
     /// immutable and this process is the only writer of the embedded index, so the
     /// entry stays right until this process deploys or rolls back that name.
     serving: RwLock<HashMap<String, Arc<Deployment>>>,
+    feature_store: Arc<dyn FeatureBackend>,
     max_component_size: usize,
 }
 
@@ -103,6 +105,7 @@ impl Functions {
     pub fn new(
         registry: Arc<Registry>,
         runtime: Arc<Runtime>,
+        feature_store: Arc<dyn FeatureBackend>,
         max_component_size: usize,
     ) -> anyhow::Result<Self> {
         let cold_starts = IntCounterVec::new(
@@ -143,6 +146,7 @@ impl Functions {
             instances,
             queue_depth,
             serving: RwLock::new(HashMap::new()),
+            feature_store,
             max_component_size,
         })
     }
@@ -194,6 +198,10 @@ impl Functions {
 
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
+    }
+
+    pub fn feature_store(&self) -> &Arc<dyn FeatureBackend> {
+        &self.feature_store
     }
 
     /// Validate, compile, link and publish. Nothing is published unless it would run.
@@ -460,7 +468,7 @@ impl Functions {
             Instant::now(),
         ));
         let tag = format!("{}/{}@{}", record.tenant, record.name, record.version);
-        let invocation = Invocation::new(
+        let mut invocation = Invocation::new(
             limits,
             manifest.config.clone(),
             &tag,
@@ -469,6 +477,14 @@ impl Functions {
                 false => 0,
             },
         );
+        invocation.features = manifest.features.as_ref().map(|f| {
+            Arc::new(FeatureScope {
+                backend: self.feature_store.clone(),
+                tenant: record.tenant.clone(),
+                groups: f.groups.clone(),
+                function: tag.clone(),
+            })
+        });
         // One instance serves one call at a time, so a component runs at most
         // `max_instances` calls; a pipeline's own limit is `max_concurrency`.
         let capacity = match record.kind.as_str() {

@@ -5,6 +5,7 @@ pub mod admission;
 pub mod bindings;
 pub mod cli;
 pub mod convert;
+pub mod features;
 pub mod functions;
 pub mod manifest;
 pub mod metrics;
@@ -23,6 +24,34 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub max_body: usize,
     pub allocator: runtime::Allocator,
+    pub features: FeatureStoreConfig,
+}
+
+/// Where `quiver:ml/features` keeps its data.
+#[derive(Debug, Clone)]
+pub enum FeatureStoreConfig {
+    /// In process (the default: nothing to install).
+    Embedded { capacity: usize },
+    /// A Redis server, shared by every host that points at it.
+    Redis {
+        url: String,
+        timeout: std::time::Duration,
+    },
+}
+
+impl FeatureStoreConfig {
+    fn open(&self) -> anyhow::Result<Arc<dyn features::FeatureBackend>> {
+        Ok(match self {
+            FeatureStoreConfig::Embedded { capacity } => {
+                let capacity = std::num::NonZeroUsize::new(*capacity)
+                    .ok_or_else(|| anyhow::anyhow!("--features-capacity must be at least 1"))?;
+                Arc::new(features::Embedded::new(capacity))
+            }
+            FeatureStoreConfig::Redis { url, timeout } => {
+                Arc::new(features::RedisStore::start(url, *timeout)?)
+            }
+        })
+    }
 }
 
 pub struct RunningServer {
@@ -36,9 +65,11 @@ pub async fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
     let registry = Arc::new(open_registry(&config.data_dir)?);
     let runtime = runtime::Runtime::new(&config.data_dir, config.allocator)?;
     tracing::info!(pooling = runtime.pooling(), data_dir = %config.data_dir.display(), "runtime ready");
+    let feature_store = config.features.open()?;
     let functions = Arc::new(functions::Functions::new(
         registry,
         runtime,
+        feature_store,
         server::MAX_COMPONENT_SIZE,
     )?);
     let metrics = metrics::Metrics::new()?;

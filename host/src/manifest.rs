@@ -20,6 +20,16 @@ pub struct Manifest {
     pub config: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<Pipeline>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<FeaturesSection>,
+}
+
+/// `[features]`: the feature groups a function may read and write (in its tenant).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FeaturesSection {
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -148,6 +158,17 @@ impl Manifest {
         }
         self.limits()?;
         self.scaling()?;
+        for g in self.features.iter().flat_map(|f| &f.groups) {
+            let ok = !g.is_empty()
+                && g.len() <= 64
+                && g.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+            if !ok {
+                anyhow::bail!(
+                    "[features] group `{g}` must be 1-64 characters of a-z, 0-9, '-' and '_'"
+                );
+            }
+        }
         Ok(())
     }
 

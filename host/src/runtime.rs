@@ -3,9 +3,11 @@
 //! and engine, per-store memory limits, pre-instantiation per component, and a pool
 //! of warm instances per deployment.
 
+use crate::bindings::base::quiver::ml::features::{FeatureColumn, Value as WitValue};
 use crate::bindings::ingest::{Ingest, IngestPre};
 use crate::bindings::transform::{Transform, TransformPre};
 use crate::bindings::{base, Batch, GuestError, Ingested};
+use crate::features::{FeatureError, FeatureScope, Value as FeatureValue};
 use crate::manifest::{ResolvedLimits, MAX_MEMORY};
 use anyhow::Context as _;
 use std::collections::{BTreeMap, HashMap};
@@ -37,6 +39,7 @@ pub fn provided_imports(kind: &str) -> Vec<&'static str> {
         "quiver:ml/types",
         "quiver:ml/log",
         "quiver:ml/config",
+        "quiver:ml/features",
     ];
     if kind == "http" {
         // Only the types: outbound requests (`outgoing-handler`) are not linked, so
@@ -56,6 +59,7 @@ pub struct HostState {
     tag: Arc<str>,
     /// When the running call must stop (checked on every epoch tick).
     deadline: Instant,
+    features: Option<Arc<FeatureScope>>,
 }
 
 impl WasiView for HostState {
@@ -96,6 +100,100 @@ impl base::quiver::ml::log::Host for HostState {
 impl base::quiver::ml::config::Host for HostState {
     fn get(&mut self, key: String) -> Option<String> {
         self.config.get(&key).cloned()
+    }
+}
+
+impl base::quiver::ml::features::Host for HostState {
+    async fn get(
+        &mut self,
+        group: String,
+        entity: String,
+        names: Vec<String>,
+    ) -> Result<Vec<Option<WitValue>>, GuestError> {
+        let scope = self.feature_scope()?;
+        let values = scope.get(&group, &entity, &names).await?;
+        Ok(values.into_iter().map(|v| v.map(to_wit)).collect())
+    }
+
+    async fn get_many(
+        &mut self,
+        group: String,
+        entities: Vec<String>,
+        names: Vec<String>,
+    ) -> Result<Vec<FeatureColumn>, GuestError> {
+        let scope = self.feature_scope()?;
+        let rows = scope.get_many(&group, &entities, &names).await?;
+        // Rows (entity) to columns (feature).
+        let mut columns: Vec<FeatureColumn> = names
+            .into_iter()
+            .map(|name| FeatureColumn {
+                name,
+                values: Vec::with_capacity(rows.len()),
+            })
+            .collect();
+        for row in rows {
+            for (column, v) in columns.iter_mut().zip(row) {
+                column.values.push(v.map(to_wit));
+            }
+        }
+        Ok(columns)
+    }
+
+    async fn put(
+        &mut self,
+        group: String,
+        entity: String,
+        values: Vec<(String, WitValue)>,
+        ttl_ms: Option<u64>,
+    ) -> Result<(), GuestError> {
+        let scope = self.feature_scope()?;
+        let values: Vec<_> = values.into_iter().map(|(n, v)| (n, from_wit(v))).collect();
+        let ttl = ttl_ms.map(Duration::from_millis);
+        Ok(scope.put(&group, &entity, &values, ttl).await?)
+    }
+
+    async fn delete(&mut self, group: String, entity: String) -> Result<(), GuestError> {
+        let scope = self.feature_scope()?;
+        Ok(scope.delete(&group, &entity).await?)
+    }
+}
+
+impl HostState {
+    fn feature_scope(&self) -> Result<Arc<FeatureScope>, GuestError> {
+        self.features.clone().ok_or_else(|| {
+            GuestError::InvalidInput(format!(
+                "{} declares no [features] groups; declare the groups it reads and writes",
+                self.tag
+            ))
+        })
+    }
+}
+
+impl From<FeatureError> for GuestError {
+    fn from(e: FeatureError) -> Self {
+        match e {
+            FeatureError::Unavailable(_) => GuestError::Unavailable(e.to_string()),
+            FeatureError::LimitExceeded(m) => GuestError::LimitExceeded(m),
+            FeatureError::Invalid(m) => GuestError::InvalidInput(m),
+        }
+    }
+}
+
+fn to_wit(v: FeatureValue) -> WitValue {
+    match v {
+        FeatureValue::F64(x) => WitValue::Float64(x),
+        FeatureValue::I64(x) => WitValue::Int64(x),
+        FeatureValue::Text(s) => WitValue::Text(s),
+        FeatureValue::Bool(b) => WitValue::Boolean(b),
+    }
+}
+
+fn from_wit(v: WitValue) -> FeatureValue {
+    match v {
+        WitValue::Float64(x) => FeatureValue::F64(x),
+        WitValue::Int64(x) => FeatureValue::I64(x),
+        WitValue::Text(s) => FeatureValue::Text(s),
+        WitValue::Boolean(b) => FeatureValue::Bool(b),
     }
 }
 
@@ -187,6 +285,8 @@ pub struct Invocation {
     pub config: Arc<BTreeMap<String, String>>,
     pub tag: Arc<str>,
     pool: Arc<InstancePool>,
+    /// The feature groups this deployment may use (`None`: it declared none).
+    pub features: Option<Arc<FeatureScope>>,
 }
 
 impl Invocation {
@@ -216,6 +316,7 @@ impl Invocation {
                 max_idle: max_idle.min(MAX_IDLE),
                 busy: AtomicUsize::new(0),
             }),
+            features: None,
         }
     }
 }
@@ -365,6 +466,10 @@ impl Runtime {
             &mut linker,
             |s| s,
         )?;
+        base::quiver::ml::features::add_to_linker::<HostState, HasSelf<HostState>>(
+            &mut linker,
+            |s| s,
+        )?;
 
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
@@ -501,6 +606,7 @@ impl Runtime {
             config: inv.config.clone(),
             tag: inv.tag.clone(),
             deadline: Instant::now(),
+            features: inv.features.clone(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);

@@ -360,7 +360,12 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> 
         true => "pooling",
         false => "on-demand",
     };
-    Json(json!({ "status": "ok", "allocator": allocator }))
+    let store = state.functions.feature_store();
+    let features = match store.ready().await {
+        Ok(()) => json!({ "backend": store.name(), "ready": true }),
+        Err(detail) => json!({ "backend": store.name(), "ready": false, "detail": detail }),
+    };
+    Json(json!({ "status": "ok", "allocator": allocator, "features": features }))
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {

@@ -43,6 +43,7 @@ macro_rules! world_bindings {
                     "quiver:ml/types@0.1.0": crate::base::quiver::ml::types,
                     "quiver:ml/log@0.1.0": crate::base::quiver::ml::log,
                     "quiver:ml/config@0.1.0": crate::base::quiver::ml::config,
+                    "quiver:ml/features@0.1.0": crate::base::quiver::ml::features,
                 },
                 pub_export_macro: true,
                 export_macro_name: $macro_name,
@@ -82,6 +83,18 @@ pub use base::quiver::ml::types::{Error, Ingested, ModelArtifact, RejectedRow, R
 /// Read a value from the function's `[config]` table.
 pub fn config(key: &str) -> Option<String> {
     base::quiver::ml::config::get(key)
+}
+
+/// Online features, kept by the host (embedded or Redis) and scoped to the
+/// function's tenant and its manifest's `[features] groups`.
+///
+/// ```ignore
+/// use quiver_sdk::features::{self, Value};
+/// features::put("merchant", "m-1", &[("mean".into(), Value::Float64(3.2))], Some(60_000))?;
+/// let got = features::get("merchant", "m-1", &["mean".into()])?; // [Some(Float64(3.2))]
+/// ```
+pub mod features {
+    pub use crate::base::quiver::ml::features::{delete, get, get_many, put, FeatureColumn, Value};
 }
 
 /// Structured logging through the host (tagged with tenant, function and version).

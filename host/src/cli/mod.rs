@@ -51,6 +51,15 @@ struct ServeArgs {
     /// Instance allocator: `pooling` (probed, falls back to on-demand) or `on-demand`.
     #[arg(long, env = "QUIVER_ALLOCATOR", value_enum, default_value = "pooling")]
     allocator: crate::runtime::Allocator,
+    /// Keep features in Redis (`redis://127.0.0.1:6379/0`) instead of in process.
+    #[arg(long, env = "QUIVER_REDIS")]
+    redis: Option<String>,
+    /// How long a feature-store call may take before it fails as `unavailable`.
+    #[arg(long, env = "QUIVER_FEATURES_TIMEOUT", default_value = "250ms")]
+    features_timeout: humantime::Duration,
+    /// Entities the embedded feature store holds (least recently used evicted).
+    #[arg(long, env = "QUIVER_FEATURES_CAPACITY", default_value_t = crate::features::DEFAULT_EMBEDDED_CAPACITY)]
+    features_capacity: usize,
 }
 
 impl ServeArgs {
@@ -60,6 +69,15 @@ impl ServeArgs {
             data_dir: self.data_dir.clone(),
             max_body: self.max_body.as_u64() as usize,
             allocator: self.allocator,
+            features: match &self.redis {
+                Some(url) => crate::FeatureStoreConfig::Redis {
+                    url: url.clone(),
+                    timeout: *self.features_timeout,
+                },
+                None => crate::FeatureStoreConfig::Embedded {
+                    capacity: self.features_capacity,
+                },
+            },
         }
     }
 }
@@ -347,6 +365,7 @@ pub(crate) async fn deploy(
             models: Default::default(),
             config: Default::default(),
             pipeline: None,
+            features: None,
         };
         (manifest.with_overrides(sets)?, Some(path.to_path_buf()))
     } else {

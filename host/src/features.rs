@@ -1,0 +1,600 @@
+//! The feature store behind `quiver:ml/features`: one trait, two backends — an
+//! embedded one (in process, TTLs, bounded by an LRU; the default) and Redis (a
+//! shared multiplexed `ConnectionManager`, one hash per entity, native TTLs,
+//! pipelined multi-gets). Guests never name a key: the host builds every key from
+//! the calling function's tenant and a group its manifest declares, so isolation
+//! holds by construction.
+
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    F64(f64),
+    I64(i64),
+    Text(String),
+    Bool(bool),
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum FeatureError {
+    #[error("feature store unavailable: {0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    LimitExceeded(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Where one entity's features live. Tenant and group are names checked by the
+/// host (`[a-z0-9_-]`), the entity comes last, so no entity can spell another
+/// tenant's or group's key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EntityKey {
+    pub tenant: String,
+    pub group: String,
+    pub entity: String,
+}
+
+impl EntityKey {
+    fn redis_key(&self) -> String {
+        format!("quiver:feat:{}:{}:{}", self.tenant, self.group, self.entity)
+    }
+}
+
+#[async_trait]
+pub trait FeatureBackend: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// For each key, the named features in order (`None` where missing).
+    async fn get_many(
+        &self,
+        keys: &[EntityKey],
+        names: &[String],
+    ) -> Result<Vec<Vec<Option<Value>>>, FeatureError>;
+    /// Merge `values` into the entity; `ttl` expires the whole entity after this
+    /// write (`None`: no expiry).
+    async fn put(
+        &self,
+        key: &EntityKey,
+        values: &[(String, Value)],
+        ttl: Option<Duration>,
+    ) -> Result<(), FeatureError>;
+    async fn delete(&self, key: &EntityKey) -> Result<(), FeatureError>;
+    /// `Err(detail)` while the backend cannot serve.
+    async fn ready(&self) -> Result<(), String>;
+}
+
+// ---------------------------------------------------------------- embedded
+
+struct Entry {
+    values: HashMap<String, Value>,
+    expires: Option<Instant>,
+}
+
+/// In-process store: TTLs honoured on read, at most `capacity` entities (least
+/// recently used evicted first).
+pub struct Embedded {
+    entities: Mutex<lru::LruCache<EntityKey, Entry>>,
+}
+
+pub const DEFAULT_EMBEDDED_CAPACITY: usize = 100_000;
+
+impl Embedded {
+    pub fn new(capacity: NonZeroUsize) -> Self {
+        Embedded {
+            entities: Mutex::new(lru::LruCache::new(capacity)),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entities.lock().map_or(0, |e| e.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(
+        &self,
+    ) -> Result<std::sync::MutexGuard<'_, lru::LruCache<EntityKey, Entry>>, FeatureError> {
+        self.entities
+            .lock()
+            .map_err(|_| FeatureError::Unavailable("embedded store poisoned".into()))
+    }
+}
+
+#[async_trait]
+impl FeatureBackend for Embedded {
+    fn name(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn get_many(
+        &self,
+        keys: &[EntityKey],
+        names: &[String],
+    ) -> Result<Vec<Vec<Option<Value>>>, FeatureError> {
+        let now = Instant::now();
+        let mut entities = self.lock()?;
+        Ok(keys
+            .iter()
+            .map(|key| {
+                let expired = entities
+                    .peek(key)
+                    .is_some_and(|e| e.expires.is_some_and(|t| t <= now));
+                if expired {
+                    entities.pop(key);
+                }
+                match entities.get(key) {
+                    Some(e) => names.iter().map(|n| e.values.get(n).cloned()).collect(),
+                    None => vec![None; names.len()],
+                }
+            })
+            .collect())
+    }
+
+    async fn put(
+        &self,
+        key: &EntityKey,
+        values: &[(String, Value)],
+        ttl: Option<Duration>,
+    ) -> Result<(), FeatureError> {
+        let now = Instant::now();
+        let mut entities = self.lock()?;
+        let live = entities
+            .peek(key)
+            .is_some_and(|e| e.expires.is_none_or(|t| t > now));
+        if !live {
+            entities.put(
+                key.clone(),
+                Entry {
+                    values: HashMap::new(),
+                    expires: None,
+                },
+            );
+        }
+        if let Some(e) = entities.get_mut(key) {
+            e.values
+                .extend(values.iter().map(|(n, v)| (n.clone(), v.clone())));
+            e.expires = ttl.map(|t| now + t);
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, key: &EntityKey) -> Result<(), FeatureError> {
+        self.lock()?.pop(key);
+        Ok(())
+    }
+
+    async fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- redis
+
+/// Redis: one hash per entity (`quiver:feat:{tenant}:{group}:{entity}`), values
+/// tagged with their type (`f:1.5`, `i:3`, `s:text`, `b:1`). Every call is bounded
+/// by `timeout`; while Redis is unreachable calls fail fast with `Unavailable` and a
+/// background task keeps trying to connect. Once connected, `ConnectionManager`
+/// reconnects by itself after Redis restarts.
+pub struct RedisStore {
+    url: String,
+    timeout: Duration,
+    manager: Arc<tokio::sync::OnceCell<redis::aio::ConnectionManager>>,
+}
+
+impl RedisStore {
+    /// Does not fail when Redis is down: it connects in the background.
+    pub fn start(url: &str, timeout: Duration) -> anyhow::Result<Self> {
+        let client =
+            redis::Client::open(url).map_err(|e| anyhow::anyhow!("--redis `{url}`: {e}"))?;
+        let manager = Arc::new(tokio::sync::OnceCell::new());
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let cell = manager.clone();
+        let shown = url.to_string();
+        tokio::spawn(async move {
+            let mut warned = false;
+            loop {
+                match redis::aio::ConnectionManager::new_with_config(client.clone(), config.clone())
+                    .await
+                {
+                    Ok(m) => {
+                        let _ = cell.set(m);
+                        tracing::info!(redis = %shown, "feature store connected");
+                        return;
+                    }
+                    Err(e) if !warned => {
+                        tracing::warn!(redis = %shown, "feature store not reachable yet: {e}");
+                        warned = true;
+                    }
+                    Err(_) => {}
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        });
+        Ok(RedisStore {
+            url: url.to_string(),
+            timeout,
+            manager,
+        })
+    }
+
+    fn connection(&self) -> Result<redis::aio::ConnectionManager, FeatureError> {
+        self.manager
+            .get()
+            .cloned()
+            .ok_or_else(|| FeatureError::Unavailable(format!("not connected to {}", self.url)))
+    }
+
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, FeatureError> {
+        let mut conn = self.connection()?;
+        match tokio::time::timeout(self.timeout, pipe.query_async::<T>(&mut conn)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(FeatureError::Unavailable(format!("{}: {e}", self.url))),
+            Err(_) => Err(FeatureError::Unavailable(format!(
+                "{} did not answer within {:?}",
+                self.url, self.timeout
+            ))),
+        }
+    }
+}
+
+fn encode(v: &Value) -> String {
+    match v {
+        Value::F64(x) => format!("f:{x}"),
+        Value::I64(x) => format!("i:{x}"),
+        Value::Text(s) => format!("s:{s}"),
+        Value::Bool(b) => format!("b:{}", u8::from(*b)),
+    }
+}
+
+fn decode(s: &str) -> Option<Value> {
+    let (tag, rest) = s.split_at_checked(2)?;
+    match tag {
+        "f:" => rest.parse().ok().map(Value::F64),
+        "i:" => rest.parse().ok().map(Value::I64),
+        "s:" => Some(Value::Text(rest.to_string())),
+        "b:" => Some(Value::Bool(rest == "1")),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl FeatureBackend for RedisStore {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn get_many(
+        &self,
+        keys: &[EntityKey],
+        names: &[String],
+    ) -> Result<Vec<Vec<Option<Value>>>, FeatureError> {
+        if keys.is_empty() || names.is_empty() {
+            return Ok(vec![vec![None; names.len()]; keys.len()]);
+        }
+        // One pipeline, one round trip, whatever the number of entities.
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("HMGET").arg(key.redis_key()).arg(names);
+        }
+        let rows: Vec<Vec<Option<String>>> = self.run(&pipe).await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| row.iter().map(|v| v.as_deref().and_then(decode)).collect())
+            .collect())
+    }
+
+    async fn put(
+        &self,
+        key: &EntityKey,
+        values: &[(String, Value)],
+        ttl: Option<Duration>,
+    ) -> Result<(), FeatureError> {
+        if values.is_empty() {
+            return Ok(());
+        }
+        let k = key.redis_key();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let mut hset = redis::cmd("HSET");
+        hset.arg(&k);
+        for (name, v) in values {
+            hset.arg(name).arg(encode(v));
+        }
+        pipe.add_command(hset).ignore();
+        match ttl {
+            Some(t) => pipe
+                .cmd("PEXPIRE")
+                .arg(&k)
+                .arg(t.as_millis().max(1) as u64)
+                .ignore(),
+            None => pipe.cmd("PERSIST").arg(&k).ignore(),
+        };
+        self.run::<()>(&pipe).await
+    }
+
+    async fn delete(&self, key: &EntityKey) -> Result<(), FeatureError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL").arg(key.redis_key()).ignore();
+        self.run::<()>(&pipe).await
+    }
+
+    async fn ready(&self) -> Result<(), String> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("PING");
+        self.run::<Vec<String>>(&pipe)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+// ---------------------------------------------------------------- scope
+
+pub const MAX_ENTITIES: usize = 4096;
+pub const MAX_NAMES: usize = 1024;
+pub const MAX_ENTITY_LEN: usize = 512;
+pub const MAX_TEXT_LEN: usize = 64 << 10;
+
+/// What one function may reach: its tenant and its declared groups.
+pub struct FeatureScope {
+    pub backend: Arc<dyn FeatureBackend>,
+    pub tenant: String,
+    pub groups: Vec<String>,
+    pub function: String,
+}
+
+impl FeatureScope {
+    fn key(&self, group: &str, entity: &str) -> Result<EntityKey, FeatureError> {
+        if !self.groups.iter().any(|g| g == group) {
+            return Err(FeatureError::Invalid(match self.groups.is_empty() {
+                true => format!(
+                    "feature group `{group}` is not declared: {} has no [features] groups",
+                    self.function
+                ),
+                false => format!(
+                    "feature group `{group}` is not declared in {}'s [features] groups ({})",
+                    self.function,
+                    self.groups.join(", ")
+                ),
+            }));
+        }
+        if entity.is_empty() || entity.len() > MAX_ENTITY_LEN {
+            return Err(FeatureError::Invalid(format!(
+                "an entity id must be 1 to {MAX_ENTITY_LEN} bytes"
+            )));
+        }
+        Ok(EntityKey {
+            tenant: self.tenant.clone(),
+            group: group.to_string(),
+            entity: entity.to_string(),
+        })
+    }
+
+    fn check_names(names: &[String]) -> Result<(), FeatureError> {
+        if names.len() > MAX_NAMES {
+            return Err(FeatureError::LimitExceeded(format!(
+                "{} feature names in one call; the limit is {MAX_NAMES}",
+                names.len()
+            )));
+        }
+        Ok(())
+    }
+
+    pub async fn get(
+        &self,
+        group: &str,
+        entity: &str,
+        names: &[String],
+    ) -> Result<Vec<Option<Value>>, FeatureError> {
+        Self::check_names(names)?;
+        let key = self.key(group, entity)?;
+        let mut rows = self.backend.get_many(&[key], names).await?;
+        Ok(rows.pop().unwrap_or_default())
+    }
+
+    pub async fn get_many(
+        &self,
+        group: &str,
+        entities: &[String],
+        names: &[String],
+    ) -> Result<Vec<Vec<Option<Value>>>, FeatureError> {
+        Self::check_names(names)?;
+        if entities.len() > MAX_ENTITIES {
+            return Err(FeatureError::LimitExceeded(format!(
+                "{} entities in one get-many; the limit is {MAX_ENTITIES}",
+                entities.len()
+            )));
+        }
+        let keys = entities
+            .iter()
+            .map(|e| self.key(group, e))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.backend.get_many(&keys, names).await
+    }
+
+    pub async fn put(
+        &self,
+        group: &str,
+        entity: &str,
+        values: &[(String, Value)],
+        ttl: Option<Duration>,
+    ) -> Result<(), FeatureError> {
+        if values.len() > MAX_NAMES {
+            return Err(FeatureError::LimitExceeded(format!(
+                "{} values in one put; the limit is {MAX_NAMES}",
+                values.len()
+            )));
+        }
+        for (name, v) in values {
+            if name.is_empty() {
+                return Err(FeatureError::Invalid("a feature name is empty".into()));
+            }
+            if let Value::Text(s) = v {
+                if s.len() > MAX_TEXT_LEN {
+                    return Err(FeatureError::LimitExceeded(format!(
+                        "text feature `{name}` is {} bytes; the limit is {MAX_TEXT_LEN}",
+                        s.len()
+                    )));
+                }
+            }
+        }
+        let key = self.key(group, entity)?;
+        self.backend.put(&key, values, ttl).await
+    }
+
+    pub async fn delete(&self, group: &str, entity: &str) -> Result<(), FeatureError> {
+        let key = self.key(group, entity)?;
+        self.backend.delete(&key).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope(tenant: &str, backend: Arc<dyn FeatureBackend>) -> FeatureScope {
+        FeatureScope {
+            backend,
+            tenant: tenant.into(),
+            groups: vec!["txn".into()],
+            function: format!("{tenant}/f@1.0.0"),
+        }
+    }
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn embedded_round_trip_ttl_and_isolation() {
+        let backend: Arc<dyn FeatureBackend> =
+            Arc::new(Embedded::new(NonZeroUsize::new(100).unwrap()));
+        let a = scope("acme", backend.clone());
+        let b = scope("globex", backend);
+        a.put(
+            "txn",
+            "m-1",
+            &[
+                ("n".into(), Value::I64(3)),
+                ("mean".into(), Value::F64(1.5)),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            a.get("txn", "m-1", &names(&["mean", "n", "nope"]))
+                .await
+                .unwrap(),
+            vec![Some(Value::F64(1.5)), Some(Value::I64(3)), None]
+        );
+        assert_eq!(
+            b.get("txn", "m-1", &names(&["n"])).await.unwrap(),
+            vec![None],
+            "another tenant sees nothing"
+        );
+        let err = a.get("other", "m-1", &names(&["n"])).await.unwrap_err();
+        assert!(
+            matches!(err, FeatureError::Invalid(ref m) if m.contains("not declared")),
+            "{err}"
+        );
+
+        a.put(
+            "txn",
+            "m-2",
+            &[("n".into(), Value::Bool(true))],
+            Some(Duration::from_millis(30)),
+        )
+        .await
+        .unwrap();
+        let many = a
+            .get_many("txn", &names(&["m-1", "m-2", "m-3"]), &names(&["n"]))
+            .await
+            .unwrap();
+        assert_eq!(
+            many,
+            vec![
+                vec![Some(Value::I64(3))],
+                vec![Some(Value::Bool(true))],
+                vec![None]
+            ]
+        );
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert_eq!(
+            a.get("txn", "m-2", &names(&["n"])).await.unwrap(),
+            vec![None],
+            "expired"
+        );
+        a.delete("txn", "m-1").await.unwrap();
+        assert_eq!(
+            a.get("txn", "m-1", &names(&["n"])).await.unwrap(),
+            vec![None]
+        );
+    }
+
+    #[tokio::test]
+    async fn embedded_is_bounded() {
+        let store = Arc::new(Embedded::new(NonZeroUsize::new(2).unwrap()));
+        let s = scope("t", store.clone());
+        for e in ["a", "b", "c"] {
+            s.put("txn", e, &[("x".into(), Value::I64(1))], None)
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.len(), 2);
+        assert_eq!(
+            s.get("txn", "a", &names(&["x"])).await.unwrap(),
+            vec![None],
+            "LRU evicted"
+        );
+    }
+
+    #[tokio::test]
+    async fn limits_are_errors() {
+        let s = scope("t", Arc::new(Embedded::new(NonZeroUsize::new(2).unwrap())));
+        let many: Vec<String> = (0..MAX_ENTITIES + 1).map(|i| i.to_string()).collect();
+        assert!(matches!(
+            s.get_many("txn", &many, &names(&["x"])).await,
+            Err(FeatureError::LimitExceeded(_))
+        ));
+        assert!(matches!(
+            s.get("txn", "", &names(&["x"])).await,
+            Err(FeatureError::Invalid(_))
+        ));
+        let big = Value::Text("x".repeat(MAX_TEXT_LEN + 1));
+        assert!(matches!(
+            s.put("txn", "e", &[("t".into(), big)], None).await,
+            Err(FeatureError::LimitExceeded(_))
+        ));
+    }
+
+    #[test]
+    fn redis_values_round_trip() {
+        for v in [
+            Value::F64(0.1),
+            Value::F64(-1e300),
+            Value::I64(i64::MIN),
+            Value::Text("a:b:c".into()),
+            Value::Text(String::new()),
+            Value::Bool(true),
+            Value::Bool(false),
+        ] {
+            assert_eq!(decode(&encode(&v)), Some(v));
+        }
+        assert_eq!(decode("x"), None);
+        assert_eq!(decode("f:not-a-number"), None);
+    }
+}

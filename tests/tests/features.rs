@@ -1,0 +1,270 @@
+//! `quiver:ml/features` end to end through a real guest (`functions/features-probe`),
+//! on the embedded store and on a real Redis server: values round-trip, missing is
+//! `none`, TTLs expire, tenants and undeclared groups are walled off, and a Redis
+//! outage is a prompt `unavailable` — never a hang — that heals without a restart.
+use quiver_tests::{Redis, Server};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+fn probe(server: &Server, tenant: &str, ops: Value) -> Vec<Value> {
+    let resp = server.post(
+        &format!("/fn/{tenant}/features-probe"),
+        "application/json",
+        ops.to_string(),
+    );
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().unwrap();
+    body["rows"].as_array().unwrap().clone()
+}
+
+fn op(op: &str, group: &str, entity: &str, name: &str, value: f64, ttl_ms: i64) -> Value {
+    json!({"op": op, "group": group, "entity": entity, "name": name, "value": value, "ttl_ms": ttl_ms})
+}
+
+fn deploy_probe(server: &Server, tenant: &str) {
+    server.cli_ok(&["--tenant", tenant, "deploy", "functions/features-probe"]);
+}
+
+/// The interface's behaviour, the same on every backend.
+fn exercise(server: &Server) {
+    deploy_probe(server, "acme");
+    deploy_probe(server, "globex");
+    let rows = probe(
+        server,
+        "acme",
+        json!([
+            op("put", "merchant", "m-1", "mean", 3.25, 0),
+            op("put", "merchant", "m-1", "std", 0.5, 0),
+            op("put", "merchant", "m-2", "mean", -1.0, 0),
+            op("get", "merchant", "m-1", "mean,std,missing", 0.0, 0),
+            op("get-many", "merchant", "m-1,m-2,m-3", "mean", 0.0, 0),
+        ]),
+    );
+    let got: Vec<(String, String, bool, f64)> = rows
+        .iter()
+        .skip(3)
+        .map(|r| {
+            (
+                r["entity"].as_str().unwrap().to_string(),
+                r["name"].as_str().unwrap().to_string(),
+                r["found"].as_bool().unwrap(),
+                r["value"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    let expect = |e: &str, n: &str, f: bool, v: f64| (e.to_string(), n.to_string(), f, v);
+    assert_eq!(
+        got,
+        vec![
+            expect("m-1", "mean", true, 3.25),
+            expect("m-1", "std", true, 0.5),
+            expect("m-1", "missing", false, 0.0),
+            expect("m-1", "mean", true, 3.25),
+            expect("m-2", "mean", true, -1.0),
+            expect("m-3", "mean", false, 0.0),
+        ]
+    );
+    assert!(rows.iter().all(|r| r["error"] == ""), "{rows:?}");
+
+    // Another tenant with the same function and group sees none of it.
+    let other = probe(
+        server,
+        "globex",
+        json!([op("get", "merchant", "m-1", "mean", 0.0, 0)]),
+    );
+    assert_eq!(other[0]["found"], false, "tenant isolation: {other:?}");
+
+    // A group the manifest does not declare is refused, with the reason.
+    let refused = probe(
+        server,
+        "acme",
+        json!([op("get", "secrets", "m-1", "mean", 0.0, 0)]),
+    );
+    let error = refused[0]["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("invalid-input:")
+            && error.contains("secrets")
+            && error.contains("merchant, user"),
+        "{error}"
+    );
+
+    // TTL and delete.
+    probe(
+        server,
+        "acme",
+        json!([op("put", "user", "u-1", "risk", 0.9, 150)]),
+    );
+    let fresh = probe(
+        server,
+        "acme",
+        json!([op("get", "user", "u-1", "risk", 0.0, 0)]),
+    );
+    assert_eq!(fresh[0]["found"], true);
+    std::thread::sleep(Duration::from_millis(300));
+    let expired = probe(
+        server,
+        "acme",
+        json!([op("get", "user", "u-1", "risk", 0.0, 0)]),
+    );
+    assert_eq!(expired[0]["found"], false, "expired after its TTL");
+    let deleted = probe(
+        server,
+        "acme",
+        json!([
+            op("delete", "merchant", "m-1", "", 0.0, 0),
+            op("get", "merchant", "m-1", "mean", 0.0, 0)
+        ]),
+    );
+    assert_eq!(deleted[1]["found"], false);
+
+    // Limits are the interface's error, not a trap.
+    let many: Vec<String> = (0..5000).map(|i| format!("e{i}")).collect();
+    let limited = probe(
+        server,
+        "acme",
+        json!([op("get-many", "merchant", &many.join(","), "mean", 0.0, 0)]),
+    );
+    assert!(
+        limited[0]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("limit-exceeded:"),
+        "{limited:?}"
+    );
+    server.assert_healthy();
+}
+
+#[test]
+fn embedded_store() {
+    let server = Server::start();
+    let health: Value = server.get("/healthz").json().unwrap();
+    assert_eq!(
+        health["features"],
+        json!({"backend": "embedded", "ready": true})
+    );
+    exercise(&server);
+}
+
+#[test]
+fn redis_store() {
+    let redis = Redis::start();
+    let server = Server::start_with(&["--redis", &redis.url()]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let health: Value = server.get("/healthz").json().unwrap();
+        if health["features"]["ready"] == true {
+            assert_eq!(health["features"]["backend"], "redis");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready: {health}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    exercise(&server);
+    // The data really is in Redis, one hash per (tenant, group, entity), typed.
+    assert_eq!(
+        redis
+            .cli(&["HGET", "quiver:feat:acme:merchant:m-2", "mean"])
+            .trim(),
+        "f:-1"
+    );
+    assert_eq!(
+        redis
+            .cli(&["EXISTS", "quiver:feat:globex:merchant:m-2"])
+            .trim(),
+        "0"
+    );
+}
+
+#[test]
+fn a_function_without_feature_groups_gets_a_clear_error() {
+    let server = Server::start();
+    server.deploy("features-probe");
+    let component = quiver_tests::built_component("features-probe");
+    let manifest = "[function]\nname = \"no-groups\"\nversion = \"1.0.0\"\nkind = \"transform\"\n";
+    assert_eq!(server.deploy_raw("default", manifest, component), 201);
+    let resp = server.post(
+        "/fn/default/no-groups",
+        "application/json",
+        json!([op("get", "merchant", "m-1", "mean", 0.0, 0)]).to_string(),
+    );
+    let rows: Value = resp.json().unwrap();
+    let error = rows["rows"][0]["error"].as_str().unwrap();
+    assert!(error.contains("declares no [features] groups"), "{error}");
+}
+
+#[test]
+fn redis_down_is_prompt_unavailable_and_heals_without_a_restart() {
+    // A port with nothing listening yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let server = Server::start_with(&["--redis", &url, "--features-timeout", "200ms"]);
+    let health: Value = server.get("/healthz").json().unwrap();
+    assert_eq!(health["status"], "ok", "the server starts without Redis");
+    assert_eq!(health["features"]["ready"], false, "{health}");
+    assert!(
+        health["features"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&url),
+        "{health}"
+    );
+    deploy_probe(&server, "acme");
+
+    let get = || {
+        probe(
+            &server,
+            "acme",
+            json!([op("get", "merchant", "m-1", "mean", 0.0, 0)]),
+        )
+    };
+    let started = Instant::now();
+    let down = get();
+    assert!(
+        down[0]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("unavailable:"),
+        "{down:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "an unreachable Redis must fail fast, not hang: {:?}",
+        started.elapsed()
+    );
+
+    let until_served = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let rows = probe(
+                &server,
+                "acme",
+                json!([op("put", "merchant", "m-1", "mean", 1.0, 0)]),
+            );
+            if rows[0]["error"] == "" {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: {rows:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let mut redis = Redis::start_on(port);
+    until_served("Redis came up after the server");
+    assert_eq!(get()[0]["found"], true);
+
+    // Restart Redis under a live server: calls fail as `unavailable`, then succeed.
+    redis.kill();
+    let during = get();
+    assert!(
+        during[0]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("unavailable:"),
+        "{during:?}"
+    );
+    let _redis = Redis::start_on(port);
+    until_served("Redis restarted");
+    server.assert_healthy();
+}
