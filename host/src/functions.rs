@@ -4,7 +4,7 @@
 use crate::admission::{Admission, Rejected, Slot};
 use crate::bindings::{Batch, RejectedRow};
 use crate::convert;
-use crate::features::{FeatureBackend, FeatureScope};
+use crate::features::{FeatureBackend, FeatureScope, ResultCache};
 use crate::manifest::{Manifest, ResolvedLimits};
 use crate::runtime::{Invocation, InvokeError, Prepared, Runtime};
 use crate::scaler::Lifecycle;
@@ -25,6 +25,8 @@ pub struct Deployment {
     invocation: Invocation,
     lifecycle: Mutex<Lifecycle>,
     admission: Admission,
+    /// `[cache] ttl`: identical inputs are answered from the result cache.
+    pub cache_ttl: Option<std::time::Duration>,
 }
 
 /// Marks a request in flight on a deployment (and a pipeline's stages) until dropped,
@@ -98,6 +100,7 @@ pub struct Functions {
     /// entry stays right until this process deploys or rolls back that name.
     serving: RwLock<HashMap<String, Arc<Deployment>>>,
     feature_store: Arc<dyn FeatureBackend>,
+    result_cache: ResultCache,
     max_component_size: usize,
 }
 
@@ -146,6 +149,7 @@ impl Functions {
             instances,
             queue_depth,
             serving: RwLock::new(HashMap::new()),
+            result_cache: ResultCache::new(feature_store.clone()),
             feature_store,
             max_component_size,
         })
@@ -202,6 +206,29 @@ impl Functions {
 
     pub fn feature_store(&self) -> &Arc<dyn FeatureBackend> {
         &self.feature_store
+    }
+
+    /// The result-cache key of this input, if `d` caches its results.
+    pub fn cache_key(&self, d: &Deployment, content_type: &str, body: &[u8]) -> Option<String> {
+        d.cache_ttl?;
+        let r = &d.record;
+        Some(crate::features::input_hash(
+            &[&r.tenant, &r.name, &r.version, &r.digest],
+            content_type,
+            body,
+        ))
+    }
+
+    pub async fn cached_result(&self, d: &Deployment, key: &str) -> Option<String> {
+        self.result_cache.get(&d.record.tenant, key).await
+    }
+
+    pub async fn remember(&self, d: &Deployment, key: &str, response: String) {
+        if let Some(ttl) = d.cache_ttl {
+            self.result_cache
+                .put(&d.record.tenant, key, response, ttl)
+                .await;
+        }
     }
 
     /// Validate, compile, link and publish. Nothing is published unless it would run.
@@ -462,6 +489,7 @@ impl Functions {
         let manifest = Manifest::parse(&record.manifest).map_err(DeployError::Internal)?;
         let limits: ResolvedLimits = manifest.limits().map_err(DeployError::Internal)?;
         let scaling = manifest.scaling().map_err(DeployError::Internal)?;
+        let cache_ttl = manifest.cache_ttl().map_err(DeployError::Internal)?;
         let lifecycle = Mutex::new(Lifecycle::new(
             scaling.idle_timeout,
             scaling.min_instances,
@@ -522,6 +550,7 @@ impl Functions {
             invocation,
             lifecycle,
             admission,
+            cache_ttl,
         }))
     }
 

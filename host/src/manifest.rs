@@ -22,6 +22,15 @@ pub struct Manifest {
     pub pipeline: Option<Pipeline>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub features: Option<FeaturesSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheSection>,
+}
+
+/// `[cache]`: serve identical inputs from the result cache for `ttl`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    pub ttl: String,
 }
 
 /// `[features]`: the feature groups a function may read and write (in its tenant).
@@ -158,6 +167,7 @@ impl Manifest {
         }
         self.limits()?;
         self.scaling()?;
+        self.cache_ttl()?;
         for g in self.features.iter().flat_map(|f| &f.groups) {
             let ok = !g.is_empty()
                 && g.len() <= 64
@@ -222,6 +232,22 @@ impl Manifest {
             queue_timeout,
             instance_reuse: s.instance_reuse.unwrap_or(self.function.kind != "http"),
         })
+    }
+
+    /// `[cache] ttl`, if the function caches its results.
+    pub fn cache_ttl(&self) -> anyhow::Result<Option<Duration>> {
+        let Some(cache) = &self.cache else {
+            return Ok(None);
+        };
+        let ttl = humantime::parse_duration(&cache.ttl)
+            .map_err(|e| anyhow::anyhow!("[cache] ttl `{}`: {e}", cache.ttl))?;
+        if ttl.is_zero() || ttl > Duration::from_secs(7 * 24 * 3600) {
+            anyhow::bail!("[cache] ttl must be between 1ms and 7 days");
+        }
+        if self.function.kind == "http" {
+            anyhow::bail!("[cache] is for typed functions and pipelines, not `http` components");
+        }
+        Ok(Some(ttl))
     }
 
     /// Apply `key.path=value` overrides (as helm's `--set`) and validate the result

@@ -245,12 +245,37 @@ async fn invoke(
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/json");
+        // A cache hit runs no guest, so it takes no slot of the function's capacity.
+        let cache_key = state.functions.cache_key(&d, content_type, &body);
+        if let Some(key) = &cache_key {
+            if let Some(hit) = state.functions.cached_result(&d, key).await {
+                return Ok(cache_response(hit, "hit"));
+            }
+        }
         let _ticket = state.functions.admit(&d).await?;
         let out = state.functions.invoke(&d, content_type, &body).await?;
-        Ok(Json(out.to_json()).into_response())
+        match cache_key {
+            None => Ok(Json(out.to_json()).into_response()),
+            Some(key) => {
+                let text = out.to_json().to_string();
+                state.functions.remember(&d, &key, text.clone()).await;
+                Ok(cache_response(text, "miss"))
+            }
+        }
     }
     .await;
     finish(&state, &tenant, &name, started, served, result)
+}
+
+fn cache_response(body: String, status: &'static str) -> Response {
+    (
+        [
+            ("content-type", "application/json"),
+            ("x-quiver-cache", status),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 fn finish(

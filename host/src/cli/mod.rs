@@ -366,6 +366,7 @@ pub(crate) async fn deploy(
             config: Default::default(),
             pipeline: None,
             features: None,
+            cache: None,
         };
         (manifest.with_overrides(sets)?, Some(path.to_path_buf()))
     } else {
