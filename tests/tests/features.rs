@@ -268,3 +268,80 @@ fn redis_down_is_prompt_unavailable_and_heals_without_a_restart() {
     until_served("Redis restarted");
     server.assert_healthy();
 }
+
+#[test]
+fn features_load_backfills_a_group_from_csv() {
+    let server = Server::start();
+    deploy_probe(&server, "acme");
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("merchants.csv");
+    let mut text = String::from("merchant,mean,count,flag,label\n");
+    for i in 0..2500 {
+        text.push_str(&format!("m-{i},{}.5,{i},true,shop {i}\n", i % 7));
+    }
+    text.push_str("m-empty,,,,\n");
+    std::fs::write(&csv, text).unwrap();
+    let out = server.cli_ok(&[
+        "--tenant",
+        "acme",
+        "features",
+        "load",
+        "--group",
+        "merchant",
+        "--entity-column",
+        "merchant",
+        "--batch",
+        "1000",
+        csv.to_str().unwrap(),
+    ]);
+    assert!(out.contains("loaded 2501 entities"), "{out}");
+    let rows = probe(
+        &server,
+        "acme",
+        json!([op(
+            "get",
+            "merchant",
+            "m-2499",
+            "mean,count,flag,label",
+            0.0,
+            0
+        )]),
+    );
+    let values: Vec<(bool, f64)> = rows
+        .iter()
+        .map(|r| (r["found"].as_bool().unwrap(), r["value"].as_f64().unwrap()))
+        .collect();
+    // label is text: found, but the probe reports numbers only.
+    assert_eq!(
+        values,
+        vec![(true, 0.5), (true, 2499.0), (true, 1.0), (true, 0.0)]
+    );
+
+    // A file without the entity column is refused before anything is sent.
+    let err = server.cli_err(&[
+        "features",
+        "load",
+        "--group",
+        "merchant",
+        csv.to_str().unwrap(),
+    ]);
+    assert!(err.contains("no `entity` column"), "{err}");
+    // A bad group name is the server's clear error.
+    let bad = server.post(
+        "/admin/v1/tenants/acme/features/Bad!",
+        "application/json",
+        r#"{"rows": []}"#,
+    );
+    assert_eq!(bad.status(), 400);
+    let bad = server.post(
+        "/admin/v1/tenants/acme/features/merchant",
+        "application/json",
+        r#"{"rows": [{"entity": "x", "values": {"nested": [1]}}]}"#,
+    );
+    let (status, code, message) = quiver_tests::error_of(bad);
+    assert_eq!(
+        (status, code.as_str()),
+        (400, "invalid_features"),
+        "{message}"
+    );
+}

@@ -3,6 +3,7 @@
 mod build;
 mod client;
 mod demo;
+mod features_load;
 
 use crate::manifest::Manifest;
 use crate::ServerConfig;
@@ -132,6 +133,31 @@ enum Command {
         name: String,
         #[arg(long)]
         to: Option<String>,
+    },
+    /// Online features of the tenant.
+    #[command(subcommand)]
+    Features(FeaturesCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum FeaturesCommand {
+    /// Backfill a group from a CSV file (header row; one entity per row), with progress.
+    Load {
+        /// The feature group to write.
+        #[arg(long)]
+        group: String,
+        /// CSV file: an entity column plus one column per feature. Numbers become
+        /// i64 or f64, `true`/`false` bools, anything else text; empty cells are skipped.
+        file: PathBuf,
+        /// The column that names the entity.
+        #[arg(long, default_value = "entity")]
+        entity_column: String,
+        /// Expire written entities after this long (e.g. `24h`).
+        #[arg(long)]
+        ttl: Option<humantime::Duration>,
+        /// Rows per request.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
     },
 }
 
@@ -269,6 +295,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     v["size"],
                     short(&v["digest"])
                 );
+            }
+            Ok(())
+        }
+        Command::Features(FeaturesCommand::Load {
+            group,
+            file,
+            entity_column,
+            ttl,
+            batch,
+        }) => {
+            let loaded = features_load::load(
+                &client,
+                &group,
+                &file,
+                &entity_column,
+                ttl.map(|t| *t),
+                batch.max(1),
+                !cli.json,
+            )
+            .await?;
+            match cli.json {
+                true => println!(
+                    "{}",
+                    serde_json::json!({ "group": group, "written": loaded })
+                ),
+                false => println!("loaded {loaded} entities into feature group `{group}`"),
             }
             Ok(())
         }
