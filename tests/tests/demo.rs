@@ -29,6 +29,8 @@ fn demo_deploys_and_runs_the_pipeline() {
         "t-1001",
         "log_amount",
         "rejected row 3",
+        "merchant_txns",
+        "feature store (embedded)",
         "hello from Quiver: GET /demo",
     ] {
         assert!(

@@ -345,3 +345,50 @@ fn features_load_backfills_a_group_from_csv() {
         "{message}"
     );
 }
+
+#[test]
+fn txn_features_keeps_online_merchant_stats() {
+    let server = Server::start();
+    server.cli_ok(&[
+        "deploy",
+        "functions/txn-features",
+        "--set",
+        "config.min_online_count=3",
+    ]);
+    let txn = |amount: f64| {
+        let body = json!([{"amount": amount, "ts": 0, "merchant": "coffee-corner"}]).to_string();
+        let out: Value = server
+            .post("/fn/default/txn-features", "application/json", body)
+            .json()
+            .unwrap();
+        (
+            out["rows"][0]["merchant_txns"].as_i64().unwrap(),
+            out["rows"][0]["merchant_z"].as_f64().unwrap(),
+        )
+    };
+    let trained = |amount: f64| (f64::ln_1p(amount) - 2.9) / 0.6;
+    let amounts = [10.0, 20.0, 40.0];
+    for (i, a) in amounts.iter().enumerate() {
+        let (n, z) = txn(*a);
+        assert_eq!(n, i as i64 + 1, "the count grows with each transaction");
+        assert!(
+            (z - trained(*a)).abs() < 1e-9,
+            "below min_online_count: trained stats"
+        );
+    }
+    // Now three are known online: z is against their mean and std, not the trained ones.
+    let logs: Vec<f64> = amounts.iter().map(|a| f64::ln_1p(*a)).collect();
+    let mean = logs.iter().sum::<f64>() / 3.0;
+    let std = (logs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 2.0).sqrt();
+    let (n, z) = txn(30.0);
+    assert_eq!(n, 4);
+    assert!((z - (f64::ln_1p(30.0) - mean) / std).abs() < 1e-9, "{z}");
+    // The stats are ordinary features, readable by any function with the group.
+    deploy_probe(&server, "default");
+    let rows = probe(
+        &server,
+        "default",
+        json!([op("get", "merchant", "coffee-corner", "txn_n", 0.0, 0)]),
+    );
+    assert_eq!(rows[0]["value"], 4.0);
+}

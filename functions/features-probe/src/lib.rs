@@ -8,37 +8,46 @@
 //! `value` (0 when not found), `error` (the interface's error, empty on success).
 use quiver_sdk::features::{self, Value};
 use quiver_sdk::{Batch, Error};
-use serde::{Deserialize, Serialize};
 
-#[derive(Deserialize)]
-struct Op {
-    op: String,
-    group: String,
-    entity: String,
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
+/// One operation (a row of the input).
+struct Op<'a> {
+    op: &'a str,
+    group: &'a str,
+    entity: &'a str,
+    name: &'a str,
     value: f64,
-    #[serde(default)]
-    ttl_ms: i64,
+    ttl_ms: f64,
 }
 
-#[derive(Serialize)]
+/// The output, column by column (no per-row serialization: this function is also
+/// the benchmark's guest, so it should cost little besides the features calls).
+#[derive(Default)]
 struct Out {
-    op: String,
-    entity: String,
-    name: String,
-    found: bool,
-    value: f64,
-    error: String,
+    op: Vec<String>,
+    entity: Vec<String>,
+    name: Vec<String>,
+    found: Vec<bool>,
+    value: Vec<f64>,
+    error: Vec<String>,
 }
 
-fn number(v: &Option<Value>) -> Option<f64> {
+impl Out {
+    fn push(&mut self, op: &str, entity: &str, name: &str, v: Option<&Value>, error: String) {
+        self.op.push(op.to_string());
+        self.entity.push(entity.to_string());
+        self.name.push(name.to_string());
+        self.found.push(v.is_some());
+        self.value.push(v.and_then(number).unwrap_or(0.0));
+        self.error.push(error);
+    }
+}
+
+fn number(v: &Value) -> Option<f64> {
     match v {
-        Some(Value::Float64(x)) => Some(*x),
-        Some(Value::Int64(x)) => Some(*x as f64),
-        Some(Value::Boolean(b)) => Some(f64::from(u8::from(*b))),
-        Some(Value::Text(_)) | None => None,
+        Value::Float64(x) => Some(*x),
+        Value::Int64(x) => Some(*x as f64),
+        Value::Boolean(b) => Some(f64::from(u8::from(*b))),
+        Value::Text(_) => None,
     }
 }
 
@@ -58,45 +67,38 @@ fn split(s: &str) -> Vec<String> {
         .collect()
 }
 
-fn run(op: &Op, out: &mut Vec<Out>) -> Result<(), Error> {
-    let row = |entity: &str, name: &str, v: &Option<Value>| Out {
-        op: op.op.clone(),
-        entity: entity.to_string(),
-        name: name.to_string(),
-        found: v.is_some(),
-        value: number(v).unwrap_or(0.0),
-        error: String::new(),
-    };
-    match op.op.as_str() {
+fn run(op: &Op, out: &mut Out) -> Result<(), Error> {
+    match op.op {
         "put" => {
-            let ttl = u64::try_from(op.ttl_ms).ok().filter(|t| *t > 0);
+            let ttl = Some(op.ttl_ms as u64).filter(|t| *t > 0);
+            let v = Value::Float64(op.value);
             features::put(
-                &op.group,
-                &op.entity,
-                &[(op.name.clone(), Value::Float64(op.value))],
+                op.group,
+                op.entity,
+                &[(op.name.to_string(), v.clone())],
                 ttl,
             )?;
-            out.push(row(&op.entity, &op.name, &Some(Value::Float64(op.value))));
+            out.push(op.op, op.entity, op.name, Some(&v), String::new());
         }
         "get" => {
-            let names = split(&op.name);
-            let values = features::get(&op.group, &op.entity, &names)?;
+            let names = split(op.name);
+            let values = features::get(op.group, op.entity, &names)?;
             for (name, v) in names.iter().zip(&values) {
-                out.push(row(&op.entity, name, v));
+                out.push(op.op, op.entity, name, v.as_ref(), String::new());
             }
         }
         "get-many" => {
-            let entities = split(&op.entity);
-            let columns = features::get_many(&op.group, &entities, &split(&op.name))?;
+            let entities = split(op.entity);
+            let columns = features::get_many(op.group, &entities, &split(op.name))?;
             for column in &columns {
                 for (entity, v) in entities.iter().zip(&column.values) {
-                    out.push(row(entity, &column.name, v));
+                    out.push(op.op, entity, &column.name, v.as_ref(), String::new());
                 }
             }
         }
         "delete" => {
-            features::delete(&op.group, &op.entity)?;
-            out.push(row(&op.entity, "", &None));
+            features::delete(op.group, op.entity)?;
+            out.push(op.op, op.entity, "", None, String::new());
         }
         other => return Err(Error::InvalidInput(format!("unknown op `{other}`"))),
     }
@@ -104,22 +106,37 @@ fn run(op: &Op, out: &mut Vec<Out>) -> Result<(), Error> {
 }
 
 fn probe(input: Batch) -> Result<Batch, Error> {
-    let ops: Vec<Op> = quiver_sdk::to_rows(&input)?;
-    let mut out = Vec::new();
-    for op in &ops {
-        if let Err(e) = run(op, &mut out) {
+    let rows = input.num_rows();
+    let (ops, groups, entities) = (
+        input.texts("op")?,
+        input.texts("group")?,
+        input.texts("entity")?,
+    );
+    let names = input.texts("name").ok();
+    let values = input.f64s("value").unwrap_or_else(|_| vec![0.0; rows]);
+    let ttls = input.f64s("ttl_ms").unwrap_or_else(|_| vec![0.0; rows]);
+    let mut out = Out::default();
+    for i in 0..rows {
+        let op = Op {
+            op: &ops[i],
+            group: &groups[i],
+            entity: &entities[i],
+            name: names.map_or("", |n| n[i].as_str()),
+            value: values[i],
+            ttl_ms: ttls[i],
+        };
+        if let Err(e) = run(&op, &mut out) {
             // Expected failures are values the caller can see, not traps.
-            out.push(Out {
-                op: op.op.clone(),
-                entity: op.entity.clone(),
-                name: op.name.clone(),
-                found: false,
-                value: 0.0,
-                error: error_text(&e),
-            });
+            out.push(op.op, op.entity, op.name, None, error_text(&e));
         }
     }
-    quiver_sdk::from_rows(&out)
+    Batch::new()
+        .with_text("op", out.op)?
+        .with_text("entity", out.entity)?
+        .with_text("name", out.name)?
+        .with_bool("found", out.found)?
+        .with_f64("value", out.value)?
+        .with_text("error", out.error)
 }
 
 quiver_sdk::transform!(probe);

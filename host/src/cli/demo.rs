@@ -90,6 +90,21 @@ pub async fn run(
         ));
     }
 
+    // Online features: txn-features keeps per-merchant running stats in the feature
+    // store; the same transactions again show the counts grow.
+    let body = std::fs::read(&sample).with_context(|| format!("reading {}", sample.display()))?;
+    let (_, again) = client
+        .invoke("fraud-pipeline", "application/json", body)
+        .await?;
+    n.say(&format!(
+        "\n▶ the same request again: txn-features keeps per-merchant running stats in the \
+         feature store ({}), so merchant_txns grows\n",
+        server.state.functions.feature_store().name()
+    ));
+    for line in table(&again["rows"]) {
+        n.say(&line);
+    }
+
     n.say(&format!(
         "\n▶ GET /http/{tenant}/hello-http/demo (a standard wasi:http component)"
     ));
@@ -101,7 +116,7 @@ pub async fn run(
     if json {
         let summary = json!({
             "server": base, "deployed": deployed,
-            "pipeline": { "version": version, "result": out }, "hello_http": hello,
+            "pipeline": { "version": version, "result": out, "again": again }, "hello_http": hello,
         });
         println!("{summary}");
     }
