@@ -71,12 +71,12 @@ fn names(n: usize) -> Vec<String> {
 }
 
 fn scope(backend: Arc<dyn FeatureBackend>) -> Arc<FeatureScope> {
-    Arc::new(FeatureScope {
+    Arc::new(FeatureScope::new(
         backend,
-        tenant: "bench".into(),
-        groups: vec!["merchant".into()],
-        function: "bench/features-probe@1.0.0".into(),
-    })
+        "bench",
+        vec!["merchant".into()],
+        "bench/features-probe@1.0.0",
+    ))
 }
 
 fn bench(c: &mut Criterion) {

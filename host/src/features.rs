@@ -462,9 +462,104 @@ pub struct FeatureScope {
     pub tenant: String,
     pub groups: Vec<String>,
     pub function: String,
+    near: HashMap<String, NearCache>,
+}
+
+/// A small in-process cache in front of the backend for one group of one function
+/// (`[features.near_cache_ttl]`). Reads it served may be up to `ttl` stale with
+/// respect to writes made elsewhere (another function or host, a backfill); this
+/// function's own `put` and `delete` drop the entity from it at once.
+struct NearCache {
+    ttl: Duration,
+    entities: Mutex<lru::LruCache<String, (Instant, HashMap<String, Option<Value>>)>>,
+}
+
+/// Entities a near cache holds at most.
+pub const NEAR_CACHE_ENTITIES: usize = 10_000;
+
+impl NearCache {
+    fn get(&self, entity: &str, names: &[String], now: Instant) -> Option<Vec<Option<Value>>> {
+        let mut entities = self.entities.lock().ok()?;
+        let (at, values) = entities.get(entity)?;
+        if now.saturating_duration_since(*at) >= self.ttl {
+            return None;
+        }
+        names.iter().map(|n| values.get(n).cloned()).collect()
+    }
+
+    fn fill(&self, entity: &str, names: &[String], row: &[Option<Value>], at: Instant) {
+        if let Ok(mut entities) = self.entities.lock() {
+            let values = names.iter().cloned().zip(row.iter().cloned()).collect();
+            entities.put(entity.to_string(), (at, values));
+        }
+    }
+
+    fn forget(&self, entity: &str) {
+        if let Ok(mut entities) = self.entities.lock() {
+            entities.pop(entity);
+        }
+    }
 }
 
 impl FeatureScope {
+    pub fn new(
+        backend: Arc<dyn FeatureBackend>,
+        tenant: &str,
+        groups: Vec<String>,
+        function: &str,
+    ) -> Self {
+        FeatureScope {
+            backend,
+            tenant: tenant.to_string(),
+            groups,
+            function: function.to_string(),
+            near: HashMap::new(),
+        }
+    }
+
+    /// Serve reads of `group` from an in-process cache for `ttl` (see [`NearCache`]).
+    pub fn with_near_cache(mut self, group: &str, ttl: Duration) -> Self {
+        let capacity = NonZeroUsize::new(NEAR_CACHE_ENTITIES).unwrap_or(NonZeroUsize::MIN);
+        self.near.insert(
+            group.to_string(),
+            NearCache {
+                ttl,
+                entities: Mutex::new(lru::LruCache::new(capacity)),
+            },
+        );
+        self
+    }
+
+    /// Rows of `entities` for `names`, from the near cache where fresh, else one
+    /// backend call for the rest.
+    async fn read(
+        &self,
+        group: &str,
+        entities: &[&str],
+        names: &[String],
+    ) -> Result<Vec<Vec<Option<Value>>>, FeatureError> {
+        let keys = entities
+            .iter()
+            .map(|e| self.key(group, e))
+            .collect::<Result<Vec<_>, _>>()?;
+        let Some(near) = self.near.get(group) else {
+            return self.backend.get_many(&keys, names).await;
+        };
+        let now = Instant::now();
+        let mut rows: Vec<Option<Vec<Option<Value>>>> =
+            entities.iter().map(|e| near.get(e, names, now)).collect();
+        let missing: Vec<usize> = (0..rows.len()).filter(|i| rows[*i].is_none()).collect();
+        if !missing.is_empty() {
+            let fetch: Vec<EntityKey> = missing.iter().map(|i| keys[*i].clone()).collect();
+            let fetched = self.backend.get_many(&fetch, names).await?;
+            for (i, row) in missing.into_iter().zip(fetched) {
+                near.fill(entities[i], names, &row, now);
+                rows[i] = Some(row);
+            }
+        }
+        Ok(rows.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
     fn key(&self, group: &str, entity: &str) -> Result<EntityKey, FeatureError> {
         if !self.groups.iter().any(|g| g == group) {
             return Err(FeatureError::Invalid(match self.groups.is_empty() {
@@ -508,8 +603,7 @@ impl FeatureScope {
         names: &[String],
     ) -> Result<Vec<Option<Value>>, FeatureError> {
         Self::check_names(names)?;
-        let key = self.key(group, entity)?;
-        let mut rows = self.backend.get_many(&[key], names).await?;
+        let mut rows = self.read(group, &[entity], names).await?;
         Ok(rows.pop().unwrap_or_default())
     }
 
@@ -526,11 +620,8 @@ impl FeatureScope {
                 entities.len()
             )));
         }
-        let keys = entities
-            .iter()
-            .map(|e| self.key(group, e))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.backend.get_many(&keys, names).await
+        let entities: Vec<&str> = entities.iter().map(String::as_str).collect();
+        self.read(group, &entities, names).await
     }
 
     pub async fn put(
@@ -560,11 +651,17 @@ impl FeatureScope {
             }
         }
         let key = self.key(group, entity)?;
+        if let Some(near) = self.near.get(group) {
+            near.forget(entity);
+        }
         self.backend.put(&key, values, ttl).await
     }
 
     pub async fn delete(&self, group: &str, entity: &str) -> Result<(), FeatureError> {
         let key = self.key(group, entity)?;
+        if let Some(near) = self.near.get(group) {
+            near.forget(entity);
+        }
         self.backend.delete(&key).await
     }
 }
@@ -574,12 +671,57 @@ mod tests {
     use super::*;
 
     fn scope(tenant: &str, backend: Arc<dyn FeatureBackend>) -> FeatureScope {
-        FeatureScope {
+        FeatureScope::new(
             backend,
-            tenant: tenant.into(),
-            groups: vec!["txn".into()],
-            function: format!("{tenant}/f@1.0.0"),
-        }
+            tenant,
+            vec!["txn".into()],
+            &format!("{tenant}/f@1.0.0"),
+        )
+    }
+
+    #[tokio::test]
+    async fn near_cache_serves_reads_for_its_ttl_and_drops_own_writes() {
+        let backend: Arc<dyn FeatureBackend> =
+            Arc::new(Embedded::new(NonZeroUsize::new(100).unwrap()));
+        let writer = scope("t", backend.clone());
+        let reader = scope("t", backend).with_near_cache("txn", Duration::from_millis(100));
+        let n = names(&["x"]);
+        writer
+            .put("txn", "e", &[("x".into(), Value::I64(1))], None)
+            .await
+            .unwrap();
+        assert_eq!(
+            reader.get("txn", "e", &n).await.unwrap(),
+            vec![Some(Value::I64(1))]
+        );
+        writer
+            .put("txn", "e", &[("x".into(), Value::I64(2))], None)
+            .await
+            .unwrap();
+        assert_eq!(
+            reader.get("txn", "e", &n).await.unwrap(),
+            vec![Some(Value::I64(1))],
+            "another writer's change is not seen within the TTL (the documented staleness)"
+        );
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(
+            reader.get("txn", "e", &n).await.unwrap(),
+            vec![Some(Value::I64(2))]
+        );
+        reader
+            .put("txn", "e", &[("x".into(), Value::I64(3))], None)
+            .await
+            .unwrap();
+        assert_eq!(
+            reader.get("txn", "e", &n).await.unwrap(),
+            vec![Some(Value::I64(3))],
+            "its own write is seen at once"
+        );
+        let many = reader
+            .get_many("txn", &names(&["e", "f"]), &n)
+            .await
+            .unwrap();
+        assert_eq!(many, vec![vec![Some(Value::I64(3))], vec![None]]);
     }
 
     fn names(n: &[&str]) -> Vec<String> {

@@ -505,14 +505,18 @@ impl Functions {
                 false => 0,
             },
         );
-        invocation.features = manifest.features.as_ref().map(|f| {
-            Arc::new(FeatureScope {
-                backend: self.feature_store.clone(),
-                tenant: record.tenant.clone(),
-                groups: f.groups.clone(),
-                function: tag.clone(),
-            })
-        });
+        if let Some(f) = &manifest.features {
+            let mut scope = FeatureScope::new(
+                self.feature_store.clone(),
+                &record.tenant,
+                f.groups.clone(),
+                &tag,
+            );
+            for (group, ttl) in manifest.near_cache_ttls().map_err(DeployError::Internal)? {
+                scope = scope.with_near_cache(&group, ttl);
+            }
+            invocation.features = Some(Arc::new(scope));
+        }
         // One instance serves one call at a time, so a component runs at most
         // `max_instances` calls; a pipeline's own limit is `max_concurrency`.
         let capacity = match record.kind.as_str() {

@@ -39,6 +39,9 @@ pub struct CacheSection {
 pub struct FeaturesSection {
     #[serde(default)]
     pub groups: Vec<String>,
+    /// Per group: serve reads from an in-process cache this long (staleness bound).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub near_cache_ttl: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -168,6 +171,7 @@ impl Manifest {
         self.limits()?;
         self.scaling()?;
         self.cache_ttl()?;
+        self.near_cache_ttls()?;
         for g in self.features.iter().flat_map(|f| &f.groups) {
             let ok = !g.is_empty()
                 && g.len() <= 64
@@ -232,6 +236,29 @@ impl Manifest {
             queue_timeout,
             instance_reuse: s.instance_reuse.unwrap_or(self.function.kind != "http"),
         })
+    }
+
+    /// `[features.near_cache_ttl]`: group -> TTL, each for a declared group, ≤ 60 s.
+    pub fn near_cache_ttls(&self) -> anyhow::Result<Vec<(String, Duration)>> {
+        let Some(f) = &self.features else {
+            return Ok(Vec::new());
+        };
+        f.near_cache_ttl
+            .iter()
+            .map(|(group, t)| {
+                if !f.groups.contains(group) {
+                    anyhow::bail!(
+                        "[features.near_cache_ttl] `{group}` is not in [features] groups"
+                    );
+                }
+                let ttl = humantime::parse_duration(t)
+                    .map_err(|e| anyhow::anyhow!("[features.near_cache_ttl] {group} `{t}`: {e}"))?;
+                if ttl.is_zero() || ttl > Duration::from_secs(60) {
+                    anyhow::bail!("[features.near_cache_ttl] {group} must be between 1ms and 60s");
+                }
+                Ok((group.clone(), ttl))
+            })
+            .collect()
     }
 
     /// `[cache] ttl`, if the function caches its results.

@@ -392,3 +392,58 @@ fn txn_features_keeps_online_merchant_stats() {
     );
     assert_eq!(rows[0]["value"], 4.0);
 }
+
+#[test]
+fn near_cache_bounds_staleness_by_its_ttl() {
+    let redis = Redis::start();
+    let server = Server::start_with(&["--redis", &redis.url()]);
+    server.cli_ok(&[
+        "deploy",
+        "functions/features-probe",
+        "--set",
+        "features.near_cache_ttl.merchant=700ms",
+    ]);
+    let get = || {
+        probe(
+            &server,
+            "default",
+            json!([op("get", "merchant", "m-1", "mean", 0.0, 0)]),
+        )[0]["value"]
+            .as_f64()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = probe(
+            &server,
+            "default",
+            json!([op("put", "merchant", "m-1", "mean", 1.0, 0)]),
+        );
+        if rows[0]["error"] == "" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "redis never ready: {rows:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(get(), 1.0);
+    // Another writer changes it in Redis: within the TTL the near cache still serves 1.0.
+    redis.cli(&["HSET", "quiver:feat:default:merchant:m-1", "mean", "f:2"]);
+    assert_eq!(get(), 1.0, "served from the near cache");
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(get(), 2.0, "past the TTL it reads Redis again");
+    // Its own writes are seen at once.
+    probe(
+        &server,
+        "default",
+        json!([op("put", "merchant", "m-1", "mean", 3.0, 0)]),
+    );
+    assert_eq!(get(), 3.0);
+    // A near cache for an undeclared group is refused at deploy.
+    let err = server.cli_err(&[
+        "deploy",
+        "functions/features-probe",
+        "--set",
+        "features.near_cache_ttl.secrets=1s",
+    ]);
+    assert!(err.contains("secrets"), "{err}");
+}
