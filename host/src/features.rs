@@ -471,8 +471,11 @@ pub struct FeatureScope {
 /// function's own `put` and `delete` drop the entity from it at once.
 struct NearCache {
     ttl: Duration,
-    entities: Mutex<lru::LruCache<String, (Instant, HashMap<String, Option<Value>>)>>,
+    entities: Mutex<lru::LruCache<String, NearEntry>>,
 }
+
+/// When an entity was read, and what.
+type NearEntry = (Instant, HashMap<String, Option<Value>>);
 
 /// Entities a near cache holds at most.
 pub const NEAR_CACHE_ENTITIES: usize = 10_000;
