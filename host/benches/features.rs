@@ -5,13 +5,15 @@
 //! Needs the functions built and `redis-server` on PATH (the bench starts one on a
 //! free loopback port): `cargo bench -p quiver-host --bench features`.
 
+mod common;
+
+use common::wasm;
 use criterion::{criterion_group, criterion_main, Criterion};
 use quiver_host::bindings::{Batch, Column, Field};
 use quiver_host::features::{Embedded, FeatureBackend, FeatureScope, RedisStore, Value};
 use quiver_host::manifest::ResolvedLimits;
 use quiver_host::runtime::{Allocator, Invocation, Prepared, Runtime, MAX_IDLE};
 use std::num::NonZeroUsize;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,17 +48,6 @@ fn redis_server() -> RedisServer {
         .expect("redis-server on PATH (apt-get install redis-server)");
     std::thread::sleep(Duration::from_millis(300));
     RedisServer(child, port)
-}
-
-fn wasm(name: &str) -> Vec<u8> {
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let path = target
-        .join("wasm32-wasip2/release")
-        .join(format!("{name}.wasm"));
-    std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (build the functions first)", path.display()))
 }
 
 fn text(name: &str, v: &str) -> Field {

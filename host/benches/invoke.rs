@@ -4,23 +4,14 @@
 //! `cd functions && cargo build --release --target wasm32-wasip2`); run with
 //! `cargo bench -p quiver-host --bench invoke`. See BENCHMARKS.md.
 
+mod common;
+
+use common::wasm;
 use criterion::{criterion_group, criterion_main, Criterion};
 use quiver_host::bindings::{Batch, Column, Field};
 use quiver_host::manifest::ResolvedLimits;
 use quiver_host::runtime::{Allocator, Invocation, Prepared, Runtime, MAX_IDLE};
-use std::path::PathBuf;
 use std::time::Duration;
-
-fn wasm(name: &str) -> Vec<u8> {
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let path = target
-        .join("wasm32-wasip2/release")
-        .join(format!("{name}.wasm"));
-    std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (build the functions first)", path.display()))
-}
 
 fn one_row() -> Batch {
     Batch {

@@ -682,6 +682,20 @@ mod tests {
         )
     }
 
+    async fn set_x(s: &FeatureScope, v: i64) {
+        s.put("txn", "e", &[("x".into(), Value::I64(v))], None)
+            .await
+            .unwrap();
+    }
+
+    async fn x_of(s: &FeatureScope) -> Option<Value> {
+        s.get("txn", "e", &names(&["x"]))
+            .await
+            .unwrap()
+            .pop()
+            .flatten()
+    }
+
     #[tokio::test]
     async fn near_cache_serves_reads_for_its_ttl_and_drops_own_writes() {
         let backend: Arc<dyn FeatureBackend> =
@@ -689,35 +703,20 @@ mod tests {
         let writer = scope("t", backend.clone());
         let reader = scope("t", backend).with_near_cache("txn", Duration::from_millis(100));
         let n = names(&["x"]);
-        writer
-            .put("txn", "e", &[("x".into(), Value::I64(1))], None)
-            .await
-            .unwrap();
+        set_x(&writer, 1).await;
+        assert_eq!(x_of(&reader).await, Some(Value::I64(1)));
+        set_x(&writer, 2).await;
         assert_eq!(
-            reader.get("txn", "e", &n).await.unwrap(),
-            vec![Some(Value::I64(1))]
-        );
-        writer
-            .put("txn", "e", &[("x".into(), Value::I64(2))], None)
-            .await
-            .unwrap();
-        assert_eq!(
-            reader.get("txn", "e", &n).await.unwrap(),
-            vec![Some(Value::I64(1))],
+            x_of(&reader).await,
+            Some(Value::I64(1)),
             "another writer's change is not seen within the TTL (the documented staleness)"
         );
         tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(x_of(&reader).await, Some(Value::I64(2)));
+        set_x(&reader, 3).await;
         assert_eq!(
-            reader.get("txn", "e", &n).await.unwrap(),
-            vec![Some(Value::I64(2))]
-        );
-        reader
-            .put("txn", "e", &[("x".into(), Value::I64(3))], None)
-            .await
-            .unwrap();
-        assert_eq!(
-            reader.get("txn", "e", &n).await.unwrap(),
-            vec![Some(Value::I64(3))],
+            x_of(&reader).await,
+            Some(Value::I64(3)),
             "its own write is seen at once"
         );
         let many = reader

@@ -147,6 +147,17 @@ impl Server {
             .as_u16()
     }
 
+    /// The `quiver ls --json` entry of function `name` (state, instances, queue...).
+    pub fn function_state(&self, name: &str) -> serde_json::Value {
+        let ls: serde_json::Value =
+            serde_json::from_str(&self.cli_ok(&["ls", "--json"])).expect("ls --json");
+        ls["functions"]
+            .as_array()
+            .and_then(|fs| fs.iter().find(|f| f["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} not listed: {ls}"))
+    }
+
     /// The server's resident set size in bytes (Linux `/proc/PID/status` VmRSS).
     pub fn rss_bytes(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))

@@ -13,14 +13,7 @@ fn call(server: &Server, name: &str, body: &'static str) -> reqwest::blocking::R
 }
 
 fn live(server: &Server, name: &str) -> Value {
-    let ls: Value = serde_json::from_str(&server.cli_ok(&["ls", "--json"])).unwrap();
-    ls["functions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("{name} not listed: {ls}"))
+    server.function_state(name)
 }
 
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {

@@ -5,14 +5,7 @@ use serde_json::Value;
 use std::time::{Duration, Instant};
 
 fn state_of(server: &Server, name: &str) -> Value {
-    let ls: Value = serde_json::from_str(&server.cli_ok(&["ls", "--json"])).unwrap();
-    ls["functions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["name"] == name)
-        .cloned()
-        .unwrap()
+    server.function_state(name)
 }
 
 /// The value of the first metric line that starts with `series` (name and labels).
