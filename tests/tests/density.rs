@@ -9,10 +9,12 @@ const FUNCTIONS: usize = 1000;
 const BURST: usize = 100;
 const MIB: u64 = 1 << 20;
 
+/// idle_timeout is 6 s: long enough that a burst slowed down by a loaded CI machine
+/// is counted before its first functions go Cold again.
 fn manifest(i: usize) -> String {
     format!(
         "[function]\nname = \"f-{i}\"\nversion = \"1.0.0\"\nkind = \"transform\"\n\
-         [scaling]\nidle_timeout = \"1s\"\n"
+         [scaling]\nidle_timeout = \"6s\"\n"
     )
 }
 
@@ -75,7 +77,7 @@ fn a_thousand_cold_functions_stay_small_and_a_burst_gives_memory_back() {
     let warm = server.rss_bytes();
     eprintln!("RSS with {BURST} warm: {} MiB", warm / MIB);
 
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while states(&server).iter().any(|s| s != "cold") {
         assert!(Instant::now() < deadline, "the burst did not go Cold");
         std::thread::sleep(Duration::from_millis(200));
