@@ -9,6 +9,7 @@ pub mod features;
 pub mod functions;
 pub mod manifest;
 pub mod metrics;
+pub mod nn;
 pub mod runtime;
 pub mod scaler;
 pub mod server;

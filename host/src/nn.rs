@@ -1,0 +1,418 @@
+//! wasi-nn backends. `wasmtime-wasi-nn` provides the host side of `wasi:nn` and
+//! the backend traits; Quiver plugs in its own backends through them. Today: ONNX on
+//! tract (pure Rust, CPU, builds offline, always on).
+//!
+//! A model is parsed and optimized once (`OnnxModel::load`) and shared by every
+//! execution context made from it. Every tensor type a guest can send is either
+//! handled or rejected with a `BackendError` — never a panic — and a request for an
+//! execution target this backend cannot serve (`gpu`, `tpu`) is an error, never a
+//! silent fall back to the CPU.
+
+use std::sync::Arc;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid as _;
+use wasmtime_wasi_nn::backend::{
+    BackendError, BackendExecutionContext, BackendFromDir, BackendGraph, BackendInner, Id,
+    NamedTensor,
+};
+use wasmtime_wasi_nn::wit::{ExecutionTarget, GraphEncoding, TensorType};
+use wasmtime_wasi_nn::{ExecutionContext, Graph, Tensor};
+
+/// One input or output of a model, as read from the model itself.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TensorSpec {
+    pub name: String,
+    /// KServe v2 names: FP32, FP64, INT64, INT32, UINT8, BOOL...
+    pub datatype: String,
+    /// `-1` where the dimension is dynamic (the batch).
+    pub shape: Vec<i64>,
+}
+
+/// A parsed, optimized ONNX model, ready to run on tract.
+pub struct OnnxModel {
+    plan: Arc<TypedRunnableModel>,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+}
+
+fn v2_datatype(dt: DatumType) -> String {
+    match dt {
+        DatumType::F32 => "FP32",
+        DatumType::F64 => "FP64",
+        DatumType::F16 => "FP16",
+        DatumType::I64 => "INT64",
+        DatumType::I32 => "INT32",
+        DatumType::I16 => "INT16",
+        DatumType::I8 => "INT8",
+        DatumType::U8 => "UINT8",
+        DatumType::U16 => "UINT16",
+        DatumType::U32 => "UINT32",
+        DatumType::U64 => "UINT64",
+        DatumType::Bool => "BOOL",
+        DatumType::String => "BYTES",
+        _ => "UNKNOWN",
+    }
+    .to_string()
+}
+
+fn spec(name: &str, fact: &TypedFact) -> TensorSpec {
+    TensorSpec {
+        name: name.to_string(),
+        datatype: v2_datatype(fact.datum_type),
+        shape: fact
+            .shape
+            .iter()
+            .map(|d| d.to_i64().unwrap_or(-1))
+            .collect(),
+    }
+}
+
+impl OnnxModel {
+    /// Parse and optimize. The first dimension of an input whose size the model
+    /// leaves open becomes the batch symbol `N`.
+    pub fn load(bytes: &[u8]) -> anyhow::Result<OnnxModel> {
+        let mut model = tract_onnx::onnx()
+            .model_for_read(&mut std::io::Cursor::new(bytes))
+            .map_err(|e| anyhow::anyhow!("not a loadable ONNX model: {e}"))?;
+        let batch = model.symbols.sym("N");
+        for ix in 0..model.inputs.len() {
+            let fact = model.input_fact(ix)?.clone();
+            let dt = fact
+                .datum_type
+                .concretize()
+                .ok_or_else(|| anyhow::anyhow!("input {ix} has no element type"))?;
+            let rank = fact
+                .shape
+                .rank()
+                .concretize()
+                .ok_or_else(|| anyhow::anyhow!("input {ix} has no fixed rank"))?;
+            let dims: TVec<TDim> = (0..rank as usize)
+                .map(|d| {
+                    fact.shape
+                        .dim(d)
+                        .and_then(|f| f.concretize())
+                        .unwrap_or_else(|| batch.clone().into())
+                })
+                .collect();
+            model.set_input_fact(ix, InferenceFact::dt_shape(dt, dims))?;
+        }
+        let typed = model
+            .into_optimized()
+            .map_err(|e| anyhow::anyhow!("the ONNX model cannot be prepared: {e}"))?;
+        let io = |outlets: &[OutletId]| -> anyhow::Result<Vec<TensorSpec>> {
+            outlets
+                .iter()
+                .map(|o| {
+                    let name = typed.node(o.node).name.clone();
+                    Ok(spec(&name, typed.outlet_fact(*o)?))
+                })
+                .collect()
+        };
+        let inputs = io(&typed.inputs)?;
+        let outputs = io(&typed.outputs)?;
+        let plan = typed.into_runnable()?;
+        Ok(OnnxModel {
+            plan,
+            inputs,
+            outputs,
+        })
+    }
+
+    /// Run on tensors given in input order; outputs in output order.
+    pub fn run(&self, inputs: TVec<TValue>) -> anyhow::Result<TVec<TValue>> {
+        self.plan
+            .run(inputs)
+            .map_err(|e| anyhow::anyhow!("inference failed: {e}"))
+    }
+}
+
+/// A wasi-nn tensor as a tract tensor. Types tract's models take here: f32, f64,
+/// i32, i64, u8; f16/bf16 are refused with a clear error.
+pub fn to_tract(t: &Tensor) -> Result<tract_onnx::prelude::Tensor, BackendError> {
+    let shape: Vec<usize> = t.dimensions.iter().map(|d| *d as usize).collect();
+    let count: usize = shape.iter().product();
+    let (dt, width) = match t.ty {
+        TensorType::Fp32 => (DatumType::F32, 4),
+        TensorType::Fp64 => (DatumType::F64, 8),
+        TensorType::I32 => (DatumType::I32, 4),
+        TensorType::I64 => (DatumType::I64, 8),
+        TensorType::U8 => (DatumType::U8, 1),
+        TensorType::Fp16 | TensorType::Bf16 => {
+            return Err(BackendError::UnsupportedTensorType(format!(
+                "{:?} (the ONNX backend takes fp32, fp64, i32, i64 or u8)",
+                t.ty
+            )))
+        }
+    };
+    if count.checked_mul(width) != Some(t.data.len()) {
+        return Err(BackendError::BackendAccess(wasmtime::Error::msg(format!(
+            "tensor of shape {:?} and type {:?} needs {} bytes, got {}",
+            t.dimensions,
+            t.ty,
+            count.saturating_mul(width),
+            t.data.len()
+        ))));
+    }
+    // SAFETY: the length was checked against shape x element width just above, and
+    // every bit pattern is a valid value of these plain numeric types.
+    unsafe { tract_onnx::prelude::Tensor::from_raw_dt(dt, &shape, &t.data) }
+        .map_err(|e| BackendError::BackendAccess(wasmtime::Error::msg(e.to_string())))
+}
+
+/// A tract tensor back as a wasi-nn tensor.
+pub fn from_tract(t: &tract_onnx::prelude::Tensor) -> Result<Tensor, BackendError> {
+    let ty = match t.datum_type() {
+        DatumType::F32 => TensorType::Fp32,
+        DatumType::F64 => TensorType::Fp64,
+        DatumType::I32 => TensorType::I32,
+        DatumType::I64 => TensorType::I64,
+        DatumType::U8 => TensorType::U8,
+        other => {
+            return Err(BackendError::UnsupportedTensorType(format!(
+                "the model produced {other:?}, which wasi-nn cannot carry"
+            )))
+        }
+    };
+    let dimensions = t
+        .shape()
+        .iter()
+        .map(|d| u32::try_from(*d))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| BackendError::NotEnoughMemory(t.len()))?;
+    let data = t.as_bytes().to_vec();
+    Ok(Tensor::new(dimensions, ty, data))
+}
+
+fn access(e: impl std::fmt::Display) -> BackendError {
+    BackendError::BackendAccess(wasmtime::Error::msg(e.to_string()))
+}
+
+/// The wasi-nn backend for `onnx` graphs on tract.
+#[derive(Default)]
+pub struct TractBackend;
+
+impl BackendInner for TractBackend {
+    fn encoding(&self) -> GraphEncoding {
+        GraphEncoding::Onnx
+    }
+
+    fn load(&mut self, builders: &[&[u8]], target: ExecutionTarget) -> Result<Graph, BackendError> {
+        check_target(target)?;
+        let [bytes] = builders else {
+            return Err(BackendError::InvalidNumberOfBuilders(1, builders.len()));
+        };
+        let model = OnnxModel::load(bytes).map_err(access)?;
+        Ok(graph(Arc::new(model)))
+    }
+
+    fn as_dir_loadable(&mut self) -> Option<&mut dyn BackendFromDir> {
+        None
+    }
+}
+
+/// `cpu` only: anything else is an explicit error, never a silent CPU fallback.
+pub fn check_target(target: ExecutionTarget) -> Result<(), BackendError> {
+    match target {
+        ExecutionTarget::Cpu => Ok(()),
+        other => Err(access(format!(
+            "execution target {other:?} is not available on this host (the tract backend runs on the CPU only)"
+        ))),
+    }
+}
+
+/// A wasi-nn graph over a shared, already optimized model.
+pub fn graph(model: Arc<OnnxModel>) -> Graph {
+    let g: Box<dyn BackendGraph> = Box::new(TractGraph(model));
+    g.into()
+}
+
+struct TractGraph(Arc<OnnxModel>);
+
+impl BackendGraph for TractGraph {
+    fn init_execution_context(&self) -> Result<ExecutionContext, BackendError> {
+        let ctx: Box<dyn BackendExecutionContext> = Box::new(TractContext {
+            model: self.0.clone(),
+            inputs: vec![None; self.0.inputs.len()],
+            outputs: Vec::new(),
+        });
+        Ok(ctx.into())
+    }
+}
+
+struct TractContext {
+    model: Arc<OnnxModel>,
+    inputs: Vec<Option<tract_onnx::prelude::Tensor>>,
+    outputs: Vec<tract_onnx::prelude::Tensor>,
+}
+
+impl TractContext {
+    fn index(specs: &[TensorSpec], id: &Id, what: &str) -> Result<usize, BackendError> {
+        let found = match id {
+            Id::Index(i) => Some(*i as usize).filter(|i| *i < specs.len()),
+            Id::Name(n) => specs.iter().position(|s| &s.name == n),
+        };
+        found.ok_or_else(|| {
+            let known: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+            access(format!("no {what} {id:?}; the model has {known:?}"))
+        })
+    }
+
+    fn run(&mut self) -> Result<(), BackendError> {
+        let mut inputs = TVec::new();
+        for (i, t) in self.inputs.iter().enumerate() {
+            let t = t.clone().ok_or_else(|| {
+                access(format!("input `{}` was not set", self.model.inputs[i].name))
+            })?;
+            inputs.push(t.into_tvalue());
+        }
+        let outputs = self.model.run(inputs).map_err(access)?;
+        self.outputs = outputs.into_iter().map(|v| v.into_tensor()).collect();
+        Ok(())
+    }
+}
+
+impl BackendExecutionContext for TractContext {
+    fn set_input(&mut self, id: Id, tensor: &Tensor) -> Result<(), BackendError> {
+        let i = Self::index(&self.model.inputs, &id, "input")?;
+        self.inputs[i] = Some(to_tract(tensor)?);
+        Ok(())
+    }
+
+    fn get_output(&mut self, id: Id) -> Result<Tensor, BackendError> {
+        let i = Self::index(&self.model.outputs, &id, "output")?;
+        let t = self
+            .outputs
+            .get(i)
+            .ok_or_else(|| access("compute has not run"))?;
+        from_tract(t)
+    }
+
+    fn compute(
+        &mut self,
+        inputs: Option<Vec<NamedTensor>>,
+    ) -> Result<Option<Vec<NamedTensor>>, BackendError> {
+        let Some(named) = inputs else {
+            self.run()?;
+            return Ok(None);
+        };
+        for n in &named {
+            self.set_input(Id::Name(n.name.clone()), &n.tensor)?;
+        }
+        self.run()?;
+        let outputs = self
+            .model
+            .outputs
+            .iter()
+            .zip(&self.outputs)
+            .map(|(spec, t)| {
+                Ok(NamedTensor {
+                    name: spec.name.clone(),
+                    tensor: from_tract(t)?,
+                })
+            })
+            .collect::<Result<Vec<_>, BackendError>>()?;
+        Ok(Some(outputs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MODEL: &[u8] = include_bytes!("../../functions/fraud-score/model/fraud.onnx");
+
+    fn reference() -> serde_json::Value {
+        serde_json::from_str(include_str!(
+            "../../functions/fraud-score/model/reference.json"
+        ))
+        .unwrap()
+    }
+
+    fn f32_tensor(dims: Vec<u32>, values: &[f32]) -> Tensor {
+        let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Tensor::new(dims, TensorType::Fp32, data)
+    }
+
+    #[test]
+    fn reads_inputs_and_outputs_from_the_model() {
+        let m = OnnxModel::load(MODEL).unwrap();
+        assert_eq!(
+            m.inputs,
+            vec![TensorSpec {
+                name: "X".into(),
+                datatype: "FP32".into(),
+                shape: vec![-1, 4]
+            }]
+        );
+        assert_eq!(m.outputs.len(), 1);
+        assert_eq!(m.outputs[0].datatype, "FP32");
+        assert_eq!(m.outputs[0].shape, vec![-1, 2]);
+    }
+
+    #[test]
+    fn matches_scikit_learn_through_the_wasi_nn_traits() {
+        let r = reference();
+        let rows: Vec<Vec<f32>> = serde_json::from_value(r["rows"].clone()).unwrap();
+        let want: Vec<Vec<f32>> = serde_json::from_value(r["probabilities"].clone()).unwrap();
+        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+        let graph = TractBackend.load(&[MODEL], ExecutionTarget::Cpu).unwrap();
+        let mut ctx = graph.init_execution_context().unwrap();
+        ctx.set_input(Id::Index(0), &f32_tensor(vec![rows.len() as u32, 4], &flat))
+            .unwrap();
+        ctx.compute().unwrap();
+        let out = ctx.get_output(Id::Index(0)).unwrap();
+        assert_eq!(out.dimensions, vec![rows.len() as u32, 2]);
+        let got: Vec<f32> = out
+            .data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        for (g, w) in got.iter().zip(want.iter().flatten()) {
+            assert!((g - w).abs() < 1e-5, "tract {g} vs scikit-learn {w}");
+        }
+    }
+
+    #[test]
+    fn bad_inputs_are_errors_not_panics() {
+        let graph = TractBackend.load(&[MODEL], ExecutionTarget::Cpu).unwrap();
+        let mut ctx = graph.init_execution_context().unwrap();
+        // Wrong type.
+        let half = Tensor::new(vec![1, 4], TensorType::Fp16, vec![0; 8]);
+        assert!(matches!(
+            ctx.set_input(Id::Index(0), &half),
+            Err(BackendError::UnsupportedTensorType(_))
+        ));
+        // Data that does not fill the shape.
+        assert!(ctx
+            .set_input(Id::Index(0), &f32_tensor(vec![2, 4], &[1.0; 4]))
+            .is_err());
+        // Wrong inner dimension: the model refuses at compute.
+        ctx.set_input(Id::Index(0), &f32_tensor(vec![1, 3], &[1.0; 3]))
+            .unwrap();
+        assert!(ctx.compute().is_err());
+        // Unknown input and output names.
+        assert!(ctx
+            .set_input(Id::Name("nope".into()), &f32_tensor(vec![1, 4], &[0.0; 4]))
+            .is_err());
+        assert!(ctx.get_output(Id::Index(5)).is_err());
+        // i64 input to an f32 model: refused by the model, not a crash.
+        let ints = Tensor::new(vec![1, 4], TensorType::I64, vec![0; 32]);
+        ctx.set_input(Id::Index(0), &ints).unwrap();
+        assert!(ctx.compute().is_err());
+    }
+
+    #[test]
+    fn not_onnx_and_gpu_are_explicit_errors() {
+        let err = OnnxModel::load(b"definitely not a model").err().unwrap();
+        assert!(err.to_string().contains("ONNX"), "{err}");
+        let gpu = TractBackend
+            .load(&[MODEL], ExecutionTarget::Gpu)
+            .err()
+            .unwrap();
+        assert!(format!("{gpu:?}").contains("Gpu"), "{gpu:?}");
+        assert!(matches!(
+            TractBackend.load(&[MODEL, MODEL], ExecutionTarget::Cpu),
+            Err(BackendError::InvalidNumberOfBuilders(1, 2))
+        ));
+    }
+}
