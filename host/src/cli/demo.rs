@@ -56,7 +56,16 @@ pub async fn run(
     for f in FUNCTIONS {
         let out = super::deploy(&client, &functions.join(f), &Default::default(), !json)
             .await
-            .with_context(|| format!("deploying {f}"))?;
+            .map_err(|e| match format!("{e:#}").contains("version_conflict") {
+                // Versions are immutable: a data dir made by an older build of the
+                // first-party functions holds other code under the same versions.
+                true => e.context(format!(
+                    "deploying {f}: {} holds an older build of it; remove that directory \
+                     or pass --data-dir",
+                    config.data_dir.display()
+                )),
+                false => e.context(format!("deploying {f}")),
+            })?;
         n.say(&format!(
             "▶ deployed {:<15} {:<6} {:<9} {}",
             out["name"].as_str().unwrap_or(f),
