@@ -46,14 +46,7 @@ impl ApiError {
 
 impl From<Rejected> for ApiError {
     fn from(e: Rejected) -> Self {
-        let (status, code) = match e {
-            Rejected::QueueFull { .. } => (StatusCode::TOO_MANY_REQUESTS, "queue_full"),
-            Rejected::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "queue_timeout"),
-        };
-        ApiError {
-            retry_after: Some(e.retry_after_secs()),
-            ..ApiError::new(status, code, e.to_string())
-        }
+        ApiError::from(InvokeError::Overloaded(e))
     }
 }
 
@@ -99,11 +92,15 @@ impl From<DeployError> for ApiError {
 
 impl From<InvokeError> for ApiError {
     fn from(e: InvokeError) -> Self {
-        let (status, code) = match e {
-            InvokeError::Overloaded(r) => return r.into(),
-            ref e => ApiError::invoke_status(e),
+        let (status, code) = ApiError::invoke_status(&e);
+        let retry_after = match &e {
+            InvokeError::Overloaded(r) => Some(r.retry_after_secs()),
+            _ => None,
         };
-        ApiError::new(status, code, e.to_string())
+        ApiError {
+            retry_after,
+            ..ApiError::new(status, code, e.to_string())
+        }
     }
 }
 

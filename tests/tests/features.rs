@@ -195,10 +195,7 @@ fn a_function_without_feature_groups_gets_a_clear_error() {
 #[test]
 fn redis_down_is_prompt_unavailable_and_heals_without_a_restart() {
     // A port with nothing listening yet.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
+    let port = quiver_tests::free_port();
     let url = format!("redis://127.0.0.1:{port}/0");
     let server = Server::start_with(&["--redis", &url, "--features-timeout", "200ms"]);
     let health: Value = server.get("/healthz").json().unwrap();
