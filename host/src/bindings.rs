@@ -35,6 +35,9 @@ macro_rules! world {
 
 world!(ingest, "quiver:ml/ingest");
 world!(transform, "quiver:ml/transform");
+// wasi:nn is linked from `wasmtime-wasi-nn` (its own bindings); the ones generated
+// here for this world are not used.
+world!(inference, "quiver:ml/inference");
 
 pub use base::quiver::ml::types::{
     Batch, Column, Error as GuestError, Field, Ingested, RejectedRow,

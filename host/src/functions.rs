@@ -6,10 +6,11 @@ use crate::bindings::{Batch, RejectedRow};
 use crate::convert;
 use crate::features::{FeatureBackend, FeatureScope, ResultCache};
 use crate::manifest::{Manifest, ResolvedLimits};
+use crate::nn::{BoundModel, BoundModels, ModelCache};
 use crate::runtime::{Invocation, InvokeError, Prepared, Runtime};
 use crate::scaler::Lifecycle;
 use anyhow::Context as _;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 use quiver_registry::{
     validate, NewVersion, PublishOutcome, Registry, RegistryError, VersionRecord,
 };
@@ -101,6 +102,9 @@ pub struct Functions {
     serving: RwLock<HashMap<String, Arc<Deployment>>>,
     feature_store: Arc<dyn FeatureBackend>,
     result_cache: ResultCache,
+    models: Arc<ModelCache>,
+    models_resident: IntGauge,
+    model_parses: IntGauge,
     max_component_size: usize,
 }
 
@@ -109,6 +113,7 @@ impl Functions {
         registry: Arc<Registry>,
         runtime: Arc<Runtime>,
         feature_store: Arc<dyn FeatureBackend>,
+        models: Arc<ModelCache>,
         max_component_size: usize,
     ) -> anyhow::Result<Self> {
         let cold_starts = IntCounterVec::new(
@@ -151,6 +156,15 @@ impl Functions {
             serving: RwLock::new(HashMap::new()),
             result_cache: ResultCache::new(feature_store.clone()),
             feature_store,
+            models,
+            models_resident: IntGauge::new(
+                "quiver_models_resident",
+                "Models parsed and in memory (held by at least one warm deployment)",
+            )?,
+            model_parses: IntGauge::new(
+                "quiver_model_loads_total",
+                "Times this host parsed and optimized a model (once per model while any user is warm)",
+            )?,
             max_component_size,
         })
     }
@@ -162,6 +176,8 @@ impl Functions {
             Box::new(self.cold_start_seconds.clone()),
             Box::new(self.instances.clone()),
             Box::new(self.queue_depth.clone()),
+            Box::new(self.models_resident.clone()),
+            Box::new(self.model_parses.clone()),
         ]
     }
 
@@ -173,6 +189,8 @@ impl Functions {
         };
         self.instances.reset();
         self.queue_depth.reset();
+        self.models_resident.set(self.models.resident() as i64);
+        self.model_parses.set(self.models.parses() as i64);
         for ((tenant, name, version), d) in loaded.iter() {
             let labels = [tenant.as_str(), name.as_str(), version.as_str()];
             self.queue_depth
@@ -212,11 +230,25 @@ impl Functions {
     pub fn cache_key(&self, d: &Deployment, content_type: &str, body: &[u8]) -> Option<String> {
         d.cache_ttl?;
         let r = &d.record;
-        Some(crate::features::input_hash(
-            &[&r.tenant, &r.name, &r.version, &r.digest],
-            content_type,
-            body,
-        ))
+        // The serving version and every model version it binds (a pipeline: its
+        // stages') are part of the key, so a new version or model starts afresh.
+        let mut parts = vec![
+            r.tenant.clone(),
+            r.name.clone(),
+            r.version.clone(),
+            r.digest.clone(),
+        ];
+        let stages: Vec<&Deployment> = match &d.body {
+            DeploymentBody::Pipeline(stages) => stages.iter().map(|s| s.as_ref()).collect(),
+            DeploymentBody::Component(_) => vec![d],
+        };
+        for stage in stages {
+            for m in stage.invocation.models.iter().flat_map(|m| &m.models) {
+                parts.push(format!("{}@{}:{}", m.name, m.version, m.digest));
+            }
+        }
+        let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+        Some(crate::features::input_hash(&parts, content_type, body))
     }
 
     pub async fn cached_result(&self, d: &Deployment, key: &str) -> Option<String> {
@@ -275,6 +307,7 @@ impl Functions {
             let bytes = component.ok_or_else(|| {
                 DeployError::Invalid(format!("a `{kind}` function needs a component"))
             })?;
+            self.bind_models(tenant, &mut manifest)?;
             let provided = crate::runtime::provided_imports(&kind);
             validate::validate_component(&bytes, &kind, &provided, self.max_component_size)?;
             // Compile and link before publishing: a version that cannot run is never stored.
@@ -309,6 +342,70 @@ impl Functions {
         })?;
         self.forget_serving(tenant, &manifest.function.name);
         Ok(published)
+    }
+
+    /// Resolve `[models]` ranges to the highest pushed versions and pin them in the
+    /// manifest (`alias = "name@=1.2.0"`), so the deployment records what it bound.
+    fn bind_models(&self, tenant: &str, manifest: &mut Manifest) -> Result<(), DeployError> {
+        let invalid = |e: anyhow::Error| DeployError::Invalid(format!("{e:#}"));
+        let inference = manifest.inference().map_err(invalid)?;
+        if inference.target != "cpu" {
+            return Err(DeployError::Invalid(format!(
+                "[inference] target `{}` is not available on this host: its ONNX backend (tract) runs on the CPU only",
+                inference.target
+            )));
+        }
+        for r in manifest.model_refs().map_err(invalid)? {
+            let rec = self
+                .registry
+                .resolve_model(tenant, &r.name, &r.range)
+                .map_err(|e| DeployError::Invalid(format!("[models] {}: {e}", r.alias)))?;
+            manifest
+                .models
+                .insert(r.alias, format!("{}@={}", rec.name, rec.version));
+        }
+        Ok(())
+    }
+
+    /// Store a model after checking that it loads; its inputs and outputs are read
+    /// from the model itself. `lineage` (training dataset digest, trainer, metrics)
+    /// is kept as given.
+    pub async fn push_model(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: &str,
+        lineage: Option<Value>,
+        bytes: Vec<u8>,
+    ) -> Result<(VersionRecord, PublishOutcome, Value), DeployError> {
+        let version = semver::Version::parse(version)
+            .map_err(|e| DeployError::Invalid(format!("version `{version}` is not semver: {e}")))?;
+        if bytes.len() > MAX_MODEL_SIZE {
+            return Err(DeployError::Invalid(format!(
+                "the model is {} bytes; the most this host takes is {MAX_MODEL_SIZE}",
+                bytes.len()
+            )));
+        }
+        let (model, bytes) =
+            tokio::task::spawn_blocking(move || (crate::nn::OnnxModel::load(&bytes), bytes))
+                .await
+                .map_err(|e| DeployError::Internal(e.into()))?;
+        let model = model.map_err(|e| DeployError::Invalid(format!("{e:#}")))?;
+        let metadata = json!({
+            "format": "onnx",
+            "inputs": model.inputs,
+            "outputs": model.outputs,
+            "lineage": lineage.unwrap_or(Value::Null),
+        });
+        let (rec, outcome) = self.registry.publish_model(
+            tenant,
+            name,
+            &version,
+            "onnx",
+            &metadata.to_string(),
+            &bytes,
+        )?;
+        Ok((rec, outcome, metadata))
     }
 
     /// Point `stable` at `to` (or the previous version) and serve it from now on.
@@ -524,6 +621,9 @@ impl Functions {
             _ => scaling.max_concurrency.min(scaling.max_instances),
         };
         let admission = Admission::new(capacity, scaling.max_queue, scaling.queue_timeout);
+        if record.kind == "inference" {
+            invocation.models = Some(self.load_models(&record.tenant, &manifest).await?);
+        }
         let body = if record.kind == "pipeline" {
             let mut stages = Vec::new();
             for stage in manifest.pipeline.map(|p| p.stages).unwrap_or_default() {
@@ -556,6 +656,51 @@ impl Functions {
             admission,
             cache_ttl,
         }))
+    }
+
+    /// The models a deployment pinned, from the model cache (parsed if no warm
+    /// deployment holds them), bound for `load-by-name`.
+    async fn load_models(
+        self: &Arc<Self>,
+        tenant: &str,
+        manifest: &Manifest,
+    ) -> Result<Arc<BoundModels>, DeployError> {
+        let inference = manifest.inference().map_err(DeployError::Internal)?;
+        let mut bound = Vec::new();
+        for r in manifest.model_refs().map_err(DeployError::Internal)? {
+            let rec = self.registry.resolve_model(tenant, &r.name, &r.range)?;
+            let this = self.clone();
+            let digest = rec.digest()?;
+            let model = tokio::task::spawn_blocking(move || {
+                this.models
+                    .get(&digest.hex(), || Ok(this.registry.blobs().get(&digest)?))
+            })
+            .await
+            .map_err(|e| DeployError::Internal(e.into()))?
+            .map_err(|e| {
+                DeployError::Internal(
+                    e.context(format!("loading model {}@{}", rec.name, rec.version)),
+                )
+            })?;
+            let info = BoundModel {
+                alias: r.alias.clone(),
+                name: rec.name.clone(),
+                version: rec.version.clone(),
+                digest: rec.digest.clone(),
+                inputs: model.inputs.clone(),
+                outputs: model.outputs.clone(),
+            };
+            bound.push((info, model));
+        }
+        Ok(Arc::new(BoundModels::new(
+            inference.batching,
+            self.models.pool(),
+            bound,
+        )))
+    }
+
+    pub fn model_cache(&self) -> &ModelCache {
+        &self.models
     }
 
     /// Run a typed function or a pipeline on a request body. An ingest first stage
@@ -618,6 +763,9 @@ impl Functions {
                         .transform(pre, &stage.invocation, &input)
                         .await?
                 }
+                Prepared::Inference(pre) => {
+                    self.runtime.infer(pre, &stage.invocation, &input).await?
+                }
                 Prepared::Http(_) => {
                     return Err(InvokeError::BadOutput(
                         "an http component is served at /http/..., not /fn/...".into(),
@@ -651,6 +799,9 @@ impl Output {
     }
 }
 
+/// The largest model `quiver models push` accepts.
+pub const MAX_MODEL_SIZE: usize = 512 << 20;
+
 /// `name@version` -> (`name`, Some(`version`)).
 pub fn split_ref(s: &str) -> (&str, Option<&str>) {
     match s.split_once('@') {
@@ -660,12 +811,15 @@ pub fn split_ref(s: &str) -> (&str, Option<&str>) {
 }
 
 fn check_stage_kind(i: usize, rec: &VersionRecord) -> Result<(), DeployError> {
-    let ok = matches!((i, rec.kind.as_str()), (0, "ingest") | (_, "transform"));
+    let ok = matches!(
+        (i, rec.kind.as_str()),
+        (0, "ingest") | (_, "transform") | (_, "inference")
+    );
     if ok {
         Ok(())
     } else {
         Err(DeployError::Invalid(format!(
-            "pipeline stage {} `{}` is a `{}` function; a pipeline is an optional ingest stage followed by transforms",
+            "pipeline stage {} `{}` is a `{}` function; a pipeline is an optional ingest stage followed by transforms and inference functions",
             i + 1,
             rec.name,
             rec.kind

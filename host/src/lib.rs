@@ -26,6 +26,8 @@ pub struct ServerConfig {
     pub max_body: usize,
     pub allocator: runtime::Allocator,
     pub features: FeatureStoreConfig,
+    /// Threads that run models; 0 picks half the cores (at least 1).
+    pub inference_threads: usize,
 }
 
 /// Where `quiver:ml/features` keeps its data.
@@ -67,10 +69,16 @@ pub async fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
     let runtime = runtime::Runtime::new(&config.data_dir, config.allocator)?;
     tracing::info!(pooling = runtime.pooling(), data_dir = %config.data_dir.display(), "runtime ready");
     let feature_store = config.features.open()?;
+    let threads = match config.inference_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+        n => n,
+    };
+    let models = Arc::new(nn::ModelCache::new(nn::InferencePool::new(threads, 1024)?));
     let functions = Arc::new(functions::Functions::new(
         registry,
         runtime,
         feature_store,
+        models,
         server::MAX_COMPONENT_SIZE,
     )?);
     let metrics = metrics::Metrics::new()?;

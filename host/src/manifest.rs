@@ -24,6 +24,53 @@ pub struct Manifest {
     pub features: Option<FeaturesSection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference: Option<InferenceSection>,
+}
+
+/// `[inference]`: how an inference function's models run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InferenceSection {
+    /// `cpu` (default) or `gpu`; a host without the target refuses the function.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Dynamic batching: at most this many rows per backend call (1 = off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch: Option<u32>,
+    /// How long the first call of a batch waits for others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wait: Option<String>,
+    /// The tensors the function takes and returns, for Open Inference Protocol
+    /// metadata (`GET /v2/models/{name}`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<TensorDecl>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<TensorDecl>,
+}
+
+/// A named, typed, one-dimensional tensor (a batch column): `{ name, datatype }`
+/// with KServe v2 datatypes (FP64, INT64, BOOL, BYTES...).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TensorDecl {
+    pub name: String,
+    pub datatype: String,
+}
+
+/// `[inference]` resolved: execution target and batching.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedInference {
+    pub target: String,
+    pub batching: crate::nn::Batching,
+}
+
+/// A `[models]` entry: `alias = "name@range"`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelRef {
+    pub alias: String,
+    pub name: String,
+    pub range: semver::VersionReq,
 }
 
 /// `[cache]`: serve identical inputs from the result cache for `ttl`.
@@ -172,6 +219,8 @@ impl Manifest {
         self.scaling()?;
         self.cache_ttl()?;
         self.near_cache_ttls()?;
+        self.model_refs()?;
+        self.inference()?;
         for g in self.features.iter().flat_map(|f| &f.groups) {
             let ok = !g.is_empty()
                 && g.len() <= 64
@@ -259,6 +308,65 @@ impl Manifest {
                 Ok((group.clone(), ttl))
             })
             .collect()
+    }
+
+    /// `[models]`: each `alias = "name@range"` (a bare name means any version).
+    pub fn model_refs(&self) -> anyhow::Result<Vec<ModelRef>> {
+        if !self.models.is_empty() && self.function.kind != "inference" {
+            anyhow::bail!("[models] is for `inference` functions");
+        }
+        self.models
+            .iter()
+            .map(|(alias, spec)| {
+                let (name, range) = spec.split_once('@').unwrap_or((spec, "*"));
+                quiver_registry::check_model_name(name)
+                    .map_err(|e| anyhow::anyhow!("[models] {alias}: {e}"))?;
+                let range = semver::VersionReq::parse(range).map_err(|e| {
+                    anyhow::anyhow!(
+                        "[models] {alias} = `{spec}`: `{range}` is not a semver range: {e}"
+                    )
+                })?;
+                Ok(ModelRef {
+                    alias: alias.clone(),
+                    name: name.to_string(),
+                    range,
+                })
+            })
+            .collect()
+    }
+
+    /// `[inference]`: target `cpu` (batching off unless asked) or `gpu` (batching on:
+    /// max_batch 32), max_wait 2 ms.
+    pub fn inference(&self) -> anyhow::Result<ResolvedInference> {
+        let s = self.inference.clone().unwrap_or_default();
+        if self.inference.is_some() && self.function.kind != "inference" {
+            anyhow::bail!("[inference] is for `inference` functions");
+        }
+        let target = s.target.unwrap_or_else(|| "cpu".into());
+        let default_batch = match target.as_str() {
+            "cpu" => 1,
+            "gpu" => 32,
+            other => anyhow::bail!("[inference] target `{other}`: expected `cpu` or `gpu`"),
+        };
+        let max_batch = s.max_batch.unwrap_or(default_batch);
+        if max_batch == 0 || max_batch > 1024 {
+            anyhow::bail!("[inference] max_batch must be between 1 and 1024");
+        }
+        let max_wait = match s.max_wait.as_deref() {
+            None => Duration::from_millis(2),
+            Some(t) => humantime::parse_duration(t)
+                .map_err(|e| anyhow::anyhow!("[inference] max_wait `{t}`: {e}"))?,
+        };
+        if max_wait > Duration::from_secs(1) {
+            anyhow::bail!("[inference] max_wait must be at most 1s");
+        }
+        Ok(ResolvedInference {
+            target,
+            batching: crate::nn::Batching {
+                max_batch: max_batch as usize,
+                max_wait,
+            },
+        })
     }
 
     /// `[cache] ttl`, if the function caches its results.

@@ -4,11 +4,13 @@
 //! of warm instances per deployment.
 
 use crate::bindings::base::quiver::ml::features::{FeatureColumn, Value as WitValue};
+use crate::bindings::inference::{Inference, InferencePre};
 use crate::bindings::ingest::{Ingest, IngestPre};
 use crate::bindings::transform::{Transform, TransformPre};
 use crate::bindings::{base, Batch, GuestError, Ingested};
 use crate::features::{FeatureError, FeatureScope, Value as FeatureValue};
 use crate::manifest::{ResolvedLimits, MAX_MEMORY};
+use crate::nn::BoundModels;
 use anyhow::Context as _;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
@@ -41,6 +43,10 @@ pub fn provided_imports(kind: &str) -> Vec<&'static str> {
         "quiver:ml/config",
         "quiver:ml/features",
     ];
+    if kind == "inference" {
+        v.push("wasi:nn/*");
+        v.push("quiver:ml/models");
+    }
     if kind == "http" {
         // Only the types: outbound requests (`outgoing-handler`) are not linked, so
         // a component cannot reach the network.
@@ -60,6 +66,8 @@ pub struct HostState {
     /// When the running call must stop (checked on every epoch tick).
     deadline: Instant,
     features: Option<Arc<FeatureScope>>,
+    nn: wasmtime_wasi_nn::wit::WasiNnCtx,
+    models: Option<Arc<BoundModels>>,
 }
 
 impl WasiView for HostState {
@@ -82,6 +90,23 @@ impl WasiHttpView for HostState {
 }
 
 impl base::quiver::ml::types::Host for HostState {}
+
+impl crate::bindings::inference::quiver::ml::models::Host for HostState {
+    fn list_models(&mut self) -> Vec<crate::bindings::inference::quiver::ml::models::ModelInfo> {
+        self.models
+            .iter()
+            .flat_map(|m| &m.models)
+            .map(
+                |m| crate::bindings::inference::quiver::ml::models::ModelInfo {
+                    alias: m.alias.clone(),
+                    name: m.name.clone(),
+                    version: m.version.clone(),
+                    digest: m.digest.clone(),
+                },
+            )
+            .collect()
+    }
+}
 
 impl base::quiver::ml::log::Host for HostState {
     fn log(&mut self, level: base::quiver::ml::log::Level, message: String) {
@@ -233,6 +258,7 @@ impl ResourceLimiter for MemoryLimiter {
 pub enum Prepared {
     Ingest(IngestPre<HostState>),
     Transform(TransformPre<HostState>),
+    Inference(InferencePre<HostState>),
     Http(ProxyPre<HostState>),
     /// Validated and linked (its kind is named), but this host has no trigger for
     /// its world yet.
@@ -287,6 +313,8 @@ pub struct Invocation {
     pool: Arc<InstancePool>,
     /// The feature groups this deployment may use (`None`: it declared none).
     pub features: Option<Arc<FeatureScope>>,
+    /// The models it bound in `[models]`, loaded (`None`: it binds none).
+    pub models: Option<Arc<BoundModels>>,
 }
 
 impl Invocation {
@@ -317,6 +345,7 @@ impl Invocation {
                 busy: AtomicUsize::new(0),
             }),
             features: None,
+            models: None,
         }
     }
 }
@@ -379,6 +408,7 @@ struct Warm {
 enum WarmInstance {
     Ingest(Ingest),
     Transform(Transform),
+    Inference(Inference),
     Http(Proxy),
 }
 
@@ -386,6 +416,7 @@ enum WarmInstance {
 enum Pre<'a> {
     Ingest(&'a IngestPre<HostState>),
     Transform(&'a TransformPre<HostState>),
+    Inference(&'a InferencePre<HostState>),
     Http(&'a ProxyPre<HostState>),
 }
 
@@ -470,6 +501,13 @@ impl Runtime {
             &mut linker,
             |s| s,
         )?;
+        crate::bindings::inference::quiver::ml::models::add_to_linker::<
+            HostState,
+            HasSelf<HostState>,
+        >(&mut linker, |s| s)?;
+        wasmtime_wasi_nn::wit::add_to_linker(&mut linker, |s: &mut HostState| {
+            wasmtime_wasi_nn::wit::WasiNnView::new(&mut s.table, &mut s.nn)
+        })?;
 
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
@@ -589,6 +627,7 @@ impl Runtime {
         Ok(match kind {
             "ingest" => Prepared::Ingest(IngestPre::new(pre).map_err(wrong)?),
             "transform" => Prepared::Transform(TransformPre::new(pre).map_err(wrong)?),
+            "inference" => Prepared::Inference(InferencePre::new(pre).map_err(wrong)?),
             "http" => Prepared::Http(ProxyPre::new(pre).map_err(wrong)?),
             other => Prepared::NotInvocable(other.to_string()),
         })
@@ -607,6 +646,11 @@ impl Runtime {
             tag: inv.tag.clone(),
             deadline: Instant::now(),
             features: inv.features.clone(),
+            nn: match &inv.models {
+                Some(m) => m.wasi_nn(),
+                None => BoundModels::none(),
+            },
+            models: inv.models.clone(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -669,6 +713,10 @@ impl Runtime {
                 .instantiate_async(&mut store)
                 .await
                 .map(WarmInstance::Transform),
+            Pre::Inference(p) => p
+                .instantiate_async(&mut store)
+                .await
+                .map(WarmInstance::Inference),
             Pre::Http(p) => p
                 .instantiate_async(&mut store)
                 .await
@@ -734,8 +782,27 @@ impl Runtime {
             WarmInstance::Transform(t) => {
                 tokio::time::timeout(limit, t.call_transform(&mut warm.store, input)).await
             }
-            WarmInstance::Ingest(_) | WarmInstance::Http(_) => {
-                return Err(InvokeError::Host(anyhow::anyhow!("not a transform")))
+            _ => return Err(InvokeError::Host(anyhow::anyhow!("not a transform"))),
+        };
+        Self::settle(inv, warm, result)
+    }
+
+    pub async fn infer(
+        &self,
+        pre: &InferencePre<HostState>,
+        inv: &Invocation,
+        input: &Batch,
+    ) -> Result<Batch, InvokeError> {
+        let mut warm = self.checkout(inv, Pre::Inference(pre)).await?;
+        let limit = Self::deadline(inv, &mut warm.store);
+        let result = match &warm.instance {
+            WarmInstance::Inference(f) => {
+                tokio::time::timeout(limit, f.call_infer(&mut warm.store, input)).await
+            }
+            _ => {
+                return Err(InvokeError::Host(anyhow::anyhow!(
+                    "not an inference function"
+                )))
             }
         };
         Self::settle(inv, warm, result)
@@ -755,9 +822,7 @@ impl Runtime {
                 tokio::time::timeout(limit, i.call_ingest(&mut warm.store, content_type, body))
                     .await
             }
-            WarmInstance::Transform(_) | WarmInstance::Http(_) => {
-                return Err(InvokeError::Host(anyhow::anyhow!("not an ingest")))
-            }
+            _ => return Err(InvokeError::Host(anyhow::anyhow!("not an ingest"))),
         };
         Self::settle(inv, warm, result)
     }

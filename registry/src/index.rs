@@ -175,7 +175,8 @@ impl Index {
         let mut stmt = conn.prepare(&format!(
             "SELECT {} FROM versions v JOIN channels c
                ON c.tenant = v.tenant AND c.name = v.name AND c.version = v.version
-             WHERE v.tenant = ?1 AND c.channel = 'stable' ORDER BY v.name",
+             WHERE v.tenant = ?1 AND c.channel = 'stable' AND v.kind != 'model'
+             ORDER BY v.name",
             COLUMNS
                 .split(", ")
                 .map(|c| format!("v.{c}"))
@@ -185,6 +186,18 @@ impl Index {
         let out = stmt
             .query_map(params![tenant], VersionRecord::from_row)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(out)
+    }
+
+    /// The distinct names of a tenant's entries of one kind.
+    pub fn names(&self, tenant: &str, kind: &str) -> Result<Vec<String>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(
+            "SELECT DISTINCT name FROM versions WHERE tenant = ?1 AND kind = ?2 ORDER BY name",
+        )?;
+        let out = stmt
+            .query_map(params![tenant, kind], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
         Ok(out)
     }
 

@@ -9,10 +9,12 @@
 
 mod blob;
 mod index;
+mod models;
 pub mod validate;
 
 pub use blob::{BlobStore, Digest};
 pub use index::{Index, VersionRecord};
+pub use models::{check_model_name, MODEL_KIND};
 
 use std::path::Path;
 

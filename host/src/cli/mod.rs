@@ -61,6 +61,9 @@ struct ServeArgs {
     /// Entities the embedded feature store holds (least recently used evicted).
     #[arg(long, env = "QUIVER_FEATURES_CAPACITY", default_value_t = crate::features::DEFAULT_EMBEDDED_CAPACITY)]
     features_capacity: usize,
+    /// Threads that run models (wasi-nn compute); 0: half the cores, at least 1.
+    #[arg(long, env = "QUIVER_INFERENCE_THREADS", default_value_t = 0)]
+    inference_threads: usize,
 }
 
 impl ServeArgs {
@@ -70,6 +73,7 @@ impl ServeArgs {
             data_dir: self.data_dir.clone(),
             max_body: self.max_body.as_u64() as usize,
             allocator: self.allocator,
+            inference_threads: self.inference_threads,
             features: match &self.redis {
                 Some(url) => crate::FeatureStoreConfig::Redis {
                     url: url.clone(),
@@ -419,6 +423,7 @@ pub(crate) async fn deploy(
             pipeline: None,
             features: None,
             cache: None,
+            inference: None,
         };
         (manifest.with_overrides(sets)?, Some(path.to_path_buf()))
     } else {

@@ -8,6 +8,12 @@
 //! execution target this backend cannot serve (`gpu`, `tpu`) is an error, never a
 //! silent fall back to the CPU.
 
+pub mod models;
+pub mod pool;
+
+pub use models::{BoundModel, BoundModels, ModelCache};
+pub use pool::{Batching, Executor, InferencePool};
+
 use std::sync::Arc;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid as _;
@@ -126,6 +132,12 @@ impl OnnxModel {
     }
 }
 
+impl pool::Runnable for OnnxModel {
+    fn run_tensors(&self, inputs: TVec<TValue>) -> anyhow::Result<TVec<TValue>> {
+        self.run(inputs)
+    }
+}
+
 /// A wasi-nn tensor as a tract tensor. Types tract's models take here: f32, f64,
 /// i32, i64, u8; f16/bf16 are refused with a clear error.
 pub fn to_tract(t: &Tensor) -> Result<tract_onnx::prelude::Tensor, BackendError> {
@@ -202,7 +214,11 @@ impl BackendInner for TractBackend {
             return Err(BackendError::InvalidNumberOfBuilders(1, builders.len()));
         };
         let model = OnnxModel::load(bytes).map_err(access)?;
-        Ok(graph(Arc::new(model)))
+        Ok(graph(Arc::new(Executor::new(
+            Arc::new(model),
+            None,
+            Batching::OFF,
+        ))))
     }
 
     fn as_dir_loadable(&mut self) -> Option<&mut dyn BackendFromDir> {
@@ -220,19 +236,21 @@ pub fn check_target(target: ExecutionTarget) -> Result<(), BackendError> {
     }
 }
 
-/// A wasi-nn graph over a shared, already optimized model.
-pub fn graph(model: Arc<OnnxModel>) -> Graph {
-    let g: Box<dyn BackendGraph> = Box::new(TractGraph(model));
+/// A wasi-nn graph over a shared, already optimized model and the executor that
+/// runs it (straight, or on the inference pool with batching).
+pub fn graph(executor: Arc<Executor<OnnxModel>>) -> Graph {
+    let g: Box<dyn BackendGraph> = Box::new(TractGraph(executor));
     g.into()
 }
 
-struct TractGraph(Arc<OnnxModel>);
+struct TractGraph(Arc<Executor<OnnxModel>>);
 
 impl BackendGraph for TractGraph {
     fn init_execution_context(&self) -> Result<ExecutionContext, BackendError> {
         let ctx: Box<dyn BackendExecutionContext> = Box::new(TractContext {
-            model: self.0.clone(),
-            inputs: vec![None; self.0.inputs.len()],
+            model: self.0.model().clone(),
+            executor: self.0.clone(),
+            inputs: vec![None; self.0.model().inputs.len()],
             outputs: Vec::new(),
         });
         Ok(ctx.into())
@@ -241,6 +259,7 @@ impl BackendGraph for TractGraph {
 
 struct TractContext {
     model: Arc<OnnxModel>,
+    executor: Arc<Executor<OnnxModel>>,
     inputs: Vec<Option<tract_onnx::prelude::Tensor>>,
     outputs: Vec<tract_onnx::prelude::Tensor>,
 }
@@ -258,15 +277,14 @@ impl TractContext {
     }
 
     fn run(&mut self) -> Result<(), BackendError> {
-        let mut inputs = TVec::new();
-        for (i, t) in self.inputs.iter().enumerate() {
-            let t = t.clone().ok_or_else(|| {
+        let mut inputs = Vec::with_capacity(self.inputs.len());
+        for (i, t) in self.inputs.iter_mut().enumerate() {
+            let t = t.take().ok_or_else(|| {
                 access(format!("input `{}` was not set", self.model.inputs[i].name))
             })?;
-            inputs.push(t.into_tvalue());
+            inputs.push(t);
         }
-        let outputs = self.model.run(inputs).map_err(access)?;
-        self.outputs = outputs.into_iter().map(|v| v.into_tensor()).collect();
+        self.outputs = self.executor.run(inputs).map_err(access)?;
         Ok(())
     }
 }
@@ -319,11 +337,11 @@ impl BackendExecutionContext for TractContext {
 mod tests {
     use super::*;
 
-    const MODEL: &[u8] = include_bytes!("../../functions/fraud-score/model/fraud.onnx");
+    const MODEL: &[u8] = include_bytes!("../../../functions/fraud-score/model/fraud.onnx");
 
     fn reference() -> serde_json::Value {
         serde_json::from_str(include_str!(
-            "../../functions/fraud-score/model/reference.json"
+            "../../../functions/fraud-score/model/reference.json"
         ))
         .unwrap()
     }
@@ -399,6 +417,61 @@ mod tests {
         let ints = Tensor::new(vec![1, 4], TensorType::I64, vec![0; 32]);
         ctx.set_input(Id::Index(0), &ints).unwrap();
         assert!(ctx.compute().is_err());
+    }
+
+    fn row_tensor(row: &[f32]) -> tract_onnx::prelude::Tensor {
+        tract_ndarray::Array2::from_shape_vec((1, 4), row.to_vec())
+            .unwrap()
+            .into_tensor()
+    }
+
+    #[test]
+    fn batched_results_equal_unbatched_ones_exactly() {
+        let r = reference();
+        let rows: Vec<Vec<f32>> = serde_json::from_value(r["rows"].clone()).unwrap();
+        let model = Arc::new(OnnxModel::load(MODEL).unwrap());
+        let pool = InferencePool::new(2, 64).unwrap();
+        let alone = Executor::new(model.clone(), Some(pool.clone()), Batching::OFF);
+        let want: Vec<Vec<u8>> = rows
+            .iter()
+            .map(|row| {
+                alone.run(vec![row_tensor(row)]).unwrap()[0]
+                    .as_bytes()
+                    .to_vec()
+            })
+            .collect();
+        let batched = Arc::new(Executor::new(
+            model,
+            Some(pool),
+            Batching {
+                max_batch: rows.len(),
+                max_wait: std::time::Duration::from_secs(1),
+            },
+        ));
+        let handles: Vec<_> = rows
+            .iter()
+            .cloned()
+            .map(|row| {
+                let b = batched.clone();
+                std::thread::spawn(move || b.run(vec![row_tensor(&row)]).unwrap())
+            })
+            .collect();
+        let got: Vec<Vec<u8>> = handles
+            .into_iter()
+            .map(|h| h.join().unwrap()[0].as_bytes().to_vec())
+            .collect();
+        // Rows waited for each other (max_batch = all of them) and ran as one call.
+        assert_eq!(batched.stats(), (rows.len() as u64, 1));
+        let mut got_sorted = got.clone();
+        let mut want_sorted = want.clone();
+        got_sorted.sort();
+        want_sorted.sort();
+        assert_eq!(
+            got_sorted, want_sorted,
+            "batched outputs differ from unbatched ones"
+        );
+        // And each caller got its own row back.
+        assert_eq!(got, want);
     }
 
     #[test]

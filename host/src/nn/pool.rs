@@ -1,0 +1,339 @@
+//! Where inference runs: a bounded pool of threads, and dynamic batching in front of it.
+//!
+//! wasi-nn host calls are synchronous: a guest's `compute` would run the model on
+//! the tokio worker that polls the guest, stalling every other request on that
+//! worker. Instead the model runs on this pool's threads (a fixed number, a bounded
+//! queue), and the caller waits with `block_in_place`, which first hands the
+//! worker's other tasks to another thread. A slow model then costs its pool thread,
+//! never the HTTP path of other functions.
+//!
+//! Dynamic batching: concurrent `compute` calls on one graph whose inputs agree in
+//! every dimension but the first are stacked along it, run as one backend call and
+//! split back. The first caller of a batch waits up to `max_wait` for company (or
+//! until `max_batch` rows arrived), then runs the batch for everyone.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use tract_onnx::prelude::{IntoTValue as _, IntoTensor as _, TValue, TVec, Tensor, TractResult};
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed set of threads that run models, with a bounded queue.
+pub struct InferencePool {
+    jobs: mpsc::SyncSender<Job>,
+    threads: usize,
+}
+
+impl InferencePool {
+    /// `threads` workers (at least 1); at most `queue` jobs wait, further callers
+    /// block (on a blocking thread, never a runtime worker) until there is room.
+    pub fn new(threads: usize, queue: usize) -> anyhow::Result<Arc<Self>> {
+        let threads = threads.max(1);
+        let (tx, rx) = mpsc::sync_channel::<Job>(queue.max(1));
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..threads {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("quiver-nn-{i}"))
+                .spawn(move || loop {
+                    // The lock is held only while taking the next job.
+                    let job = match rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                })?;
+        }
+        Ok(Arc::new(InferencePool { jobs: tx, threads }))
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Queue `f`; its result arrives on the returned channel.
+    fn submit<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<mpsc::Receiver<R>, String> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let job: Job = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| "the inference pool has shut down".to_string())?;
+        Ok(rx)
+    }
+}
+
+/// Run blocking work from code that may be on a tokio worker (a wasi-nn host call):
+/// on a multi-thread runtime the worker hands off its other tasks first.
+pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// `max_batch` rows at most per backend call (1: no batching), `max_wait` the most
+/// the first caller of a batch waits for others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    pub max_batch: usize,
+    pub max_wait: Duration,
+}
+
+impl Batching {
+    pub const OFF: Batching = Batching {
+        max_batch: 1,
+        max_wait: Duration::ZERO,
+    };
+}
+
+/// Runs one model: straight on the calling thread (no pool), or on the pool, with
+/// dynamic batching when configured.
+pub struct Executor<M> {
+    model: Arc<M>,
+    pool: Option<Arc<InferencePool>>,
+    batching: Batching,
+    pending: Mutex<Vec<Pending>>,
+    arrived: Condvar,
+    calls: AtomicU64,
+    backend_runs: AtomicU64,
+}
+
+/// What a model must do to be run by an [`Executor`].
+pub trait Runnable: Send + Sync + 'static {
+    fn run_tensors(&self, inputs: TVec<TValue>) -> anyhow::Result<TVec<TValue>>;
+}
+
+type Reply = mpsc::SyncSender<Result<Vec<Tensor>, String>>;
+
+struct Pending {
+    inputs: Vec<Tensor>,
+    rows: usize,
+    reply: Reply,
+}
+
+impl<M: Runnable> Executor<M> {
+    pub fn new(model: Arc<M>, pool: Option<Arc<InferencePool>>, batching: Batching) -> Self {
+        Executor {
+            model,
+            pool,
+            batching,
+            pending: Mutex::new(Vec::new()),
+            arrived: Condvar::new(),
+            calls: AtomicU64::new(0),
+            backend_runs: AtomicU64::new(0),
+        }
+    }
+
+    pub fn model(&self) -> &Arc<M> {
+        &self.model
+    }
+
+    /// (compute calls, backend runs): fewer runs than calls means batches formed.
+    pub fn stats(&self) -> (u64, u64) {
+        (
+            self.calls.load(Ordering::Relaxed),
+            self.backend_runs.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Run the model on `inputs` (in model input order); outputs in output order.
+    /// Blocks the calling thread (see [`blocking`]).
+    pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let rows = batch_rows(&inputs);
+        match (&self.pool, rows) {
+            (None, _) => self.run_now(inputs),
+            (Some(pool), Some(rows)) if self.batching.max_batch > 1 => {
+                let pool = pool.clone();
+                blocking(move || self.run_batched(&pool, inputs, rows))
+            }
+            (Some(pool), _) => {
+                let model = self.model.clone();
+                blocking(|| {
+                    self.backend_runs.fetch_add(1, Ordering::Relaxed);
+                    let rx = pool.submit(move || run_model(&*model, inputs))?;
+                    rx.recv()
+                        .map_err(|_| "the inference pool dropped a job".to_string())?
+                })
+            }
+        }
+    }
+
+    fn run_now(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
+        self.backend_runs.fetch_add(1, Ordering::Relaxed);
+        run_model(&*self.model, inputs)
+    }
+
+    fn run_batched(
+        &self,
+        pool: &Arc<InferencePool>,
+        inputs: Vec<Tensor>,
+        rows: usize,
+    ) -> Result<Vec<Tensor>, String> {
+        let poisoned = || "the batch queue is poisoned".to_string();
+        let (tx, rx) = mpsc::sync_channel(1);
+        let leader = {
+            let mut pending = self.pending.lock().map_err(|_| poisoned())?;
+            pending.push(Pending {
+                inputs,
+                rows,
+                reply: tx,
+            });
+            let total: usize = pending.iter().map(|p| p.rows).sum();
+            if total >= self.batching.max_batch {
+                self.arrived.notify_all();
+            }
+            pending.len() == 1
+        };
+        if leader {
+            // Wait for company, then take everything queued so far.
+            let until = Instant::now() + self.batching.max_wait;
+            let mut pending = self.pending.lock().map_err(|_| poisoned())?;
+            loop {
+                let total: usize = pending.iter().map(|p| p.rows).sum();
+                let now = Instant::now();
+                if total >= self.batching.max_batch || now >= until {
+                    break;
+                }
+                pending = self
+                    .arrived
+                    .wait_timeout(pending, until - now)
+                    .map_err(|_| poisoned())?
+                    .0;
+            }
+            let taken = std::mem::take(&mut *pending);
+            drop(pending);
+            self.dispatch(pool, taken);
+        }
+        rx.recv()
+            .map_err(|_| "the batch leader dropped this call".to_string())?
+    }
+
+    /// Group compatible calls into batches of at most `max_batch` rows, run each on
+    /// the pool, and answer every caller.
+    fn dispatch(&self, pool: &Arc<InferencePool>, calls: Vec<Pending>) {
+        let mut groups: Vec<Vec<Pending>> = Vec::new();
+        for call in calls {
+            let fits = groups.iter_mut().find(|g| {
+                let rows: usize = g.iter().map(|p| p.rows).sum();
+                rows + call.rows <= self.batching.max_batch
+                    && compatible(&g[0].inputs, &call.inputs)
+            });
+            match fits {
+                Some(g) => g.push(call),
+                None => groups.push(vec![call]),
+            }
+        }
+        let mut running = Vec::new();
+        for group in groups {
+            self.backend_runs.fetch_add(1, Ordering::Relaxed);
+            let model = self.model.clone();
+            let (inputs, shape): (Vec<Vec<Tensor>>, Vec<(usize, Reply)>) = group
+                .into_iter()
+                .map(|p| (p.inputs, (p.rows, p.reply)))
+                .unzip();
+            match pool.submit(move || run_stacked(&*model, inputs)) {
+                Ok(rx) => running.push((rx, shape)),
+                Err(e) => shape.iter().for_each(|(_, r)| drop(r.send(Err(e.clone())))),
+            }
+        }
+        for (rx, callers) in running {
+            let result = rx
+                .recv()
+                .unwrap_or_else(|_| Err("the inference pool dropped a job".to_string()));
+            let split = result.and_then(|outputs| {
+                let rows: Vec<usize> = callers.iter().map(|(r, _)| *r).collect();
+                split_rows(&outputs, &rows)
+            });
+            match split {
+                Ok(parts) => {
+                    for ((_, reply), part) in callers.into_iter().zip(parts) {
+                        let _ = reply.send(Ok(part));
+                    }
+                }
+                Err(e) => callers
+                    .iter()
+                    .for_each(|(_, r)| drop(r.send(Err(e.clone())))),
+            }
+        }
+    }
+}
+
+fn run_model<M: Runnable + ?Sized>(model: &M, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
+    let inputs: TVec<TValue> = inputs.into_iter().map(|t| t.into_tvalue()).collect();
+    model
+        .run_tensors(inputs)
+        .map(|out| out.into_iter().map(|v| v.into_tensor()).collect())
+        .map_err(|e| format!("{e:#}"))
+}
+
+/// The first dimension shared by every input, when all have one.
+fn batch_rows(inputs: &[Tensor]) -> Option<usize> {
+    let rows = inputs.first()?.shape().first().copied()?;
+    inputs
+        .iter()
+        .all(|t| t.shape().first() == Some(&rows))
+        .then_some(rows)
+}
+
+fn compatible(a: &[Tensor], b: &[Tensor]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.datum_type() == y.datum_type()
+                && x.rank() == y.rank()
+                && x.shape()[1..] == y.shape()[1..]
+        })
+}
+
+/// Stack each input of many calls along the first dimension and run once.
+fn run_stacked<M: Runnable + ?Sized>(
+    model: &M,
+    calls: Vec<Vec<Tensor>>,
+) -> Result<Vec<Tensor>, String> {
+    if calls.len() == 1 {
+        return calls
+            .into_iter()
+            .next()
+            .map_or_else(|| Ok(Vec::new()), |inputs| run_model(model, inputs));
+    }
+    let inputs_per_call = calls.first().map_or(0, |c| c.len());
+    let stacked = (0..inputs_per_call)
+        .map(|i| Tensor::stack_tensors(0, &calls.iter().map(|c| &c[i]).collect::<Vec<_>>()))
+        .collect::<TractResult<Vec<Tensor>>>()
+        .map_err(|e| format!("stacking a batch: {e}"))?;
+    run_model(model, stacked)
+}
+
+/// Cut every output back into the callers' row counts.
+fn split_rows(outputs: &[Tensor], rows: &[usize]) -> Result<Vec<Vec<Tensor>>, String> {
+    let total: usize = rows.iter().sum();
+    let mut parts = vec![Vec::with_capacity(outputs.len()); rows.len()];
+    for out in outputs {
+        if out.shape().first() != Some(&total) {
+            return Err(format!(
+                "the model is not batchable: an output of shape {:?} for {total} rows",
+                out.shape()
+            ));
+        }
+        let mut start = 0;
+        for (part, n) in parts.iter_mut().zip(rows) {
+            let piece = out
+                .slice(0, start, start + n)
+                .map_err(|e| format!("splitting a batch: {e}"))?;
+            part.push(piece);
+            start += n;
+        }
+    }
+    Ok(parts)
+}
