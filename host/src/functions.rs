@@ -77,6 +77,17 @@ pub enum DeployError {
     Internal(anyhow::Error),
 }
 
+/// What a function or pipeline runs on.
+pub enum Input<'a> {
+    /// A request body: raw for an ingest first stage, else JSON rows.
+    Body {
+        content_type: &'a str,
+        body: &'a [u8],
+    },
+    /// Columns already typed (Open Inference Protocol tensors, batch scoring).
+    Batch(Batch),
+}
+
 /// The result of running a function or pipeline on one request.
 pub struct Output {
     pub rows: Vec<Value>,
@@ -711,14 +722,30 @@ impl Functions {
         content_type: &str,
         body: &[u8],
     ) -> Result<Output, InvokeError> {
+        let (batch, rejected) = self.run(d, Input::Body { content_type, body }).await?;
+        let rows = convert::batch_to_rows(&batch).map_err(InvokeError::BadOutput)?;
+        Ok(Output { rows, rejected })
+    }
+
+    /// Run a function or pipeline on its input; the last stage's batch and the rows
+    /// an ingest stage rejected.
+    pub async fn run(
+        &self,
+        d: &Deployment,
+        input: Input<'_>,
+    ) -> Result<(Batch, Vec<RejectedRow>), InvokeError> {
         let stages: Vec<&Deployment> = match &d.body {
             DeploymentBody::Pipeline(stages) => stages.iter().map(|s| s.as_ref()).collect(),
             DeploymentBody::Component(_) => vec![d],
         };
+        let (content_type, body, mut batch) = match input {
+            Input::Body { content_type, body } => (content_type, body, None),
+            Input::Batch(b) => ("", &[][..], Some(b)),
+        };
+        let raw = batch.is_none();
         let mut rejected = Vec::new();
-        let mut batch: Option<Batch> = None;
         let pipeline = matches!(d.body, DeploymentBody::Pipeline(_));
-        for stage in stages {
+        for (i, stage) in stages.into_iter().enumerate() {
             // A pipeline's stages keep their own limits: wait for a slot of each.
             let _slot = match pipeline {
                 true => Some(stage.admission.enter().await?),
@@ -746,10 +773,12 @@ impl Functions {
             };
             batch = Some(match prepared {
                 Prepared::Ingest(pre) => {
-                    if !input.fields.is_empty() {
-                        return Err(InvokeError::Host(anyhow::anyhow!(
-                            "an ingest stage must come first"
-                        )));
+                    if !raw || i > 0 {
+                        return Err(InvokeError::Guest(
+                            "an ingest stage takes the raw request body (POST it to /fn/...)"
+                                .into(),
+                            crate::runtime::GuestErrorKind::InvalidInput,
+                        ));
                     }
                     let out = self
                         .runtime
@@ -778,9 +807,7 @@ impl Functions {
                 }
             });
         }
-        let rows = convert::batch_to_rows(&batch.unwrap_or(Batch { fields: Vec::new() }))
-            .map_err(InvokeError::BadOutput)?;
-        Ok(Output { rows, rejected })
+        Ok((batch.unwrap_or(Batch { fields: Vec::new() }), rejected))
     }
 
     pub fn invocation(d: &Deployment) -> &Invocation {

@@ -45,6 +45,8 @@ macro_rules! world_bindings {
                     "quiver:ml/config@0.1.0": crate::base::quiver::ml::config,
                     "quiver:ml/features@0.1.0": crate::base::quiver::ml::features,
                 },
+                // Interfaces not mapped above (wasi:nn, models) are generated here.
+                generate_all,
                 pub_export_macro: true,
                 export_macro_name: $macro_name,
                 default_bindings_module: $path,
@@ -64,6 +66,12 @@ world_bindings!(
     "quiver:ml/transform",
     "export",
     "quiver_sdk::transform_world"
+);
+world_bindings!(
+    inference_world,
+    "quiver:ml/inference",
+    "export",
+    "quiver_sdk::inference_world"
 );
 world_bindings!(
     monitor_world,
@@ -95,6 +103,72 @@ pub fn config(key: &str) -> Option<String> {
 /// ```
 pub mod features {
     pub use crate::base::quiver::ml::features::{delete, get, get_many, put, FeatureColumn, Value};
+}
+
+/// Models bound in the manifest's `[models]` table, run through `wasi:nn`.
+///
+/// ```ignore
+/// let model = quiver_sdk::nn::Model::load("fraud")?;       // the [models] alias
+/// let (dims, probs) = model.run_f32("X", &[2, 4], &rows)?; // rows: 8 f32, row-major
+/// ```
+pub mod nn {
+    use crate::inference_world::wasi::nn::errors::Error as NnError;
+    use crate::inference_world::wasi::nn::graph::{load_by_name, Graph};
+    use crate::inference_world::wasi::nn::tensor::{Tensor, TensorType};
+    use crate::Error;
+
+    pub use crate::inference_world::quiver::ml::models::{list_models, ModelInfo};
+
+    fn nn_error(what: &str, e: NnError) -> Error {
+        Error::Internal(format!("{what}: {:?}: {}", e.code(), e.data()))
+    }
+
+    /// A bound model, loaded by its alias (the host parsed it once; loading is cheap).
+    pub struct Model {
+        graph: Graph,
+    }
+
+    impl Model {
+        pub fn load(alias: &str) -> Result<Model, Error> {
+            load_by_name(alias)
+                .map(|graph| Model { graph })
+                .map_err(|e| nn_error(&format!("loading model `{alias}`"), e))
+        }
+
+        /// Run on one f32 input tensor; the first output's dimensions and values.
+        pub fn run_f32(
+            &self,
+            input: &str,
+            dims: &[u32],
+            data: &[f32],
+        ) -> Result<(Vec<u32>, Vec<f32>), Error> {
+            let ctx = self
+                .graph
+                .init_execution_context()
+                .map_err(|e| nn_error("init-execution-context", e))?;
+            let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let tensor = Tensor::new(&dims.to_vec(), TensorType::Fp32, &bytes);
+            let outputs = ctx
+                .compute(vec![(input.to_string(), tensor)])
+                .map_err(|e| nn_error("compute", e))?;
+            let (_, out) = outputs
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::Internal("the model returned no outputs".into()))?;
+            if out.ty() != TensorType::Fp32 {
+                return Err(Error::Internal(format!(
+                    "expected an fp32 output, got {:?}",
+                    out.ty()
+                )));
+            }
+            let values = out
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            Ok((out.dimensions(), values))
+        }
+    }
 }
 
 /// Structured logging through the host (tagged with tenant, function and version).
@@ -144,6 +218,20 @@ macro_rules! ingest {
             }
         }
         $crate::ingest_world::export!(__QuiverIngest);
+    };
+}
+
+/// Export `fn(Batch) -> Result<Batch, Error>` as this inference component's `infer`.
+#[macro_export]
+macro_rules! inference {
+    ($f:path) => {
+        struct __QuiverInference;
+        impl $crate::inference_world::Guest for __QuiverInference {
+            fn infer(input: $crate::Batch) -> ::core::result::Result<$crate::Batch, $crate::Error> {
+                $f(input)
+            }
+        }
+        $crate::inference_world::export!(__QuiverInference);
     };
 }
 

@@ -2,7 +2,7 @@
 //! retraining, so serving and training compute features with identical code.
 //!
 //! In: `amount` (numeric), `ts` (unix seconds), `merchant` (text), optional `txn_id`.
-//! Out: `txn_id` (if given), `log_amount` = ln(1 + amount), `hour_of_day` (UTC),
+//! Out: `txn_id` (if given), `merchant`, `log_amount` = ln(1 + amount), `hour_of_day` (UTC),
 //! `merchant_z` = z-score of log_amount against the merchant's stats from
 //! `[config] merchant_stats` (JSON `{"merchant": [mean, std]}`), 0 for an unknown
 //! merchant, and `merchant_known`.
@@ -157,6 +157,8 @@ fn features(input: Batch) -> Result<Batch, Error> {
     if let Ok(ids) = input.texts("txn_id") {
         out = out.with_text("txn_id", ids.to_vec())?;
     }
+    // The entity later stages read features by (fraud-score reads its stats).
+    out = out.with_text("merchant", merchant.to_vec())?;
     if online.is_some() {
         // The count after the whole batch, for every row of a merchant.
         let last: HashMap<&String, i64> =

@@ -75,6 +75,20 @@ impl Client {
             .1)
     }
 
+    /// Push a model: `metadata` is `{name, version, lineage?}`.
+    pub async fn push_model(&self, metadata: &Value, model: Vec<u8>) -> anyhow::Result<Value> {
+        let form = reqwest::multipart::Form::new()
+            .text("metadata", metadata.to_string())
+            .part(
+                "model",
+                reqwest::multipart::Part::bytes(model).mime_str("application/octet-stream")?,
+            );
+        Ok(self
+            .json(self.http.post(self.admin("models")).multipart(form))
+            .await?
+            .1)
+    }
+
     /// Invoke `name[@version]`; returns the serving version and the result.
     pub async fn invoke(
         &self,
@@ -97,6 +111,23 @@ impl Client {
             .unwrap_or("?")
             .to_string();
         Ok((version, out))
+    }
+
+    /// An Open Inference Protocol v2 `infer` call (errors are `{"error": "..."}`).
+    pub async fn oip_infer(&self, model: &str, body: &Value) -> anyhow::Result<Value> {
+        let resp = self
+            .http
+            .post(format!("{}/v2/models/{model}/infer", self.base))
+            .header("x-quiver-tenant", &self.tenant)
+            .json(body)
+            .send()
+            .await?;
+        let status = resp.status();
+        let out: Value = resp.json().await?;
+        if !status.is_success() {
+            bail!("{status}: {}", out["error"].as_str().unwrap_or("error"));
+        }
+        Ok(out)
     }
 
     pub async fn raw_get(&self, path: &str) -> anyhow::Result<String> {

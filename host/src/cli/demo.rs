@@ -6,12 +6,31 @@ use anyhow::Context as _;
 use serde_json::{json, Value};
 use std::path::Path;
 
-const FUNCTIONS: [&str; 4] = [
+const FUNCTIONS: [&str; 5] = [
     "ingest-json",
     "txn-features",
+    "fraud-score",
     "hello-http",
     "fraud-pipeline",
 ];
+
+/// Push the fraud model (trained by `fraud-score/model/train.py`) with its lineage.
+async fn push_model(client: &Client, functions: &Path) -> anyhow::Result<Value> {
+    let dir = functions.join("fraud-score/model");
+    let bytes = std::fs::read(dir.join("fraud.onnx"))
+        .with_context(|| format!("reading {}", dir.join("fraud.onnx").display()))?;
+    let reference: Value = serde_json::from_slice(&std::fs::read(dir.join("reference.json"))?)?;
+    let meta = json!({
+        "name": "fraud-model",
+        "version": "1.0.0",
+        "lineage": {
+            "dataset": format!("synthetic fraud data, seed {}", reference["seed"]),
+            "trainer": "functions/fraud-score/model/train.py (scikit-learn MLP, skl2onnx)",
+            "metrics": { "train_auc": reference["train_auc"], "train_accuracy": reference["train_accuracy"] },
+        },
+    });
+    client.push_model(&meta, bytes).await
+}
 
 /// The narration: stdout normally, stderr under `--json` (stdout then carries one
 /// summary object).
@@ -52,6 +71,17 @@ pub async fn run(
     ));
     let client = Client::new(&base, tenant)?;
 
+    let model = push_model(&client, functions)
+        .await
+        .context("pushing the fraud model")?;
+    n.say(&format!(
+        "▶ model    {:<15} {:<6} onnx      {} (inputs {}, outputs {})",
+        model["name"].as_str().unwrap_or("?"),
+        model["version"].as_str().unwrap_or("?"),
+        model["digest"].as_str().unwrap_or("?"),
+        model["inputs"],
+        model["outputs"]
+    ));
     let mut deployed = Vec::new();
     for f in FUNCTIONS {
         let out = super::deploy(&client, &functions.join(f), &Default::default(), !json)
@@ -86,7 +116,8 @@ pub async fn run(
         .invoke("fraud-pipeline", "application/json", body)
         .await?;
     n.say(&format!(
-        "  served by fraud-pipeline@{version}: ingest-json → txn-features\n"
+        "  served by fraud-pipeline@{version}: ingest-json → txn-features → fraud-score \
+         (fraud-model via wasi-nn)\n"
     ));
     for line in table(&out["rows"]) {
         n.say(&line);
@@ -107,11 +138,33 @@ pub async fn run(
         .await?;
     n.say(&format!(
         "\n▶ the same request again: txn-features keeps per-merchant running stats in the \
-         feature store ({}), so merchant_txns grows\n",
+         feature store ({}) and fraud-score reads them by merchant, so merchant_txns grows\n",
         server.state.functions.feature_store().name()
     ));
     for line in table(&again["rows"]) {
         n.say(&line);
+    }
+
+    // The same model behind the KServe Open Inference Protocol v2.
+    let oip = json!({
+        "id": "demo-1",
+        "inputs": [
+            { "name": "log_amount", "shape": [2], "datatype": "FP64", "data": [3.0, 7.9] },
+            { "name": "hour_of_day", "shape": [2], "datatype": "INT64", "data": [14, 3] },
+            { "name": "merchant_z", "shape": [2], "datatype": "FP64", "data": [0.1, 2.5] },
+            { "name": "merchant_known", "shape": [2], "datatype": "BOOL", "data": [true, false] },
+        ],
+    });
+    n.say("\n▶ POST /v2/models/fraud-score/infer (Open Inference Protocol v2)");
+    let inferred = client.oip_infer("fraud-score", &oip).await?;
+    for o in inferred["outputs"].as_array().into_iter().flatten() {
+        n.say(&format!(
+            "  {:<6} {:<5} {} {}",
+            o["name"].as_str().unwrap_or("?"),
+            o["datatype"].as_str().unwrap_or("?"),
+            o["shape"],
+            o["data"]
+        ));
     }
 
     n.say(&format!(
@@ -125,6 +178,7 @@ pub async fn run(
     if json {
         let summary = json!({
             "server": base, "deployed": deployed,
+            "model": model, "oip": inferred,
             "pipeline": { "version": version, "result": out, "again": again }, "hello_http": hello,
         });
         println!("{summary}");

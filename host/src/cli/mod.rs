@@ -4,6 +4,7 @@ mod build;
 mod client;
 mod demo;
 mod features_load;
+mod models;
 
 use crate::manifest::Manifest;
 use crate::ServerConfig;
@@ -141,6 +142,9 @@ enum Command {
     /// Online features of the tenant.
     #[command(subcommand)]
     Features(FeaturesCommand),
+    /// Models in the registry (ONNX), bound by inference functions in `[models]`.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -249,6 +253,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Models(cmd) => models::run(&client, cmd, cli.json).await,
         Command::Ls => {
             let out = client.get("functions").await?;
             if cli.json {

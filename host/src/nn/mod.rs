@@ -102,20 +102,27 @@ impl OnnxModel {
                 .collect();
             model.set_input_fact(ix, InferenceFact::dt_shape(dt, dims))?;
         }
+        // Names as the ONNX graph declares them (optimization renames nodes).
+        let name_of = |o: &OutletId| -> String {
+            model
+                .outlet_label(*o)
+                .map(str::to_string)
+                .unwrap_or_else(|| model.node(o.node).name.clone())
+        };
+        let input_names: Vec<String> = model.inputs.iter().map(name_of).collect();
+        let output_names: Vec<String> = model.outputs.iter().map(name_of).collect();
         let typed = model
             .into_optimized()
             .map_err(|e| anyhow::anyhow!("the ONNX model cannot be prepared: {e}"))?;
-        let io = |outlets: &[OutletId]| -> anyhow::Result<Vec<TensorSpec>> {
+        let io = |outlets: &[OutletId], names: &[String]| -> anyhow::Result<Vec<TensorSpec>> {
             outlets
                 .iter()
-                .map(|o| {
-                    let name = typed.node(o.node).name.clone();
-                    Ok(spec(&name, typed.outlet_fact(*o)?))
-                })
+                .zip(names)
+                .map(|(o, name)| Ok(spec(name, typed.outlet_fact(*o)?)))
                 .collect()
         };
-        let inputs = io(&typed.inputs)?;
-        let outputs = io(&typed.outputs)?;
+        let inputs = io(&typed.inputs, &input_names)?;
+        let outputs = io(&typed.outputs, &output_names)?;
         let plan = typed.into_runnable()?;
         Ok(OnnxModel {
             plan,
@@ -363,6 +370,7 @@ mod tests {
             }]
         );
         assert_eq!(m.outputs.len(), 1);
+        assert_eq!(m.outputs[0].name, "probabilities");
         assert_eq!(m.outputs[0].datatype, "FP32");
         assert_eq!(m.outputs[0].shape, vec![-1, 2]);
     }

@@ -18,6 +18,9 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
 
+mod models;
+mod oip;
+
 pub struct AppState {
     pub functions: Arc<Functions>,
     pub metrics: Metrics,
@@ -154,6 +157,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .nest("/admin/v1", admin)
+        .merge(models::routes())
+        .merge(oip::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
@@ -284,6 +289,21 @@ fn finish(
     served: Option<HeaderValue>,
     result: Result<Response, ApiError>,
 ) -> Response {
+    finish_as(state, tenant, name, started, served, result, |e| {
+        e.into_response()
+    })
+}
+
+/// Count and time an invocation; errors rendered by `render` (the protocol's shape).
+fn finish_as(
+    state: &AppState,
+    tenant: &str,
+    name: &str,
+    started: Instant,
+    served: Option<HeaderValue>,
+    result: Result<Response, ApiError>,
+    render: impl FnOnce(ApiError) -> Response,
+) -> Response {
     let mut resp = match result {
         Ok(r) => r,
         Err(e) => {
@@ -294,7 +314,7 @@ fn finish(
                     .with_label_values(&[tenant, name, e.code])
                     .inc();
             }
-            e.into_response()
+            render(e)
         }
     };
     // Errors of a resolved function say which version failed, too.

@@ -1,0 +1,124 @@
+//! Admin API for models: push (multipart `metadata` JSON + `model` bytes), list, versions.
+
+use super::{check_name, upload_error, ApiError, AppState};
+use crate::functions::MAX_MODEL_SIZE;
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use quiver_registry::{PublishOutcome, VersionRecord};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/admin/v1/tenants/{tenant}/models", post(push).get(list))
+        .route(
+            "/admin/v1/tenants/{tenant}/models/{name}/versions",
+            get(versions),
+        )
+        .layer(DefaultBodyLimit::max(MAX_MODEL_SIZE + (1 << 20)))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushMetadata {
+    name: String,
+    version: String,
+    /// Where the model came from: training dataset digest, trainer function
+    /// version, metrics... kept as given.
+    #[serde(default)]
+    lineage: Option<Value>,
+}
+
+/// A model version as the API shows it: the record plus its stored metadata.
+pub fn model_json(r: &VersionRecord) -> Value {
+    let meta: Value = serde_json::from_str(&r.manifest).unwrap_or(Value::Null);
+    json!({
+        "name": r.name, "version": r.version, "digest": r.digest, "size": r.size,
+        "created_at": r.created_at, "format": r.world,
+        "inputs": meta["inputs"], "outputs": meta["outputs"], "lineage": meta["lineage"],
+    })
+}
+
+async fn push(
+    State(state): State<Arc<AppState>>,
+    Path(tenant): Path<String>,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<Response, ApiError> {
+    check_name("tenant", &tenant)?;
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_upload", m);
+    let mut multipart = multipart.map_err(|e| {
+        bad(format!(
+            "expected multipart/form-data with `metadata` and `model` parts: {e}"
+        ))
+    })?;
+    let (mut meta, mut model) = (None, None);
+    while let Some(field) = multipart.next_field().await.map_err(upload_error)? {
+        match field.name() {
+            Some("metadata") => meta = Some(field.bytes().await.map_err(upload_error)?),
+            Some("model") => model = Some(field.bytes().await.map_err(upload_error)?.to_vec()),
+            other => return Err(bad(format!("unexpected part {other:?}"))),
+        }
+    }
+    let meta: PushMetadata =
+        serde_json::from_slice(&meta.ok_or_else(|| bad("missing the `metadata` part".into()))?)
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_json",
+                    format!("metadata: {e}"),
+                )
+            })?;
+    let model = model.ok_or_else(|| bad("missing the `model` part".into()))?;
+    quiver_registry::check_model_name(&meta.name)?;
+    let (record, outcome, _) = state
+        .functions
+        .push_model(&tenant, &meta.name, &meta.version, meta.lineage, model)
+        .await
+        .map_err(|e| match e {
+            crate::functions::DeployError::Invalid(m) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_model", m)
+            }
+            other => other.into(),
+        })?;
+    let status = match outcome {
+        PublishOutcome::Created => StatusCode::CREATED,
+        PublishOutcome::Unchanged => StatusCode::OK,
+    };
+    let mut body = model_json(&record);
+    body["unchanged"] = json!(outcome == PublishOutcome::Unchanged);
+    Ok((status, Json(body)).into_response())
+}
+
+async fn list(
+    State(state): State<Arc<AppState>>,
+    Path(tenant): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    check_name("tenant", &tenant)?;
+    let models = state.functions.registry().list_models(&tenant)?;
+    Ok(Json(
+        json!({ "models": models.iter().map(model_json).collect::<Vec<_>>() }),
+    ))
+}
+
+async fn versions(
+    State(state): State<Arc<AppState>>,
+    Path((tenant, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    check_name("tenant", &tenant)?;
+    let versions = state.functions.registry().model_versions(&tenant, &name)?;
+    if versions.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("model `{name}` not found"),
+        ));
+    }
+    Ok(Json(json!({
+        "name": name,
+        "versions": versions.iter().map(model_json).collect::<Vec<_>>(),
+    })))
+}
