@@ -116,6 +116,10 @@ pub struct Functions {
     models: Arc<ModelCache>,
     models_resident: IntGauge,
     model_parses: IntGauge,
+    /// Per loaded inference deployment: wasi-nn compute calls and backend runs
+    /// (fewer runs than calls: dynamic batching stacked them).
+    inference_calls: IntGaugeVec,
+    inference_runs: IntGaugeVec,
     max_component_size: usize,
 }
 
@@ -176,6 +180,20 @@ impl Functions {
                 "quiver_model_loads_total",
                 "Times this host parsed and optimized a model (once per model while any user is warm)",
             )?,
+            inference_calls: IntGaugeVec::new(
+                Opts::new(
+                    "quiver_inference_computes",
+                    "wasi-nn compute calls of a loaded deployment",
+                ),
+                &["tenant", "function", "version"],
+            )?,
+            inference_runs: IntGaugeVec::new(
+                Opts::new(
+                    "quiver_inference_backend_runs",
+                    "Backend runs of a loaded deployment's models (batches count once)",
+                ),
+                &["tenant", "function", "version"],
+            )?,
             max_component_size,
         })
     }
@@ -189,6 +207,8 @@ impl Functions {
             Box::new(self.queue_depth.clone()),
             Box::new(self.models_resident.clone()),
             Box::new(self.model_parses.clone()),
+            Box::new(self.inference_calls.clone()),
+            Box::new(self.inference_runs.clone()),
         ]
     }
 
@@ -201,12 +221,23 @@ impl Functions {
         self.instances.reset();
         self.queue_depth.reset();
         self.models_resident.set(self.models.resident() as i64);
+        self.inference_calls.reset();
+        self.inference_runs.reset();
         self.model_parses.set(self.models.parses() as i64);
         for ((tenant, name, version), d) in loaded.iter() {
             let labels = [tenant.as_str(), name.as_str(), version.as_str()];
             self.queue_depth
                 .with_label_values(&labels)
                 .set(i64::from(d.admission.queued()));
+            if let Some(models) = &d.invocation.models {
+                let (calls, runs) = models.stats();
+                self.inference_calls
+                    .with_label_values(&labels)
+                    .set(calls as i64);
+                self.inference_runs
+                    .with_label_values(&labels)
+                    .set(runs as i64);
+            }
             if let DeploymentBody::Component(_) = d.body {
                 for (state, n) in [
                     ("busy", d.invocation.busy_instances()),

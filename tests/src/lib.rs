@@ -129,6 +129,19 @@ impl Server {
         self.cli_ok(&["deploy", &format!("functions/{function}")])
     }
 
+    /// Push a model file (path relative to the repository) as `name@version`.
+    pub fn push_model(&self, file: &str, name: &str, version: &str) -> String {
+        self.cli_ok(&["models", "push", file, "--name", name, "--version", version])
+    }
+
+    /// Deploy a first-party function with extra `deploy` flags (`--name`, `--set`...).
+    pub fn deploy_with(&self, function: &str, flags: &[&str]) -> String {
+        let dir = format!("functions/{function}");
+        let mut args = vec!["deploy", dir.as_str()];
+        args.extend_from_slice(flags);
+        self.cli_ok(&args)
+    }
+
     /// Deploy through the admin API directly (no cargo build): `manifest` TOML plus
     /// component bytes. Returns the HTTP status.
     pub fn deploy_raw(&self, tenant: &str, manifest: &str, component: Vec<u8>) -> u16 {

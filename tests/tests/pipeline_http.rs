@@ -3,10 +3,20 @@
 use quiver_tests::{read_sample, Server};
 use serde_json::Value;
 
+/// A two-stage pipeline (ingest-json -> txn-features) named `fraud-pipeline`, so
+/// these tests see the features themselves; `inference.rs` runs the first-party
+/// three-stage one.
 fn deploy_pipeline(server: &Server) {
     server.deploy("ingest-json");
     server.deploy("txn-features");
-    let out = server.deploy("fraud-pipeline");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("quiver.toml"),
+        "[function]\nname = \"fraud-pipeline\"\nversion = \"1.0.0\"\nkind = \"pipeline\"\n\
+         [pipeline]\nstages = [\"ingest-json\", \"txn-features\"]\n",
+    )
+    .unwrap();
+    let out = server.cli_ok(&["deploy", dir.path().to_str().unwrap()]);
     assert!(out.contains("fraud-pipeline@1.0.0"), "{out}");
 }
 

@@ -164,18 +164,17 @@ pub fn to_tract(t: &Tensor) -> Result<tract_onnx::prelude::Tensor, BackendError>
         }
     };
     if count.checked_mul(width) != Some(t.data.len()) {
-        return Err(BackendError::BackendAccess(wasmtime::Error::msg(format!(
+        return Err(tensor_error(format!(
             "tensor of shape {:?} and type {:?} needs {} bytes, got {}",
             t.dimensions,
             t.ty,
             count.saturating_mul(width),
             t.data.len()
-        ))));
+        )));
     }
     // SAFETY: the length was checked against shape x element width just above, and
     // every bit pattern is a valid value of these plain numeric types.
-    unsafe { tract_onnx::prelude::Tensor::from_raw_dt(dt, &shape, &t.data) }
-        .map_err(|e| BackendError::BackendAccess(wasmtime::Error::msg(e.to_string())))
+    unsafe { tract_onnx::prelude::Tensor::from_raw_dt(dt, &shape, &t.data) }.map_err(tensor_error)
 }
 
 /// A tract tensor back as a wasi-nn tensor.
@@ -204,6 +203,15 @@ pub fn from_tract(t: &tract_onnx::prelude::Tensor) -> Result<Tensor, BackendErro
 
 fn access(e: impl std::fmt::Display) -> BackendError {
     BackendError::BackendAccess(wasmtime::Error::msg(e.to_string()))
+}
+
+/// An error about the tensors a guest passed (names, shapes, types, what the model
+/// made of them). wasmtime-wasi-nn shows a guest only the top-level message of a
+/// backend error, and `BackendAccess` says just "Failed while accessing backend";
+/// this variant's message carries the detail, so the guest (and its caller) learn
+/// what to fix.
+fn tensor_error(e: impl std::fmt::Display) -> BackendError {
+    BackendError::UnsupportedTensorType(e.to_string())
 }
 
 /// The wasi-nn backend for `onnx` graphs on tract.
@@ -279,7 +287,7 @@ impl TractContext {
         };
         found.ok_or_else(|| {
             let known: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-            access(format!("no {what} {id:?}; the model has {known:?}"))
+            tensor_error(format!("no {what} {id:?}; the model has {known:?}"))
         })
     }
 
@@ -287,11 +295,11 @@ impl TractContext {
         let mut inputs = Vec::with_capacity(self.inputs.len());
         for (i, t) in self.inputs.iter_mut().enumerate() {
             let t = t.take().ok_or_else(|| {
-                access(format!("input `{}` was not set", self.model.inputs[i].name))
+                tensor_error(format!("input `{}` was not set", self.model.inputs[i].name))
             })?;
             inputs.push(t);
         }
-        self.outputs = self.executor.run(inputs).map_err(access)?;
+        self.outputs = self.executor.run(inputs).map_err(tensor_error)?;
         Ok(())
     }
 }
@@ -299,7 +307,25 @@ impl TractContext {
 impl BackendExecutionContext for TractContext {
     fn set_input(&mut self, id: Id, tensor: &Tensor) -> Result<(), BackendError> {
         let i = Self::index(&self.model.inputs, &id, "input")?;
-        self.inputs[i] = Some(to_tract(tensor)?);
+        let t = to_tract(tensor)?;
+        let spec = &self.model.inputs[i];
+        let fits = v2_datatype(t.datum_type()) == spec.datatype
+            && t.rank() == spec.shape.len()
+            && t.shape()
+                .iter()
+                .zip(&spec.shape)
+                .all(|(got, want)| *want < 0 || *got as i64 == *want);
+        if !fits {
+            return Err(tensor_error(format!(
+                "input `{}` of the model is {} {:?} (-1: any size), the guest sent {} {:?}",
+                spec.name,
+                spec.datatype,
+                spec.shape,
+                v2_datatype(t.datum_type()),
+                t.shape()
+            )));
+        }
+        self.inputs[i] = Some(t);
         Ok(())
     }
 
@@ -308,7 +334,7 @@ impl BackendExecutionContext for TractContext {
         let t = self
             .outputs
             .get(i)
-            .ok_or_else(|| access("compute has not run"))?;
+            .ok_or_else(|| tensor_error("compute has not run"))?;
         from_tract(t)
     }
 
@@ -412,19 +438,22 @@ mod tests {
         assert!(ctx
             .set_input(Id::Index(0), &f32_tensor(vec![2, 4], &[1.0; 4]))
             .is_err());
-        // Wrong inner dimension: the model refuses at compute.
-        ctx.set_input(Id::Index(0), &f32_tensor(vec![1, 3], &[1.0; 3]))
-            .unwrap();
+        // Wrong inner dimension, named with what the model takes.
+        let err = ctx
+            .set_input(Id::Index(0), &f32_tensor(vec![1, 3], &[1.0; 3]))
+            .unwrap_err();
+        assert!(err.to_string().contains("FP32 [-1, 4]"), "{err}");
+        // Nothing set: compute says which input is missing.
         assert!(ctx.compute().is_err());
         // Unknown input and output names.
         assert!(ctx
             .set_input(Id::Name("nope".into()), &f32_tensor(vec![1, 4], &[0.0; 4]))
             .is_err());
         assert!(ctx.get_output(Id::Index(5)).is_err());
-        // i64 input to an f32 model: refused by the model, not a crash.
+        // i64 input to an f32 model: refused, not a crash.
         let ints = Tensor::new(vec![1, 4], TensorType::I64, vec![0; 32]);
-        ctx.set_input(Id::Index(0), &ints).unwrap();
-        assert!(ctx.compute().is_err());
+        let err = ctx.set_input(Id::Index(0), &ints).unwrap_err();
+        assert!(err.to_string().contains("INT64"), "{err}");
     }
 
     fn row_tensor(row: &[f32]) -> tract_onnx::prelude::Tensor {
