@@ -113,6 +113,35 @@ impl Client {
         Ok((version, out))
     }
 
+    /// Invoke without treating an error status as a failure: the status, the
+    /// server's `Retry-After` and the JSON body.
+    pub async fn invoke_status(
+        &self,
+        function: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<(reqwest::StatusCode, Option<std::time::Duration>, Value)> {
+        let url = format!("{}/fn/{}/{function}", self.base, self.tenant);
+        let resp = self
+            .http
+            .post(url)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .with_context(|| format!("connecting to {} (is `quiver serve` running?)", self.base))?;
+        let status = resp.status();
+        let retry = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_secs);
+        let text = resp.text().await?;
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok((status, retry, body))
+    }
+
     /// An Open Inference Protocol v2 `infer` call (errors are `{"error": "..."}`).
     pub async fn oip_infer(&self, model: &str, body: &Value) -> anyhow::Result<Value> {
         let resp = self

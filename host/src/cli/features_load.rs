@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 /// A CSV cell as a typed feature value (`None`: empty, skipped).
-fn typed(cell: &str) -> Option<Value> {
+pub(super) fn typed(cell: &str) -> Option<Value> {
     let cell = cell.trim();
     if cell.is_empty() {
         return None;
