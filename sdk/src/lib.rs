@@ -147,7 +147,7 @@ pub mod nn {
                 .init_execution_context()
                 .map_err(|e| nn_error("init-execution-context", e))?;
             let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-            let tensor = Tensor::new(&dims.to_vec(), TensorType::Fp32, &bytes);
+            let tensor = Tensor::new(dims, TensorType::Fp32, &bytes);
             let outputs = ctx
                 .compute(vec![(input.to_string(), tensor)])
                 .map_err(|e| nn_error("compute", e))?;
