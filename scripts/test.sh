@@ -8,9 +8,17 @@ cargo fmt --all -- --check
 (cd functions && cargo fmt --all -- --check)
 (cd sdk && cargo fmt -- --check)
 
+# ONNX Runtime's library from PyPI for the `ort` backend (CPU); the GPU build of
+# the backend is the same code (CUDA execution provider), compiled here too.
+step "fetch ONNX Runtime (PyPI)"
+ORT_DYLIB_PATH="$(bash scripts/fetch-ort.sh)"
+export ORT_DYLIB_PATH
+FEATURES=(--features quiver-host/ort)
+
 build_functions
-step "cargo clippy (host workspace, functions, sdk)"
-cargo clippy --locked --workspace --all-targets -- -D warnings
+step "cargo clippy (host workspace with and without ort, functions, sdk)"
+cargo clippy --locked --workspace --all-targets "${FEATURES[@]}" -- -D warnings
+cargo clippy --locked -p quiver-host --lib -- -D warnings
 (cd functions && cargo clippy --locked --target wasm32-wasip2 --all-targets -- -D warnings)
 (cd sdk && cargo clippy --locked --target wasm32-wasip2 --all-targets -- -D warnings)
 
@@ -23,10 +31,10 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 
 # The black-box tests run the binary, which lives in another package: build it first.
-build_host
+build_host "${FEATURES[@]}"
 step "tests"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --locked --workspace --no-fail-fast
+  cargo nextest run --locked --workspace --no-fail-fast "${FEATURES[@]}"
 else
-  cargo test --locked --workspace --no-fail-fast
+  cargo test --locked --workspace --no-fail-fast "${FEATURES[@]}"
 fi

@@ -349,7 +349,7 @@ impl Functions {
             let bytes = component.ok_or_else(|| {
                 DeployError::Invalid(format!("a `{kind}` function needs a component"))
             })?;
-            self.bind_models(tenant, &mut manifest)?;
+            self.bind_models(tenant, &mut manifest).await?;
             let provided = crate::runtime::provided_imports(&kind);
             validate::validate_component(&bytes, &kind, &provided, self.max_component_size)?;
             // Compile and link before publishing: a version that cannot run is never stored.
@@ -388,15 +388,13 @@ impl Functions {
 
     /// Resolve `[models]` ranges to the highest pushed versions and pin them in the
     /// manifest (`alias = "name@=1.2.0"`), so the deployment records what it bound.
-    fn bind_models(&self, tenant: &str, manifest: &mut Manifest) -> Result<(), DeployError> {
+    async fn bind_models(
+        self: &Arc<Self>,
+        tenant: &str,
+        manifest: &mut Manifest,
+    ) -> Result<(), DeployError> {
         let invalid = |e: anyhow::Error| DeployError::Invalid(format!("{e:#}"));
         let inference = manifest.inference().map_err(invalid)?;
-        if inference.target != "cpu" {
-            return Err(DeployError::Invalid(format!(
-                "[inference] target `{}` is not available on this host: its ONNX backend (tract) runs on the CPU only",
-                inference.target
-            )));
-        }
         for r in manifest.model_refs().map_err(invalid)? {
             let rec = self
                 .registry
@@ -405,6 +403,13 @@ impl Functions {
             manifest
                 .models
                 .insert(r.alias, format!("{}@={}", rec.name, rec.version));
+        }
+        // Beyond the default (tract on the CPU), prove the target works here now:
+        // load the models on it, rather than fail on the first request.
+        if inference.target != "cpu" || self.models.backend() != crate::nn::OnnxBackend::Tract {
+            self.load_models(tenant, manifest)
+                .await
+                .map_err(|e| DeployError::Invalid(format!("{e}")))?;
         }
         Ok(())
     }
@@ -713,9 +718,11 @@ impl Functions {
             let rec = self.registry.resolve_model(tenant, &r.name, &r.range)?;
             let this = self.clone();
             let digest = rec.digest()?;
+            let target = inference.target.clone();
             let model = tokio::task::spawn_blocking(move || {
-                this.models
-                    .get(&digest.hex(), || Ok(this.registry.blobs().get(&digest)?))
+                this.models.get(&digest.hex(), &target, || {
+                    Ok(this.registry.blobs().get(&digest)?)
+                })
             })
             .await
             .map_err(|e| DeployError::Internal(e.into()))?

@@ -28,6 +28,8 @@ pub struct ServerConfig {
     pub features: FeatureStoreConfig,
     /// Threads that run models; 0 picks half the cores (at least 1).
     pub inference_threads: usize,
+    /// Which library runs `cpu` models.
+    pub onnx_backend: nn::OnnxBackend,
 }
 
 /// Where `quiver:ml/features` keeps its data.
@@ -73,7 +75,11 @@ pub async fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
         n => n,
     };
-    let models = Arc::new(nn::ModelCache::new(nn::InferencePool::new(threads, 1024)?));
+    config.onnx_backend.check()?;
+    let models = Arc::new(nn::ModelCache::new(
+        nn::InferencePool::new(threads, 1024)?,
+        config.onnx_backend,
+    ));
     let functions = Arc::new(functions::Functions::new(
         registry,
         runtime,

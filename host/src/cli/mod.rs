@@ -66,6 +66,10 @@ struct ServeArgs {
     /// Threads that run models (wasi-nn compute); 0: half the cores, at least 1.
     #[arg(long, env = "QUIVER_INFERENCE_THREADS", default_value_t = 0)]
     inference_threads: usize,
+    /// What runs `cpu` models: `tract` (built in) or `ort` (ONNX Runtime from
+    /// ORT_DYLIB_PATH; a build with `--features ort`). `gpu` models always use ort.
+    #[arg(long, env = "QUIVER_ONNX_BACKEND", value_enum, default_value = "tract")]
+    onnx_backend: crate::nn::OnnxBackend,
 }
 
 impl ServeArgs {
@@ -76,6 +80,7 @@ impl ServeArgs {
             max_body: self.max_body.as_u64() as usize,
             allocator: self.allocator,
             inference_threads: self.inference_threads,
+            onnx_backend: self.onnx_backend,
             features: match &self.redis {
                 Some(url) => crate::FeatureStoreConfig::Redis {
                     url: url.clone(),

@@ -9,6 +9,8 @@
 //! silent fall back to the CPU.
 
 pub mod models;
+#[cfg(feature = "ort")]
+pub mod ort;
 pub mod pool;
 
 pub use models::{BoundModel, BoundModels, ModelCache};
@@ -36,9 +38,62 @@ pub struct TensorSpec {
 
 /// A parsed, optimized ONNX model, ready to run on tract.
 pub struct OnnxModel {
-    plan: Arc<TypedRunnableModel>,
+    plan: Plan,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
+}
+
+/// What runs a model: tract (always there), or ONNX Runtime (feature `ort`).
+enum Plan {
+    Tract(Arc<TypedRunnableModel>),
+    #[cfg(feature = "ort")]
+    Ort(ort::OrtPlan),
+}
+
+/// The ONNX backends this build has.
+#[cfg(feature = "ort")]
+pub const COMPILED_BACKENDS: &[&str] = &["tract", "ort"];
+#[cfg(not(feature = "ort"))]
+pub const COMPILED_BACKENDS: &[&str] = &["tract"];
+
+/// Which library runs `cpu` models (`gpu` ones always need ONNX Runtime).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnnxBackend {
+    /// tract: pure Rust, built in.
+    Tract,
+    /// ONNX Runtime, loaded from `ORT_DYLIB_PATH` (a build with `--features ort`).
+    Ort,
+}
+
+impl OnnxBackend {
+    /// Check at start that this backend can run here.
+    pub fn check(self) -> anyhow::Result<()> {
+        match self {
+            OnnxBackend::Tract => Ok(()),
+            #[cfg(feature = "ort")]
+            OnnxBackend::Ort => ort::init(),
+            #[cfg(not(feature = "ort"))]
+            OnnxBackend::Ort => {
+                anyhow::bail!("this quiver was built without ONNX Runtime (cargo feature `ort`)")
+            }
+        }
+    }
+
+    /// Parse and prepare `bytes` for `target` (`cpu` or `gpu`).
+    pub fn load(self, bytes: &[u8], target: &str) -> anyhow::Result<OnnxModel> {
+        match (self, target) {
+            (OnnxBackend::Tract, "cpu") => OnnxModel::load(bytes),
+            #[cfg(feature = "ort")]
+            (OnnxBackend::Ort, "cpu") => ort::load(bytes, ort::Device::Cpu),
+            #[cfg(feature = "ort")]
+            (_, "gpu") => ort::load(bytes, ort::Device::Gpu),
+            #[cfg(not(feature = "ort"))]
+            (_, "gpu") => anyhow::bail!(
+                "execution target gpu is not available on this host: this quiver was built without ONNX Runtime (cargo feature `ort`), and tract runs on the CPU only"
+            ),
+            (_, other) => anyhow::bail!("unknown execution target `{other}`"),
+        }
+    }
 }
 
 fn v2_datatype(dt: DatumType) -> String {
@@ -123,7 +178,7 @@ impl OnnxModel {
         };
         let inputs = io(&typed.inputs, &input_names)?;
         let outputs = io(&typed.outputs, &output_names)?;
-        let plan = typed.into_runnable()?;
+        let plan = Plan::Tract(typed.into_runnable()?);
         Ok(OnnxModel {
             plan,
             inputs,
@@ -133,9 +188,22 @@ impl OnnxModel {
 
     /// Run on tensors given in input order; outputs in output order.
     pub fn run(&self, inputs: TVec<TValue>) -> anyhow::Result<TVec<TValue>> {
-        self.plan
-            .run(inputs)
-            .map_err(|e| anyhow::anyhow!("inference failed: {e}"))
+        match &self.plan {
+            Plan::Tract(plan) => plan
+                .run(inputs)
+                .map_err(|e| anyhow::anyhow!("inference failed: {e}")),
+            #[cfg(feature = "ort")]
+            Plan::Ort(plan) => plan.run(&self.inputs, inputs),
+        }
+    }
+
+    /// Which library runs it.
+    pub fn backend(&self) -> &'static str {
+        match &self.plan {
+            Plan::Tract(_) => "tract",
+            #[cfg(feature = "ort")]
+            Plan::Ort(_) => "onnxruntime",
+        }
     }
 }
 

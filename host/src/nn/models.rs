@@ -22,16 +22,22 @@ pub struct ModelCache {
     parsing: Mutex<()>,
     parses: AtomicU64,
     pool: Arc<InferencePool>,
+    backend: super::OnnxBackend,
 }
 
 impl ModelCache {
-    pub fn new(pool: Arc<InferencePool>) -> Self {
+    pub fn new(pool: Arc<InferencePool>, backend: super::OnnxBackend) -> Self {
         ModelCache {
             models: Mutex::new(HashMap::new()),
             parsing: Mutex::new(()),
             parses: AtomicU64::new(0),
             pool,
+            backend,
         }
+    }
+
+    pub fn backend(&self) -> super::OnnxBackend {
+        self.backend
     }
 
     pub fn pool(&self) -> &Arc<InferencePool> {
@@ -42,13 +48,17 @@ impl ModelCache {
         self.models.lock().ok()?.get(digest)?.upgrade()
     }
 
-    /// The model of `digest`, parsed from `bytes()` only if no deployment holds it.
-    /// Blocking (parsing and optimizing take a while): call from a blocking thread.
+    /// The model of `digest` for `target` (`cpu`, `gpu`), parsed from `bytes()` only
+    /// if no deployment holds it. Blocking (parsing and optimizing take a while):
+    /// call from a blocking thread.
     pub fn get(
         &self,
         digest: &str,
+        target: &str,
         bytes: impl FnOnce() -> anyhow::Result<Vec<u8>>,
     ) -> anyhow::Result<Arc<OnnxModel>> {
+        let key = format!("{digest}@{target}");
+        let digest = key.as_str();
         if let Some(m) = self.live(digest) {
             return Ok(m);
         }
@@ -59,7 +69,7 @@ impl ModelCache {
         if let Some(m) = self.live(digest) {
             return Ok(m);
         }
-        let model = Arc::new(OnnxModel::load(&bytes()?)?);
+        let model = Arc::new(self.backend.load(&bytes()?, target)?);
         self.parses.fetch_add(1, Ordering::Relaxed);
         let mut models = self
             .models

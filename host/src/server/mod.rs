@@ -408,7 +408,15 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> 
         Ok(()) => json!({ "backend": store.name(), "ready": true }),
         Err(detail) => json!({ "backend": store.name(), "ready": false, "detail": detail }),
     };
-    Json(json!({ "status": "ok", "allocator": allocator, "features": features }))
+    let models = state.functions.model_cache();
+    let inference = json!({
+        "backend": format!("{:?}", models.backend()).to_lowercase(),
+        "compiled": crate::nn::COMPILED_BACKENDS,
+        "threads": models.pool().threads(),
+    });
+    Json(json!({
+        "status": "ok", "allocator": allocator, "features": features, "inference": inference,
+    }))
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
