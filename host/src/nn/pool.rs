@@ -7,6 +7,9 @@
 //! worker's other tasks to another thread. A slow model then costs its pool thread,
 //! never the HTTP path of other functions.
 //!
+//! Models measured to run in under [`INLINE_BELOW`] skip the pool: the hand-off
+//! would cost more than the model.
+//!
 //! Dynamic batching: concurrent `compute` calls on one graph whose inputs agree in
 //! every dimension but the first are stacked along it, run as one backend call and
 //! split back. The first caller of a batch waits up to `max_wait` for company (or
@@ -107,7 +110,15 @@ pub struct Executor<M> {
     arrived: Condvar,
     calls: AtomicU64,
     backend_runs: AtomicU64,
+    /// Recent run time in ns (moving average; 0 until the first run).
+    typical_ns: AtomicU64,
 }
+
+/// A model whose runs typically take less than this runs on the calling thread:
+/// handing a call to the pool and back costs ~0.1 ms (two thread wake-ups and a
+/// runtime worker hand-off), more than such a model computes, and blocking a
+/// worker this briefly is no worse than a guest's own time slice (5 ms).
+pub const INLINE_BELOW: Duration = Duration::from_millis(1);
 
 /// What a model must do to be run by an [`Executor`].
 pub trait Runnable: Send + Sync + 'static {
@@ -132,7 +143,26 @@ impl<M: Runnable> Executor<M> {
             arrived: Condvar::new(),
             calls: AtomicU64::new(0),
             backend_runs: AtomicU64::new(0),
+            typical_ns: AtomicU64::new(0),
         }
+    }
+
+    /// Fold one run's duration into the moving average (1/8 weight).
+    fn observe(&self, took: Duration) {
+        let ns = took.as_nanos().min(u128::from(u64::MAX)) as u64;
+        let old = self.typical_ns.load(Ordering::Relaxed);
+        let new = match old {
+            0 => ns.max(1),
+            _ => old - old / 8 + ns / 8,
+        };
+        self.typical_ns.store(new, Ordering::Relaxed);
+    }
+
+    /// Known to be fast: measured, and under [`INLINE_BELOW`]. A model nobody has
+    /// timed yet goes to the pool.
+    fn fast(&self) -> bool {
+        let ns = self.typical_ns.load(Ordering::Relaxed);
+        ns != 0 && ns < INLINE_BELOW.as_nanos() as u64
     }
 
     pub fn model(&self) -> &Arc<M> {
@@ -158,21 +188,30 @@ impl<M: Runnable> Executor<M> {
                 let pool = pool.clone();
                 blocking(move || self.run_batched(&pool, inputs, rows))
             }
+            (Some(_), _) if self.fast() => self.run_now(inputs),
             (Some(pool), _) => {
                 let model = self.model.clone();
-                blocking(|| {
+                let (out, took) = blocking(|| {
                     self.backend_runs.fetch_add(1, Ordering::Relaxed);
-                    let rx = pool.submit(move || run_model(&*model, inputs))?;
+                    let rx = pool.submit(move || {
+                        let started = Instant::now();
+                        (run_model(&*model, inputs), started.elapsed())
+                    })?;
                     rx.recv()
-                        .map_err(|_| "the inference pool dropped a job".to_string())?
-                })
+                        .map_err(|_| "the inference pool dropped a job".to_string())
+                })?;
+                self.observe(took);
+                out
             }
         }
     }
 
     fn run_now(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
         self.backend_runs.fetch_add(1, Ordering::Relaxed);
-        run_model(&*self.model, inputs)
+        let started = Instant::now();
+        let out = run_model(&*self.model, inputs);
+        self.observe(started.elapsed());
+        out
     }
 
     fn run_batched(
