@@ -14,9 +14,7 @@ mod common;
 
 use quiver_host::bindings::{Batch, Column, Field};
 use quiver_host::manifest::ResolvedLimits;
-use quiver_host::nn::{
-    Batching, BoundModel, BoundModels, Executor, InferencePool, OnnxBackend,
-};
+use quiver_host::nn::{Batching, BoundModel, BoundModels, Executor, InferencePool, OnnxBackend};
 use quiver_host::runtime::{Allocator, Invocation, Prepared, Runtime, MAX_IDLE};
 use std::path::Path;
 use std::sync::Arc;
@@ -80,7 +78,9 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let runtime = Runtime::new(dir.path(), Allocator::Pooling).expect("runtime");
     let bytes = common::wasm("fraud_score");
-    let component = runtime.component("bench-nn", || Ok(bytes)).expect("compile");
+    let component = runtime
+        .component("bench-nn", || Ok(bytes))
+        .expect("compile");
     let Prepared::Inference(pre) = runtime.prepare("inference", &component).expect("prepare")
     else {
         panic!("fraud-score is an inference function");

@@ -134,6 +134,16 @@ impl Server {
         self.cli_ok(&["models", "push", file, "--name", name, "--version", version])
     }
 
+    /// Push the fraud model as fraud-model@1.0.0 and deploy `fraud-score` on it.
+    pub fn deploy_fraud_score(&self) {
+        self.push_model(
+            "functions/fraud-score/model/fraud.onnx",
+            "fraud-model",
+            "1.0.0",
+        );
+        self.deploy("fraud-score");
+    }
+
     /// Deploy a first-party function with extra `deploy` flags (`--name`, `--set`...).
     pub fn deploy_with(&self, function: &str, flags: &[&str]) -> String {
         let dir = format!("functions/{function}");
@@ -259,6 +269,36 @@ pub fn error_of(resp: reqwest::blocking::Response) -> (u16, String, String) {
         .unwrap_or_else(|| panic!("no error.message in {body}"))
         .to_string();
     (status, code, message)
+}
+
+/// The fraud model's reference rows (log_amount, hour_of_day, merchant_z,
+/// merchant_known) and scikit-learn's fraud probability for each
+/// (`functions/fraud-score/model/reference.json`).
+pub fn fraud_reference() -> (Vec<Vec<f64>>, Vec<f64>) {
+    let path = repo().join("functions/fraud-score/model/reference.json");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("reference.json"))
+            .expect("reference.json is JSON");
+    let rows: Vec<Vec<f64>> = serde_json::from_value(r["rows"].clone()).expect("rows");
+    let p_fraud = r["probabilities"]
+        .as_array()
+        .expect("probabilities")
+        .iter()
+        .map(|p| p[1].as_f64().expect("a probability"))
+        .collect();
+    (rows, p_fraud)
+}
+
+/// Reference rows as `fraud-score` input rows (JSON objects).
+pub fn fraud_input_rows(rows: &[Vec<f64>]) -> serde_json::Value {
+    rows.iter()
+        .map(|x| {
+            serde_json::json!({
+                "log_amount": x[0], "hour_of_day": x[1] as i64, "merchant_z": x[2],
+                "merchant_known": x[3] == 1.0,
+            })
+        })
+        .collect()
 }
 
 pub fn read_sample(function: &str) -> Vec<u8> {

@@ -1,27 +1,13 @@
 //! Issue 4, batch scoring: `quiver batch` streams a file through a function or a
 //! pipeline in chunks, writes refused rows with reasons, and resumes.
-use quiver_tests::{repo, Server};
+use quiver_tests::{fraud_reference, Server};
 use serde_json::Value;
 use std::fmt::Write as _;
 
 fn setup() -> (Server, Vec<Vec<f64>>, Vec<f64>) {
     let server = Server::start();
-    server.push_model(
-        "functions/fraud-score/model/fraud.onnx",
-        "fraud-model",
-        "1.0.0",
-    );
-    server.deploy("fraud-score");
-    let text =
-        std::fs::read_to_string(repo().join("functions/fraud-score/model/reference.json")).unwrap();
-    let r: Value = serde_json::from_str(&text).unwrap();
-    let rows: Vec<Vec<f64>> = serde_json::from_value(r["rows"].clone()).unwrap();
-    let want = r["probabilities"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p[1].as_f64().unwrap())
-        .collect();
+    server.deploy_fraud_score();
+    let (rows, want) = fraud_reference();
     (server, rows, want)
 }
 

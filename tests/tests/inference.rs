@@ -1,6 +1,6 @@
 //! Issue 4: inference through wasi-nn, models in the registry, the Open Inference
 //! Protocol v2, the model cache, the inference pool and dynamic batching.
-use quiver_tests::{read_sample, repo, Server};
+use quiver_tests::{fraud_input_rows, fraud_reference, read_sample, repo, Server};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -14,32 +14,19 @@ fn reference() -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
-/// The reference rows as fraud-score's input columns.
+/// The reference rows as fraud-score's input rows (with txn ids), and the fraud
+/// probabilities scikit-learn gave them.
 fn reference_rows() -> (Value, Vec<f64>) {
-    let r = reference();
-    let rows: Vec<Vec<f64>> = serde_json::from_value(r["rows"].clone()).unwrap();
-    let want: Vec<f64> = r["probabilities"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p[1].as_f64().unwrap())
-        .collect();
-    let body: Vec<Value> = rows
-        .iter()
-        .enumerate()
-        .map(|(i, x)| {
-            json!({
-                "txn_id": format!("r-{i}"), "log_amount": x[0], "hour_of_day": x[1] as i64,
-                "merchant_z": x[2], "merchant_known": x[3] == 1.0,
-            })
-        })
-        .collect();
-    (json!(body), want)
+    let (rows, want) = fraud_reference();
+    let mut body = fraud_input_rows(&rows);
+    for (i, row) in body.as_array_mut().unwrap().iter_mut().enumerate() {
+        row["txn_id"] = json!(format!("r-{i}"));
+    }
+    (body, want)
 }
 
 fn with_fraud_score(server: &Server) {
-    server.push_model(FRAUD, "fraud-model", "1.0.0");
-    server.deploy("fraud-score");
+    server.deploy_fraud_score();
 }
 
 fn post_json(server: &Server, path: &str, body: &Value) -> reqwest::blocking::Response {

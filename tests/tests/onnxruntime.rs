@@ -2,32 +2,11 @@
 //! `scripts/fetch-ort.sh`, located by ORT_DYLIB_PATH). Skipped, with the reason
 //! printed, where the binary or the library is missing; `scripts/test.sh` provides
 //! both, so CI runs it.
-use quiver_tests::{repo, Server};
+use quiver_tests::{fraud_input_rows, fraud_reference, Server};
 use serde_json::{json, Value};
 
 fn skip(why: &str) {
     eprintln!("SKIPPED: {why}");
-}
-
-fn reference() -> (Value, Vec<f64>) {
-    let text =
-        std::fs::read_to_string(repo().join("functions/fraud-score/model/reference.json")).unwrap();
-    let r: Value = serde_json::from_str(&text).unwrap();
-    let rows: Vec<Vec<f64>> = serde_json::from_value(r["rows"].clone()).unwrap();
-    let body: Vec<Value> = rows
-        .iter()
-        .map(|x| {
-            json!({ "log_amount": x[0], "hour_of_day": x[1] as i64, "merchant_z": x[2],
-                    "merchant_known": x[3] == 1.0 })
-        })
-        .collect();
-    let want = r["probabilities"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p[1].as_f64().unwrap())
-        .collect();
-    (json!(body), want)
 }
 
 fn has_cuda_device() -> bool {
@@ -54,13 +33,9 @@ fn onnxruntime_backend_scores_like_scikit_learn_and_never_falls_back_from_gpu() 
     let server = Server::start_with(&["--onnx-backend", "ort"]);
     let health: Value = server.get("/healthz").json().unwrap();
     assert_eq!(health["inference"]["backend"], "ort");
-    server.push_model(
-        "functions/fraud-score/model/fraud.onnx",
-        "fraud-model",
-        "1.0.0",
-    );
-    server.deploy("fraud-score");
-    let (rows, want) = reference();
+    server.deploy_fraud_score();
+    let (rows, want) = fraud_reference();
+    let rows = fraud_input_rows(&rows);
     let resp = server.post(
         "/fn/default/fraud-score",
         "application/json",

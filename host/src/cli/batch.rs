@@ -25,14 +25,25 @@ use std::io::{Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+#[derive(clap::Args, Debug)]
 pub struct BatchJob {
+    /// NAME or NAME@VERSION.
     pub function: String,
+    #[arg(long)]
     pub input: PathBuf,
+    #[arg(long)]
     pub output: PathBuf,
+    /// Where refused rows go (default: OUTPUT.rejects.csv).
+    #[arg(long)]
     pub rejects: Option<PathBuf>,
+    /// Rows per request.
+    #[arg(long, default_value_t = 500)]
     pub chunk: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
-    /// Testing aid: stop (as if interrupted) after this many chunks.
+    /// Stop after this many chunks, as if interrupted (to try resuming).
+    #[arg(long = "stop-after-chunks", hide = true)]
     pub stop_after: Option<u64>,
 }
 

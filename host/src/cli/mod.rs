@@ -151,26 +151,7 @@ enum Command {
     /// Score a CSV file through a function or pipeline: streamed in chunks across
     /// instances, in input order, with a progress bar; refused rows go to a rejects
     /// file with the reason; rerun the same command to resume after an interruption.
-    Batch {
-        /// NAME or NAME@VERSION.
-        function: String,
-        #[arg(long)]
-        input: PathBuf,
-        #[arg(long)]
-        output: PathBuf,
-        /// Where refused rows go (default: OUTPUT.rejects.csv).
-        #[arg(long)]
-        rejects: Option<PathBuf>,
-        /// Rows per request.
-        #[arg(long, default_value_t = 500)]
-        chunk: usize,
-        /// Requests in flight at once.
-        #[arg(long, default_value_t = 4)]
-        concurrency: usize,
-        /// Stop after this many chunks, as if interrupted (to try resuming).
-        #[arg(long, hide = true)]
-        stop_after_chunks: Option<u64>,
-    },
+    Batch(batch::BatchJob),
     /// Models in the registry (ONNX), bound by inference functions in `[models]`.
     #[command(subcommand)]
     Models(models::ModelsCommand),
@@ -283,24 +264,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Models(cmd) => models::run(&client, cmd, cli.json).await,
-        Command::Batch {
-            function,
-            input,
-            output,
-            rejects,
-            chunk,
-            concurrency,
-            stop_after_chunks,
-        } => {
-            let job = batch::BatchJob {
-                function,
-                input,
-                output,
-                rejects,
-                chunk,
-                concurrency,
-                stop_after: stop_after_chunks,
-            };
+        Command::Batch(job) => {
             let done = batch::run(&client, &job, !cli.json).await?;
             let summary = serde_json::json!({
                 "scored": done.scored, "rejected": done.rejected, "resumed_at_row": done.resumed_at + 1,

@@ -121,33 +121,19 @@ pub async fn run(client: &Client, cmd: ModelsCommand, json_out: bool) -> anyhow:
             }
             out
         }
-        ModelsCommand::Ls => {
-            let out = client.get("models").await?;
-            if !json_out {
-                print_header();
-                out["models"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .for_each(print_row);
-                return Ok(());
-            }
-            out
-        }
-        ModelsCommand::Versions { name } => {
-            let out = client.get(&format!("models/{name}/versions")).await?;
-            if !json_out {
-                print_header();
-                out["versions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .for_each(print_row);
-                return Ok(());
-            }
-            out
-        }
+        ModelsCommand::Ls => client.get("models").await?,
+        ModelsCommand::Versions { name } => client.get(&format!("models/{name}/versions")).await?,
     };
-    println!("{out}");
+    match json_out {
+        true => println!("{out}"),
+        false => {
+            print_header();
+            let rows = out.get("models").or_else(|| out.get("versions"));
+            rows.and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .for_each(print_row);
+        }
+    }
     Ok(())
 }

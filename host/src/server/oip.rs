@@ -29,16 +29,13 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v2/health/ready", get(ready))
         .route("/v2/models/{name}", get(model_metadata))
         .route("/v2/models/{name}/ready", get(model_ready))
-        .route(
-            "/v2/models/{name}/versions/{version}",
-            get(model_metadata_v),
-        )
+        .route("/v2/models/{name}/versions/{version}", get(model_metadata))
         .route(
             "/v2/models/{name}/versions/{version}/ready",
-            get(model_ready_v),
+            get(model_ready),
         )
         .route("/v2/models/{name}/infer", post(infer))
-        .route("/v2/models/{name}/versions/{version}/infer", post(infer_v))
+        .route("/v2/models/{name}/versions/{version}/infer", post(infer))
 }
 
 /// `ApiError` in the protocol's error shape.
@@ -137,20 +134,21 @@ async fn metadata(
     })))
 }
 
-async fn model_metadata(
-    State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, OipError> {
-    metadata(&state, &headers, &name, None).await
+/// `{name}` and, on the `/versions/{version}` routes, the version.
+type ModelPath = Path<Vec<(String, String)>>;
+
+fn name_version(Path(params): ModelPath) -> (String, Option<String>) {
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    (get("name").unwrap_or_default(), get("version"))
 }
 
-async fn model_metadata_v(
+async fn model_metadata(
     State(state): State<Arc<AppState>>,
-    Path((name, version)): Path<(String, String)>,
+    path: ModelPath,
     headers: HeaderMap,
 ) -> Result<Json<Value>, OipError> {
-    metadata(&state, &headers, &name, Some(&version)).await
+    let (name, version) = name_version(path);
+    metadata(&state, &headers, &name, version.as_deref()).await
 }
 
 /// Ready = loaded and able to serve (this loads it, models included, if Cold).
@@ -170,36 +168,21 @@ async fn readiness(
 
 async fn model_ready(
     State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    path: ModelPath,
     headers: HeaderMap,
 ) -> Result<Json<Value>, OipError> {
-    readiness(&state, &headers, &name, None).await
-}
-
-async fn model_ready_v(
-    State(state): State<Arc<AppState>>,
-    Path((name, version)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, OipError> {
-    readiness(&state, &headers, &name, Some(&version)).await
+    let (name, version) = name_version(path);
+    readiness(&state, &headers, &name, version.as_deref()).await
 }
 
 async fn infer(
     State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    path: ModelPath,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    run_infer(state, name, None, headers, body).await
-}
-
-async fn infer_v(
-    State(state): State<Arc<AppState>>,
-    Path((name, version)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    run_infer(state, name, Some(version), headers, body).await
+    let (name, version) = name_version(path);
+    run_infer(state, name, version, headers, body).await
 }
 
 #[derive(serde::Deserialize)]
