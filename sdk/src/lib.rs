@@ -128,7 +128,29 @@ pub mod nn {
         graph: Graph,
     }
 
+    std::thread_local! {
+        static LOADED: std::cell::RefCell<Vec<(String, std::rc::Rc<Model>)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+
     impl Model {
+        /// The model bound as `alias`, loaded once per instance: the host reuses
+        /// instances of a function, so later calls skip `load-by-name`.
+        pub fn shared(alias: &str) -> Result<std::rc::Rc<Model>, Error> {
+            let found = LOADED.with(|l| {
+                l.borrow()
+                    .iter()
+                    .find(|(a, _)| a == alias)
+                    .map(|(_, m)| m.clone())
+            });
+            if let Some(m) = found {
+                return Ok(m);
+            }
+            let m = std::rc::Rc::new(Model::load(alias)?);
+            LOADED.with(|l| l.borrow_mut().push((alias.to_string(), m.clone())));
+            Ok(m)
+        }
+
         pub fn load(alias: &str) -> Result<Model, Error> {
             load_by_name(alias)
                 .map(|graph| Model { graph })

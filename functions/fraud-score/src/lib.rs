@@ -63,7 +63,7 @@ fn score(input: Batch) -> Result<Batch, Error> {
     let (scores, labels): (Vec<f64>, Vec<bool>) = match rows {
         0 => (Vec::new(), Vec::new()),
         _ => {
-            let model = Model::load("fraud")?;
+            let model = Model::shared("fraud")?;
             let (dims, probs) = model.run_f32("X", &[rows as u32, FEATURES.len() as u32], &x)?;
             if dims != [rows as u32, 2] {
                 return Err(Error::Internal(format!(
