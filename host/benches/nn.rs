@@ -1,6 +1,7 @@
 //! The wasi-nn path against the same backend called natively, in process (no HTTP).
 //!
-//! For each model and backend, per call (p50 and p99 over many calls):
+//! For each model and backend, per call (p50 and p99 over many calls, best of
+//! three interleaved rounds):
 //! - `native`: the backend's own run call on a prepared tensor;
 //! - `host`: the wasi-nn backend traits as the host runs them (execution context,
 //!   input checks, the inference pool hop), no guest;
@@ -41,6 +42,8 @@ fn time(iters: usize, mut f: impl FnMut()) -> (Duration, Duration) {
         .collect();
     percentiles(samples)
 }
+
+const ROUNDS: usize = 3;
 
 fn row() -> Vec<f32> {
     vec![4.2, 3.0, 1.7, 0.0]
@@ -126,11 +129,6 @@ fn main() {
             let model = Arc::new(backend.load(&model_bytes, "cpu").expect("load"));
             let x = Tensor::from_shape(&[1, 4], &row()).expect("tensor");
 
-            let native = time(case.iters, || {
-                let out = model.run(tvec![x.clone().into_tvalue()]).expect("run");
-                std::hint::black_box(out);
-            });
-
             let exec = Arc::new(Executor::new(
                 model.clone(),
                 Some(pool.clone()),
@@ -139,20 +137,6 @@ fn main() {
             let graph = quiver_host::nn::graph(exec);
             let data: Vec<u8> = row().iter().flat_map(|v| v.to_le_bytes()).collect();
             let t = wasmtime_wasi_nn::Tensor::new(vec![1, 4], TensorType::Fp32, data);
-            let iters = case.iters;
-            let host = rt.block_on(async {
-                tokio::task::spawn(async move {
-                    time(iters, || {
-                        let mut ctx = graph.init_execution_context().expect("ctx");
-                        ctx.set_input(Id::Index(0), &t).expect("input");
-                        ctx.compute().expect("compute");
-                        std::hint::black_box(ctx.get_output(Id::Index(0)).expect("output"));
-                    })
-                })
-                .await
-                .expect("join")
-            });
-
             let info = BoundModel {
                 alias: "fraud".into(),
                 name: "bench-model".into(),
@@ -175,19 +159,53 @@ fn main() {
                 &pool,
                 vec![(info, model.clone())],
             )));
-            let guest = rt.block_on(async {
-                for _ in 0..case.iters.min(200) {
-                    runtime.infer(&pre, &inv, &input).await.expect("infer");
-                }
-                let mut samples = Vec::with_capacity(case.iters);
-                for _ in 0..case.iters {
-                    let t = Instant::now();
-                    let out = runtime.infer(&pre, &inv, &input).await.expect("infer");
-                    samples.push(t.elapsed());
-                    std::hint::black_box(out);
-                }
-                percentiles(samples)
-            });
+            // This VM's speed drifts: the three paths are measured in turn, ROUNDS
+            // times, and each keeps its best round (lowest p50).
+            let best =
+                |a: (Duration, Duration), b: (Duration, Duration)| if b.0 < a.0 { b } else { a };
+            let slowest = (Duration::MAX, Duration::MAX);
+            let (mut native, mut host, mut guest) = (slowest, slowest, slowest);
+            for _ in 0..ROUNDS {
+                native = best(
+                    native,
+                    time(case.iters, || {
+                        let out = model.run(tvec![x.clone().into_tvalue()]).expect("run");
+                        std::hint::black_box(out);
+                    }),
+                );
+                let (graph, t, iters) = (graph.clone(), t.clone(), case.iters);
+                host = best(
+                    host,
+                    rt.block_on(async {
+                        tokio::task::spawn(async move {
+                            time(iters, || {
+                                let mut ctx = graph.init_execution_context().expect("ctx");
+                                ctx.set_input(Id::Index(0), &t).expect("input");
+                                ctx.compute().expect("compute");
+                                std::hint::black_box(ctx.get_output(Id::Index(0)).expect("output"));
+                            })
+                        })
+                        .await
+                        .expect("join")
+                    }),
+                );
+                guest = best(
+                    guest,
+                    rt.block_on(async {
+                        for _ in 0..case.iters.min(200) {
+                            runtime.infer(&pre, &inv, &input).await.expect("infer");
+                        }
+                        let mut samples = Vec::with_capacity(case.iters);
+                        for _ in 0..case.iters {
+                            let t = Instant::now();
+                            let out = runtime.infer(&pre, &inv, &input).await.expect("infer");
+                            samples.push(t.elapsed());
+                            std::hint::black_box(out);
+                        }
+                        percentiles(samples)
+                    }),
+                );
+            }
             let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
             println!(
                 "{:<22} {:<7} {:>11.2?} {:>11.2?} {:>11.2?} {:>11.2?} {:>11.2?} {:>11.2?} {:>7.2}x {:>7.2}x",
