@@ -7,13 +7,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 secs=${1:-10}; conns=${2:-64}
 command -v wrk >/dev/null || { echo "install wrk (apt-get install wrk)"; exit 1; }
 command -v redis-server >/dev/null || { echo "install redis-server"; exit 1; }
-build_functions
-build_host --release
-Q="$CARGO_TARGET_DIR/release/quiver"
-data=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$data"; }
-trap cleanup EXIT
+bench_setup
 
 redis-server --port 16379 --bind 127.0.0.1 --save '' --appendonly no >/dev/null &
 pids+=($!)

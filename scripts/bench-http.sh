@@ -10,15 +10,10 @@ command -v wrk >/dev/null || { echo "install wrk (apt-get install wrk)"; exit 1;
 [ -x "$WASMTIME" ] || { echo "wasmtime not found; set WASMTIME"; exit 1; }
 "$WASMTIME" --version | grep -q '^wasmtime 48.0.8' || echo "warning: $("$WASMTIME" --version) is not 48.0.8"
 
-build_functions
-build_host --release
+bench_setup
 wasm="$CARGO_TARGET_DIR/wasm32-wasip2/release/hello_http.wasm"
-data=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$data"; }
-trap cleanup EXIT
 
-"$CARGO_TARGET_DIR/release/quiver" serve --listen 127.0.0.1:18080 --data-dir "$data" >/dev/null 2>&1 &
+"$Q" serve --listen 127.0.0.1:18080 --data-dir "$data" >/dev/null 2>&1 &
 pids+=($!)
 "$WASMTIME" serve --addr 127.0.0.1:18081 -Scli "$wasm" >/dev/null 2>&1 &
 pids+=($!)
@@ -26,9 +21,9 @@ for port in 18080 18081; do
   for _ in $(seq 100); do curl -s -o /dev/null "127.0.0.1:$port/" && break; sleep 0.1; done
 done
 export QUIVER_SERVER=http://127.0.0.1:18080
-"$CARGO_TARGET_DIR/release/quiver" deploy functions/hello-http >/dev/null
+"$Q" deploy functions/hello-http >/dev/null
 # The same component again, opted in to instance reuse (it keeps no state).
-"$CARGO_TARGET_DIR/release/quiver" deploy functions/hello-http --name hello-reuse \
+"$Q" deploy functions/hello-http --name hello-reuse \
   --set scaling.instance_reuse=true >/dev/null
 curl -sf 127.0.0.1:18080/http/default/hello-http/bench >/dev/null
 curl -sf 127.0.0.1:18080/http/default/hello-reuse/bench >/dev/null
@@ -45,7 +40,7 @@ done
 grep -E "Latency|50%|99%" "$data/wrk.log" | sed 's/^/  /'
 
 # A typed function over /fn (no peer serves this API): Quiver alone.
-"$CARGO_TARGET_DIR/release/quiver" deploy functions/txn-features >/dev/null
+"$Q" deploy functions/txn-features >/dev/null
 cat > "$data/post.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["content-type"] = "application/json"

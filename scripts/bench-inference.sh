@@ -9,13 +9,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 secs=${1:-10}; conns=${2:-32}; threads=${3:-1}
 command -v wrk >/dev/null || { echo "install wrk (apt-get install wrk)"; exit 1; }
-build_functions
-build_host --release
-Q="$CARGO_TARGET_DIR/release/quiver"
-data=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$data"; }
-trap cleanup EXIT
+bench_setup
 "$Q" serve --listen 127.0.0.1:18098 --data-dir "$data/q" --inference-threads "$threads" >/dev/null 2>&1 &
 pids+=($!)
 sleep 1

@@ -22,3 +22,14 @@ build_host() {
   step "building the quiver host"
   cargo build --locked --bin quiver "$@"
 }
+
+# For the benchmark scripts: release builds, `$Q` (the quiver binary), a scratch dir
+# `$data`, and `$pids`: servers started there are killed, and `$data` removed, on exit.
+bench_setup() {
+  build_functions
+  build_host --release
+  Q="$CARGO_TARGET_DIR/release/quiver"
+  data=$(mktemp -d)
+  pids=()
+  trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$data"' EXIT
+}

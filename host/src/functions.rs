@@ -28,6 +28,8 @@ pub struct Deployment {
     admission: Admission,
     /// `[cache] ttl`: identical inputs are answered from the result cache.
     pub cache_ttl: Option<std::time::Duration>,
+    /// What keys its cached results besides the input (built once, at load).
+    cache_identity: Vec<String>,
 }
 
 /// Marks a request in flight on a deployment (and a pipeline's stages) until dropped,
@@ -271,25 +273,7 @@ impl Functions {
     /// The result-cache key of this input, if `d` caches its results.
     pub fn cache_key(&self, d: &Deployment, content_type: &str, body: &[u8]) -> Option<String> {
         d.cache_ttl?;
-        let r = &d.record;
-        // The serving version and every model version it binds (a pipeline: its
-        // stages') are part of the key, so a new version or model starts afresh.
-        let mut parts = vec![
-            r.tenant.clone(),
-            r.name.clone(),
-            r.version.clone(),
-            r.digest.clone(),
-        ];
-        let stages: Vec<&Deployment> = match &d.body {
-            DeploymentBody::Pipeline(stages) => stages.iter().map(|s| s.as_ref()).collect(),
-            DeploymentBody::Component(_) => vec![d],
-        };
-        for stage in stages {
-            for m in stage.invocation.models.iter().flat_map(|m| &m.models) {
-                parts.push(format!("{}@{}:{}", m.name, m.version, m.digest));
-            }
-        }
-        let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+        let parts: Vec<&str> = d.cache_identity.iter().map(String::as_str).collect();
         Some(crate::features::input_hash(&parts, content_type, body))
     }
 
@@ -695,6 +679,28 @@ impl Functions {
             .map_err(DeployError::Internal)?;
             DeploymentBody::Component(prepared)
         };
+        // The serving version and every model version it binds (a pipeline: its
+        // stages') key its cached results, so a new version or model starts afresh.
+        let mut cache_identity = Vec::new();
+        if cache_ttl.is_some() {
+            let r = &record;
+            cache_identity = vec![
+                r.tenant.clone(),
+                r.name.clone(),
+                r.version.clone(),
+                r.digest.clone(),
+            ];
+            let models: Vec<&Arc<BoundModels>> = match &body {
+                DeploymentBody::Pipeline(stages) => stages
+                    .iter()
+                    .filter_map(|s| s.invocation.models.as_ref())
+                    .collect(),
+                DeploymentBody::Component(_) => invocation.models.iter().collect(),
+            };
+            for m in models.iter().flat_map(|m| &m.models) {
+                cache_identity.push(format!("{}@{}:{}", m.name, m.version, m.digest));
+            }
+        }
         Ok(Arc::new(Deployment {
             record,
             body,
@@ -702,6 +708,7 @@ impl Functions {
             lifecycle,
             admission,
             cache_ttl,
+            cache_identity,
         }))
     }
 

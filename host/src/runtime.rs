@@ -66,7 +66,9 @@ pub struct HostState {
     /// When the running call must stop (checked on every epoch tick).
     deadline: Instant,
     features: Option<Arc<FeatureScope>>,
-    nn: wasmtime_wasi_nn::wit::WasiNnCtx,
+    /// wasi-nn state: only stores of inference functions have one (wasi:nn is
+    /// linked for every store, but only an inference component may import it).
+    nn: Option<wasmtime_wasi_nn::wit::WasiNnCtx>,
     models: Option<Arc<BoundModels>>,
 }
 
@@ -506,7 +508,8 @@ impl Runtime {
             HasSelf<HostState>,
         >(&mut linker, |s| s)?;
         wasmtime_wasi_nn::wit::add_to_linker(&mut linker, |s: &mut HostState| {
-            wasmtime_wasi_nn::wit::WasiNnView::new(&mut s.table, &mut s.nn)
+            let ctx = s.nn.get_or_insert_with(BoundModels::none);
+            wasmtime_wasi_nn::wit::WasiNnView::new(&mut s.table, ctx)
         })?;
 
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -646,10 +649,7 @@ impl Runtime {
             tag: inv.tag.clone(),
             deadline: Instant::now(),
             features: inv.features.clone(),
-            nn: match &inv.models {
-                Some(m) => m.wasi_nn(),
-                None => BoundModels::none(),
-            },
+            nn: inv.models.as_ref().map(|m| m.wasi_nn()),
             models: inv.models.clone(),
         };
         let mut store = Store::new(&self.engine, state);

@@ -22,10 +22,11 @@ impl Client {
         format!("{}/admin/v1/tenants/{}/{path}", self.base, self.tenant)
     }
 
-    async fn json(
+    /// Send; the status, headers and body (JSON, or the text as a JSON string).
+    async fn send(
         &self,
         req: reqwest::RequestBuilder,
-    ) -> anyhow::Result<(reqwest::header::HeaderMap, Value)> {
+    ) -> anyhow::Result<(reqwest::StatusCode, reqwest::header::HeaderMap, Value)> {
         let resp = req
             .send()
             .await
@@ -34,16 +35,39 @@ impl Client {
         let headers = resp.headers().clone();
         let text = resp.text().await?;
         let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok((status, headers, body))
+    }
+
+    /// Send and require success; an error status becomes the server's message.
+    async fn json(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> anyhow::Result<(reqwest::header::HeaderMap, Value)> {
+        let (status, headers, body) = self.send(req).await?;
         if !status.is_success() {
-            match body["error"]["message"].as_str() {
-                Some(m) => bail!(
+            match (body["error"]["message"].as_str(), body["error"].as_str()) {
+                (Some(m), _) => bail!(
                     "{m} ({status}, {})",
                     body["error"]["code"].as_str().unwrap_or("error")
                 ),
-                None => bail!("{status}: {body}"),
+                // The Open Inference Protocol's shape: {"error": "..."}.
+                (None, Some(m)) => bail!("{m} ({status})"),
+                (None, None) => bail!("{status}: {body}"),
             }
         }
         Ok((headers, body))
+    }
+
+    fn invoke_request(
+        &self,
+        function: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> reqwest::RequestBuilder {
+        self.http
+            .post(format!("{}/fn/{}/{function}", self.base, self.tenant))
+            .header("content-type", content_type)
+            .body(body)
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
@@ -96,14 +120,8 @@ impl Client {
         content_type: &str,
         body: Vec<u8>,
     ) -> anyhow::Result<(String, Value)> {
-        let url = format!("{}/fn/{}/{function}", self.base, self.tenant);
         let (headers, out) = self
-            .json(
-                self.http
-                    .post(url)
-                    .header("content-type", content_type)
-                    .body(body),
-            )
+            .json(self.invoke_request(function, content_type, body))
             .await?;
         let version = headers
             .get("x-quiver-version")
@@ -121,42 +139,25 @@ impl Client {
         content_type: &str,
         body: Vec<u8>,
     ) -> anyhow::Result<(reqwest::StatusCode, Option<std::time::Duration>, Value)> {
-        let url = format!("{}/fn/{}/{function}", self.base, self.tenant);
-        let resp = self
-            .http
-            .post(url)
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await
-            .with_context(|| format!("connecting to {} (is `quiver serve` running?)", self.base))?;
-        let status = resp.status();
-        let retry = resp
-            .headers()
+        let (status, headers, body) = self
+            .send(self.invoke_request(function, content_type, body))
+            .await?;
+        let retry = headers
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .map(std::time::Duration::from_secs);
-        let text = resp.text().await?;
-        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
         Ok((status, retry, body))
     }
 
     /// An Open Inference Protocol v2 `infer` call (errors are `{"error": "..."}`).
     pub async fn oip_infer(&self, model: &str, body: &Value) -> anyhow::Result<Value> {
-        let resp = self
+        let req = self
             .http
             .post(format!("{}/v2/models/{model}/infer", self.base))
             .header("x-quiver-tenant", &self.tenant)
-            .json(body)
-            .send()
-            .await?;
-        let status = resp.status();
-        let out: Value = resp.json().await?;
-        if !status.is_success() {
-            bail!("{status}: {}", out["error"].as_str().unwrap_or("error"));
-        }
-        Ok(out)
+            .json(body);
+        Ok(self.json(req).await?.1)
     }
 
     pub async fn raw_get(&self, path: &str) -> anyhow::Result<String> {

@@ -331,7 +331,6 @@ struct TractGraph(Arc<Executor<OnnxModel>>);
 impl BackendGraph for TractGraph {
     fn init_execution_context(&self) -> Result<ExecutionContext, BackendError> {
         let ctx: Box<dyn BackendExecutionContext> = Box::new(TractContext {
-            model: self.0.model().clone(),
             executor: self.0.clone(),
             inputs: vec![None; self.0.model().inputs.len()],
             outputs: Vec::new(),
@@ -341,13 +340,15 @@ impl BackendGraph for TractGraph {
 }
 
 struct TractContext {
-    model: Arc<OnnxModel>,
     executor: Arc<Executor<OnnxModel>>,
     inputs: Vec<Option<tract_onnx::prelude::Tensor>>,
     outputs: Vec<tract_onnx::prelude::Tensor>,
 }
 
 impl TractContext {
+    fn model(&self) -> &OnnxModel {
+        self.executor.model()
+    }
     fn index(specs: &[TensorSpec], id: &Id, what: &str) -> Result<usize, BackendError> {
         let found = match id {
             Id::Index(i) => Some(*i as usize).filter(|i| *i < specs.len()),
@@ -363,7 +364,10 @@ impl TractContext {
         let mut inputs = Vec::with_capacity(self.inputs.len());
         for (i, t) in self.inputs.iter_mut().enumerate() {
             let t = t.take().ok_or_else(|| {
-                tensor_error(format!("input `{}` was not set", self.model.inputs[i].name))
+                tensor_error(format!(
+                    "input `{}` was not set",
+                    self.executor.model().inputs[i].name
+                ))
             })?;
             inputs.push(t);
         }
@@ -374,9 +378,9 @@ impl TractContext {
 
 impl BackendExecutionContext for TractContext {
     fn set_input(&mut self, id: Id, tensor: &Tensor) -> Result<(), BackendError> {
-        let i = Self::index(&self.model.inputs, &id, "input")?;
+        let i = Self::index(&self.model().inputs, &id, "input")?;
         let t = to_tract(tensor)?;
-        let spec = &self.model.inputs[i];
+        let spec = &self.model().inputs[i];
         let fits = v2_datatype(t.datum_type()) == spec.datatype
             && t.rank() == spec.shape.len()
             && t.shape()
@@ -398,7 +402,7 @@ impl BackendExecutionContext for TractContext {
     }
 
     fn get_output(&mut self, id: Id) -> Result<Tensor, BackendError> {
-        let i = Self::index(&self.model.outputs, &id, "output")?;
+        let i = Self::index(&self.model().outputs, &id, "output")?;
         let t = self
             .outputs
             .get(i)
@@ -419,7 +423,7 @@ impl BackendExecutionContext for TractContext {
         }
         self.run()?;
         let outputs = self
-            .model
+            .model()
             .outputs
             .iter()
             .zip(&self.outputs)

@@ -10,7 +10,7 @@
 
 use super::{check_name, finish_as, version_header, ApiError, AppState};
 use crate::bindings::{Batch, Column, Field};
-use crate::functions::{split_ref, Deployment, Input};
+use crate::functions::{Deployment, Input};
 use crate::manifest::Manifest;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -101,19 +101,40 @@ fn tensor_decls(decls: &[crate::manifest::TensorDecl]) -> Vec<Value> {
         .collect()
 }
 
-async fn metadata(
-    state: &AppState,
-    headers: &HeaderMap,
-    name: &str,
-    version: Option<&str>,
+/// `{name}` and, on the `/versions/{version}` routes, the version.
+type ModelPath = Path<Vec<(String, String)>>;
+
+/// The tenant (header), model name and version (path) a request names, checked.
+struct ModelRef {
+    tenant: String,
+    name: String,
+    version: Option<String>,
+}
+
+impl ModelRef {
+    fn of(headers: &HeaderMap, Path(params): ModelPath) -> Result<ModelRef, ApiError> {
+        let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let name = get("name").unwrap_or_default();
+        check_name("model", &name)?;
+        Ok(ModelRef {
+            tenant: tenant(headers)?,
+            name,
+            version: get("version"),
+        })
+    }
+}
+
+async fn model_metadata(
+    State(state): State<Arc<AppState>>,
+    path: ModelPath,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, OipError> {
-    let tenant = tenant(headers)?;
-    check_name("model", name)?;
+    let m = ModelRef::of(&headers, path)?;
     let registry = state.functions.registry();
-    let record = registry.resolve(&tenant, name, version)?;
+    let record = registry.resolve(&m.tenant, &m.name, m.version.as_deref())?;
     let versions: Vec<String> = registry
         .index()
-        .versions(&tenant, name)?
+        .versions(&m.tenant, &m.name)?
         .into_iter()
         .map(|r| r.version)
         .collect();
@@ -121,7 +142,7 @@ async fn metadata(
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     let inference = manifest.inference.clone().unwrap_or_default();
     Ok(Json(json!({
-        "name": name,
+        "name": m.name,
         "versions": versions,
         "platform": format!("quiver-{}", record.kind),
         "inputs": tensor_decls(&inference.inputs),
@@ -134,55 +155,20 @@ async fn metadata(
     })))
 }
 
-/// `{name}` and, on the `/versions/{version}` routes, the version.
-type ModelPath = Path<Vec<(String, String)>>;
-
-fn name_version(Path(params): ModelPath) -> (String, Option<String>) {
-    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    (get("name").unwrap_or_default(), get("version"))
-}
-
-async fn model_metadata(
-    State(state): State<Arc<AppState>>,
-    path: ModelPath,
-    headers: HeaderMap,
-) -> Result<Json<Value>, OipError> {
-    let (name, version) = name_version(path);
-    metadata(&state, &headers, &name, version.as_deref()).await
-}
-
 /// Ready = loaded and able to serve (this loads it, models included, if Cold).
-async fn readiness(
-    state: &AppState,
-    headers: &HeaderMap,
-    name: &str,
-    version: Option<&str>,
-) -> Result<Json<Value>, OipError> {
-    let tenant = tenant(headers)?;
-    check_name("model", name)?;
-    let d = state.functions.get(&tenant, name, version).await?;
-    Ok(Json(
-        json!({ "name": name, "version": d.record.version, "ready": true }),
-    ))
-}
-
 async fn model_ready(
     State(state): State<Arc<AppState>>,
     path: ModelPath,
     headers: HeaderMap,
 ) -> Result<Json<Value>, OipError> {
-    let (name, version) = name_version(path);
-    readiness(&state, &headers, &name, version.as_deref()).await
-}
-
-async fn infer(
-    State(state): State<Arc<AppState>>,
-    path: ModelPath,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let (name, version) = name_version(path);
-    run_infer(state, name, version, headers, body).await
+    let m = ModelRef::of(&headers, path)?;
+    let d = state
+        .functions
+        .get(&m.tenant, &m.name, m.version.as_deref())
+        .await?;
+    Ok(Json(
+        json!({ "name": m.name, "version": d.record.version, "ready": true }),
+    ))
 }
 
 #[derive(serde::Deserialize)]
@@ -216,21 +202,26 @@ struct RequestedOutput {
     parameters: Option<Value>,
 }
 
-async fn run_infer(
-    state: Arc<AppState>,
-    name_ref: String,
-    version: Option<String>,
+async fn infer(
+    State(state): State<Arc<AppState>>,
+    path: ModelPath,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let tenant_name = tenant(&headers).unwrap_or_default();
-    let (name, _) = split_ref(&name_ref);
-    let name = name.to_string();
+    let target = ModelRef::of(&headers, path);
+    // Metric labels, also for a request refused before it names a valid model.
+    let (tenant_label, name_label) = match &target {
+        Ok(m) => (m.tenant.clone(), m.name.clone()),
+        Err(_) => (String::new(), String::new()),
+    };
     let mut served = None;
     let result: Result<Response, ApiError> = async {
-        let tenant = tenant(&headers)?;
-        check_name("model", &name)?;
+        let ModelRef {
+            tenant,
+            name,
+            version,
+        } = target?;
         let body: Bytes = super::read_body(&headers, body, state.max_body).await?;
         let req: InferRequest = serde_json::from_slice(&body)
             .map_err(|e| bad(format!("not an inference request: {e}")))?;
@@ -255,9 +246,15 @@ async fn run_infer(
         Ok(Json(resp).into_response())
     }
     .await;
-    finish_as(&state, &tenant_name, &name, started, served, result, |e| {
-        OipError(e).into_response()
-    })
+    finish_as(
+        &state,
+        &tenant_label,
+        &name_label,
+        started,
+        served,
+        result,
+        |e| OipError(e).into_response(),
+    )
 }
 
 fn check_kind(d: &Deployment) -> Result<(), ApiError> {
