@@ -13,6 +13,8 @@
 
 mod common;
 
+use common::{percentiles, time_async};
+
 use quiver_host::bindings::{Batch, Column, Field};
 use quiver_host::manifest::ResolvedLimits;
 use quiver_host::nn::{Batching, BoundModel, BoundModels, Executor, InferencePool, OnnxBackend};
@@ -23,11 +25,6 @@ use std::time::{Duration, Instant};
 use tract_onnx::prelude::{tvec, IntoTValue as _, Tensor};
 use wasmtime_wasi_nn::backend::Id;
 use wasmtime_wasi_nn::wit::TensorType;
-
-fn percentiles(mut d: Vec<Duration>) -> (Duration, Duration) {
-    d.sort();
-    (d[d.len() / 2], d[d.len() * 99 / 100])
-}
 
 fn time(iters: usize, mut f: impl FnMut()) -> (Duration, Duration) {
     for _ in 0..iters.min(200) {
@@ -191,19 +188,9 @@ fn main() {
                 );
                 guest = best(
                     guest,
-                    rt.block_on(async {
-                        for _ in 0..case.iters.min(200) {
-                            runtime.infer(&pre, &inv, &input).await.expect("infer");
-                        }
-                        let mut samples = Vec::with_capacity(case.iters);
-                        for _ in 0..case.iters {
-                            let t = Instant::now();
-                            let out = runtime.infer(&pre, &inv, &input).await.expect("infer");
-                            samples.push(t.elapsed());
-                            std::hint::black_box(out);
-                        }
-                        percentiles(samples)
-                    }),
+                    rt.block_on(time_async(case.iters, || async {
+                        runtime.infer(&pre, &inv, &input).await.expect("infer")
+                    })),
                 );
             }
             let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();

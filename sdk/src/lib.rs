@@ -114,6 +114,7 @@ pub mod features {
 pub mod nn {
     use crate::inference_world::wasi::nn::errors::Error as NnError;
     use crate::inference_world::wasi::nn::graph::{load_by_name, Graph};
+    use crate::inference_world::wasi::nn::inference::GraphExecutionContext;
     use crate::inference_world::wasi::nn::tensor::{Tensor, TensorType};
     use crate::Error;
 
@@ -126,6 +127,9 @@ pub mod nn {
     /// A bound model, loaded by its alias (the host parsed it once; loading is cheap).
     pub struct Model {
         graph: Graph,
+        /// One execution context, kept between runs (two fewer host calls per run);
+        /// dropped after a failed run so the next one starts clean.
+        context: std::cell::RefCell<Option<GraphExecutionContext>>,
     }
 
     std::thread_local! {
@@ -153,7 +157,10 @@ pub mod nn {
 
         pub fn load(alias: &str) -> Result<Model, Error> {
             load_by_name(alias)
-                .map(|graph| Model { graph })
+                .map(|graph| Model {
+                    graph,
+                    context: std::cell::RefCell::new(None),
+                })
                 .map_err(|e| nn_error(&format!("loading model `{alias}`"), e))
         }
 
@@ -164,15 +171,19 @@ pub mod nn {
             dims: &[u32],
             data: &[f32],
         ) -> Result<(Vec<u32>, Vec<f32>), Error> {
-            let ctx = self
-                .graph
-                .init_execution_context()
-                .map_err(|e| nn_error("init-execution-context", e))?;
+            let ctx = match self.context.borrow_mut().take() {
+                Some(ctx) => ctx,
+                None => self
+                    .graph
+                    .init_execution_context()
+                    .map_err(|e| nn_error("init-execution-context", e))?,
+            };
             let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
             let tensor = Tensor::new(dims, TensorType::Fp32, &bytes);
             let outputs = ctx
                 .compute(vec![(input.to_string(), tensor)])
                 .map_err(|e| nn_error("compute", e))?;
+            *self.context.borrow_mut() = Some(ctx);
             let (_, out) = outputs
                 .into_iter()
                 .next()

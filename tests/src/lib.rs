@@ -8,7 +8,11 @@ use std::time::{Duration, Instant};
 
 /// The repository root (this crate lives in `tests/`).
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    // The test runner's CARGO_MANIFEST_DIR first: a test binary reused from a shared
+    // target dir may have been built in a checkout somewhere else.
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .parent()
         .expect("tests/ has a parent")
         .to_path_buf()

@@ -66,6 +66,37 @@ fn exercise(server: &Server) {
     );
     assert!(rows.iter().all(|r| r["error"] == ""), "{rows:?}");
 
+    // `time-get`: a row per call with the latency the guest measured; at least one call.
+    let timed = probe(
+        server,
+        "acme",
+        json!([
+            op("time-get", "merchant", "m-1", "mean,std", 3.0, 0),
+            op("time-get", "merchant", "m-1", "mean,missing", 0.0, 0),
+        ]),
+    );
+    let summary: Vec<(String, bool)> = timed
+        .iter()
+        .map(|r| {
+            (
+                r["op"].as_str().unwrap().to_string(),
+                r["found"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let t = |found| ("time-get".to_string(), found);
+    assert_eq!(
+        summary,
+        vec![t(true), t(true), t(true), t(false)],
+        "{timed:?}"
+    );
+    assert!(
+        timed
+            .iter()
+            .all(|r| r["value"].as_f64().unwrap() > 0.0 && r["error"] == ""),
+        "{timed:?}"
+    );
+
     // Another tenant with the same function and group sees none of it.
     let other = probe(
         server,

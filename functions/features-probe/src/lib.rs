@@ -1,11 +1,15 @@
 //! Reads and writes online features, one operation per row — a tool for operators
 //! and the tests of the features interface.
 //!
-//! In: `op` (`put` | `get` | `get-many` | `delete`), `group`, `entity` (for
-//! `get-many`: comma-separated ids), `name` (comma-separated for `get`), `value`
-//! (f64, for `put`), `ttl_ms` (for `put`; 0 = no expiry).
+//! In: `op` (`put` | `get` | `get-many` | `delete` | `time-get`), `group`, `entity`
+//! (for `get-many`: comma-separated ids), `name` (comma-separated for `get`), `value`
+//! (f64, for `put`; for `time-get` the number of calls), `ttl_ms` (for `put`; 0 = no
+//! expiry).
 //! Out, one row per value read (or per operation): `op`, `entity`, `name`, `found`,
 //! `value` (0 when not found), `error` (the interface's error, empty on success).
+//! `time-get` makes `value` `get` calls and writes one row per call: `value` is the
+//! call's latency in nanoseconds as the guest sees it (its monotonic clock, across the
+//! host boundary and back), `found` whether every name was found.
 use quiver_sdk::features::{self, Value};
 use quiver_sdk::{Batch, Error};
 
@@ -60,6 +64,9 @@ fn error_text(e: &Error) -> String {
     }
 }
 
+/// The most calls one `time-get` row makes (its output is a row per call).
+const MAX_TIMED_CALLS: f64 = 100_000.0;
+
 fn split(s: &str) -> Vec<String> {
     s.split(',')
         .map(|p| p.trim().to_string())
@@ -85,6 +92,21 @@ fn run(op: &Op, out: &mut Out) -> Result<(), Error> {
             let values = features::get(op.group, op.entity, &names)?;
             for (name, v) in names.iter().zip(&values) {
                 out.push(op.op, op.entity, name, v.as_ref(), String::new());
+            }
+        }
+        "time-get" => {
+            let names = split(op.name);
+            let calls = op.value.clamp(1.0, MAX_TIMED_CALLS) as usize;
+            for _ in 0..calls {
+                let start = std::time::Instant::now();
+                let values = features::get(op.group, op.entity, &names)?;
+                let nanos = start.elapsed().as_nanos() as f64;
+                out.op.push(op.op.to_string());
+                out.entity.push(op.entity.to_string());
+                out.name.push(String::new());
+                out.found.push(values.iter().all(Option::is_some));
+                out.value.push(nanos);
+                out.error.push(String::new());
             }
         }
         "get-many" => {

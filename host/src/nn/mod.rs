@@ -496,6 +496,36 @@ mod tests {
         }
     }
 
+    /// The SDK keeps one execution context per model and instance: a context runs
+    /// many times, each run on the inputs of its own `compute`.
+    #[test]
+    fn one_context_computes_many_times() {
+        let r = reference();
+        let rows: Vec<Vec<f32>> = serde_json::from_value(r["rows"].clone()).unwrap();
+        let want: Vec<Vec<f32>> = serde_json::from_value(r["probabilities"].clone()).unwrap();
+        let graph = TractBackend.load(&[MODEL], ExecutionTarget::Cpu).unwrap();
+        let mut ctx = graph.init_execution_context().unwrap();
+        for (row, want) in rows.iter().zip(&want).take(5) {
+            let named = vec![NamedTensor {
+                name: "X".into(),
+                tensor: f32_tensor(vec![1, 4], row),
+            }];
+            let out = ctx.compute_with_io(named).unwrap();
+            let got: Vec<f32> = out[0]
+                .tensor
+                .data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() < 1e-5, "run on {row:?}: {g} vs {w}");
+            }
+        }
+        // A run consumes its inputs: a compute with none set is refused rather than
+        // silently rerunning the last ones.
+        assert!(ctx.compute().is_err());
+    }
+
     #[test]
     fn bad_inputs_are_errors_not_panics() {
         let graph = TractBackend.load(&[MODEL], ExecutionTarget::Cpu).unwrap();
