@@ -1,19 +1,23 @@
 //! The wasi-nn path against the same backend called natively, in process (no HTTP).
 //!
-//! For each model and backend, per call (p50 and p99 over many calls, best of
-//! three interleaved rounds):
+//! For each model and backend, per call (p50 and p99 over many iterations, each
+//! timing one call of every path in turn):
 //! - `native`: the backend's own run call on a prepared tensor;
-//! - `host`: the wasi-nn backend traits as the host runs them (execution context,
-//!   input checks, the inference pool hop), no guest;
-//! - `guest`: `fraud-score` (a Wasm component) from its batch input to its batch
-//!   output: columns to a tensor, `load-by-name`, `compute`, scores back.
+//! - `host`: the wasi-nn backend traits as the host runs them for a guest's
+//!   `compute` (one execution context, input checks, the executor, the outputs back
+//!   as wasi-nn tensors), no guest;
+//! - `run`: the wasi-nn path as a guest sees it — `nn-probe` timing, with the
+//!   guest's monotonic clock, each `quiver_sdk::nn::Model::run_f32` (input tensor
+//!   across, `compute`, output back into guest memory and read);
+//! - `call`: a whole `fraud-score` invocation (a Wasm component) from its batch input
+//!   to its batch output: columns to a tensor, `compute`, scores back.
 //!
 //! Needs the first-party functions built; `cargo bench -p quiver-host --bench nn`
 //! (add `--features ort` with ORT_DYLIB_PATH set for ONNX Runtime). BENCHMARKS.md.
 
 mod common;
 
-use common::{percentiles, time_async};
+use common::percentiles;
 
 use quiver_host::bindings::{Batch, Column, Field};
 use quiver_host::manifest::ResolvedLimits;
@@ -23,24 +27,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tract_onnx::prelude::{tvec, IntoTValue as _, Tensor};
-use wasmtime_wasi_nn::backend::Id;
+use wasmtime_wasi_nn::backend::NamedTensor;
 use wasmtime_wasi_nn::wit::TensorType;
 
-fn time(iters: usize, mut f: impl FnMut()) -> (Duration, Duration) {
-    for _ in 0..iters.min(200) {
-        f();
-    }
-    let samples = (0..iters)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
-        .collect();
-    percentiles(samples)
-}
-
-const ROUNDS: usize = 3;
+/// Runs each path makes before it is timed.
+const WARM_UP: usize = 200;
 
 fn row() -> Vec<f32> {
     vec![4.2, 3.0, 1.7, 0.0]
@@ -85,6 +76,23 @@ fn main() {
     else {
         panic!("fraud-score is an inference function");
     };
+    let probe_bytes = common::wasm("nn_probe");
+    let probe = runtime
+        .component("bench-nn-probe", || Ok(probe_bytes))
+        .expect("compile");
+    let Prepared::Inference(probe) = runtime.prepare("inference", &probe).expect("prepare") else {
+        panic!("nn-probe is an inference function");
+    };
+    let probe_input = Batch {
+        fields: row()
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Field {
+                name: format!("x{i}"),
+                values: Column::Float64(vec![f64::from(*v)]),
+            })
+            .collect(),
+    };
     let pool = InferencePool::new(1, 64).expect("pool");
     let input = Batch {
         fields: vec![
@@ -108,17 +116,20 @@ fn main() {
     };
 
     println!(
-        "{:<22} {:<7} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>8} {:>8}",
+        "{:<22} {:<7} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>8} {:>8} {:>8}",
         "model",
         "backend",
         "native p50",
         "native p99",
         "host p50",
         "host p99",
-        "guest p50",
-        "guest p99",
+        "run p50",
+        "run p99",
+        "call p50",
+        "call p99",
         "host/n",
-        "guest/n"
+        "run/n",
+        "call/n"
     );
     for case in &cases {
         let model_bytes = std::fs::read(root.join(case.path)).expect("model");
@@ -151,60 +162,123 @@ fn main() {
                 "bench/fraud-score@1.0.0",
                 MAX_IDLE,
             );
+            let probe_info = BoundModel {
+                alias: "model".into(),
+                ..info.clone()
+            };
             inv.models = Some(Arc::new(BoundModels::new(
                 Batching::OFF,
                 &pool,
                 vec![(info, model.clone())],
             )));
-            // This VM's speed drifts: the three paths are measured in turn, ROUNDS
-            // times, and each keeps its best round (lowest p50).
-            let best =
-                |a: (Duration, Duration), b: (Duration, Duration)| if b.0 < a.0 { b } else { a };
-            let slowest = (Duration::MAX, Duration::MAX);
-            let (mut native, mut host, mut guest) = (slowest, slowest, slowest);
-            for _ in 0..ROUNDS {
-                native = best(
-                    native,
-                    time(case.iters, || {
-                        let out = model.run(tvec![x.clone().into_tvalue()]).expect("run");
-                        std::hint::black_box(out);
-                    }),
-                );
-                let (graph, t, iters) = (graph.clone(), t.clone(), case.iters);
-                host = best(
-                    host,
-                    rt.block_on(async {
-                        tokio::task::spawn(async move {
-                            time(iters, || {
-                                let mut ctx = graph.init_execution_context().expect("ctx");
-                                ctx.set_input(Id::Index(0), &t).expect("input");
-                                ctx.compute().expect("compute");
-                                std::hint::black_box(ctx.get_output(Id::Index(0)).expect("output"));
-                            })
-                        })
-                        .await
-                        .expect("join")
-                    }),
-                );
-                guest = best(
-                    guest,
-                    rt.block_on(time_async(case.iters, || async {
-                        runtime.infer(&pre, &inv, &input).await.expect("infer")
-                    })),
-                );
-            }
+            let config = [
+                ("input".to_string(), model.inputs[0].name.clone()),
+                ("calls".to_string(), "1".to_string()),
+            ];
+            let mut probe_inv = Invocation::new(
+                ResolvedLimits {
+                    memory_bytes: 64 << 20,
+                    timeout: Duration::from_secs(60),
+                },
+                config.into_iter().collect(),
+                "bench/nn-probe@1.0.0",
+                MAX_IDLE,
+            );
+            probe_inv.models = Some(Arc::new(BoundModels::new(
+                Batching::OFF,
+                &pool,
+                vec![(probe_info, model.clone())],
+            )));
+            // This VM's speed drifts by tens of percent within seconds, so the paths
+            // are interleaved call by call: each iteration times one call of each,
+            // in a task on a runtime worker, as the server runs a request.
+            let (runtime, pre, inv, input) =
+                (runtime.clone(), pre.clone(), inv.clone(), input.clone());
+            let (probe, probe_inv, probe_input) =
+                (probe.clone(), probe_inv.clone(), probe_input.clone());
+            let (native_model, iters) = (model.clone(), case.iters);
+            let input_name = model.inputs[0].name.clone();
+            let samples: Vec<[Duration; 4]> = rt.block_on(async move {
+                tokio::spawn(async move {
+                    // As the SDK drives it: one context, `compute` with the named
+                    // input, the outputs back as wasi-nn tensors.
+                    let mut ctx = graph.init_execution_context().expect("ctx");
+                    let mut samples = Vec::with_capacity(iters);
+                    for i in 0..WARM_UP + iters {
+                        // The order rotates, so no path always runs first (on caches
+                        // the previous call left cold) or last.
+                        let mut sample = [Duration::ZERO; 4];
+                        for k in 0..4 {
+                            let path = (i + k) % 4;
+                            let started = Instant::now();
+                            sample[path] = match path {
+                                0 => {
+                                    let out = native_model
+                                        .run(tvec![x.clone().into_tvalue()])
+                                        .expect("run");
+                                    let took = started.elapsed();
+                                    std::hint::black_box(out);
+                                    took
+                                }
+                                1 => {
+                                    let named = vec![NamedTensor {
+                                        name: input_name.clone(),
+                                        tensor: t.clone(),
+                                    }];
+                                    let started = Instant::now();
+                                    let out = ctx.compute_with_io(named).expect("compute");
+                                    let took = started.elapsed();
+                                    std::hint::black_box(out);
+                                    took
+                                }
+                                2 => {
+                                    let out = runtime
+                                        .infer(&probe, &probe_inv, &probe_input)
+                                        .await
+                                        .expect("nn-probe");
+                                    match out.fields.iter().find(|f| f.name == "nanos") {
+                                        Some(Field {
+                                            values: Column::Float64(ns),
+                                            ..
+                                        }) if ns.len() == 1 => Duration::from_nanos(ns[0] as u64),
+                                        _ => panic!("nn-probe returns the latency of its run"),
+                                    }
+                                }
+                                _ => {
+                                    let out =
+                                        runtime.infer(&pre, &inv, &input).await.expect("infer");
+                                    let took = started.elapsed();
+                                    std::hint::black_box(out);
+                                    took
+                                }
+                            };
+                        }
+                        if i >= WARM_UP {
+                            samples.push(sample);
+                        }
+                    }
+                    samples
+                })
+                .await
+                .expect("bench task")
+            });
+            let column = |i: usize| percentiles(samples.iter().map(|s| s[i]).collect());
+            let (native, host, run, guest) = (column(0), column(1), column(2), column(3));
             let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
             println!(
-                "{:<22} {:<7} {:>11.2?} {:>11.2?} {:>11.2?} {:>11.2?} {:>11.2?} {:>11.2?} {:>7.2}x {:>7.2}x",
+                "{:<22} {:<7} {:>11.2?} {:>11.2?} {:>11.2?} {:>11.2?} {:>11.2?} {:>11.2?} {:>11.2?} {:>11.2?} {:>7.2}x {:>7.2}x {:>7.2}x",
                 case.label,
                 model.backend(),
                 native.0,
                 native.1,
                 host.0,
                 host.1,
+                run.0,
+                run.1,
                 guest.0,
                 guest.1,
                 ratio(host.0, native.0),
+                ratio(run.0, native.0),
                 ratio(guest.0, native.0)
             );
         }

@@ -172,6 +172,48 @@ fn fraud_score_runs_the_real_model() {
     assert!(resp.text().unwrap().contains("hour_of_day"));
 }
 
+/// `nn-probe` runs the bound model from inside a guest, once per `[config] calls`,
+/// and reports each run's latency next to the model's first output.
+#[test]
+fn nn_probe_times_the_model_from_a_guest() {
+    let server = Server::start();
+    server.push_model(FRAUD, "fraud-model", "1.0.0");
+    server.deploy_with("nn-probe", &["--set", "config.calls=3"]);
+    let (rows, p_fraud) = fraud_reference();
+    let x: Value = rows[..1]
+        .iter()
+        .map(|r| json!({"x0": r[0], "x1": r[1], "x2": r[2], "x3": r[3]}))
+        .collect();
+    let resp = post_json(&server, "/fn/default/nn-probe", &x);
+    assert_eq!(resp.status(), 200);
+    let out: Value = resp.json().unwrap();
+    let runs = out["rows"].as_array().unwrap();
+    assert_eq!(runs.len(), 3, "{out}");
+    for (i, run) in runs.iter().enumerate() {
+        assert_eq!(run["run"], json!(i));
+        assert!(run["nanos"].as_f64().unwrap() > 0.0, "{run}");
+        // The model's first output is P(not fraud) of the first row.
+        let first = run["first"].as_f64().unwrap();
+        assert!(
+            (first - (1.0 - p_fraud[0])).abs() < 1e-5,
+            "{first} vs {}",
+            1.0 - p_fraud[0]
+        );
+    }
+    // Text is not a model input; a run count out of range is named.
+    let resp = post_json(&server, "/fn/default/nn-probe", &json!([{"x0": "a"}]));
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().unwrap().contains("`x0` is text"));
+    server.deploy_with(
+        "nn-probe",
+        &["--name", "nn-probe-0", "--set", "config.calls=0"],
+    );
+    let resp = post_json(&server, "/fn/default/nn-probe-0", &x);
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().unwrap().contains("config `calls` = `0`"));
+    server.assert_healthy();
+}
+
 #[test]
 fn three_stage_pipeline_scores_and_reads_online_features() {
     let server = Server::start();

@@ -1,9 +1,8 @@
 //! Shared by the benches: the first-party components, as built for wasm32-wasip2, and
 //! per-call latency percentiles.
 
-use std::future::Future;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// `<target>/wasm32-wasip2/release/<name>.wasm` (build the functions first).
 pub fn wasm(name: &str) -> Vec<u8> {
@@ -21,19 +20,4 @@ pub fn wasm(name: &str) -> Vec<u8> {
 pub fn percentiles(mut d: Vec<Duration>) -> (Duration, Duration) {
     d.sort();
     (d[d.len() / 2], d[d.len() * 99 / 100])
-}
-
-/// p50 and p99 of `iters` awaited calls, after a warm-up.
-#[allow(dead_code)] // not every bench times async calls
-pub async fn time_async<F: Future>(iters: usize, mut f: impl FnMut() -> F) -> (Duration, Duration) {
-    for _ in 0..iters.min(200) {
-        f().await;
-    }
-    let mut samples = Vec::with_capacity(iters);
-    for _ in 0..iters {
-        let t = Instant::now();
-        std::hint::black_box(f().await);
-        samples.push(t.elapsed());
-    }
-    percentiles(samples)
 }
