@@ -108,7 +108,7 @@ pub mod features {
 /// Models bound in the manifest's `[models]` table, run through `wasi:nn`.
 ///
 /// ```ignore
-/// let model = quiver_sdk::nn::Model::load("fraud")?;       // the [models] alias
+/// let model = quiver_sdk::nn::Model::shared("fraud")?;     // the [models] alias
 /// let (dims, probs) = model.run_f32("X", &[2, 4], &rows)?; // rows: 8 f32, row-major
 /// ```
 pub mod nn {
