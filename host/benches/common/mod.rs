@@ -17,6 +17,7 @@ pub fn wasm(name: &str) -> Vec<u8> {
 }
 
 /// p50 and p99 of a set of per-call latencies.
+#[allow(dead_code)] // not every bench takes percentiles (invoke.rs uses criterion)
 pub fn percentiles(mut d: Vec<Duration>) -> (Duration, Duration) {
     d.sort();
     (d[d.len() / 2], d[d.len() * 99 / 100])
