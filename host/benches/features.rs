@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{percentiles, wasm};
+use common::{columns, guest_nanos, on_worker, percentiles, wasm, WARM_UP};
 use criterion::{criterion_group, criterion_main, Criterion};
 use quiver_host::bindings::transform::TransformPre;
 use quiver_host::bindings::{Batch, Column, Field};
@@ -150,9 +150,9 @@ fn bench(c: &mut Criterion) {
         }
         // The guest's own `get`, timed inside the guest (as on Redis below).
         let out = rt
-            .block_on(runtime.transform(&pre, &inv, &time_get(10_200)))
+            .block_on(runtime.transform(&pre, &inv, &time_get(WARM_UP + 10_000)))
             .expect("time-get");
-        let (p50, p99) = percentiles(guest_latencies(&out)[200..].to_vec());
+        let (p50, p99) = percentiles(guest_latencies(&out)[WARM_UP..].to_vec());
         println!("features/guest_get_16_{label} (timed in the guest, 10,000 calls): p50 {p50:.2?}, p99 {p99:.2?}");
         g.bench_function(format!("guest_call_get_16_{label}"), |b| {
             b.to_async(&rt)
@@ -188,7 +188,8 @@ fn bench(c: &mut Criterion) {
 /// The Redis target is read at p50, and on this VM the latency of a loopback round trip
 /// swings by 2-3x from one second to the next (cross-thread and cross-process
 /// wake-ups), so the paths are interleaved call by call: each iteration times one call
-/// of each path, in a task on a runtime worker as the server runs a request.
+/// of each path (the order rotating), in a task on a runtime worker as the server runs
+/// a request.
 /// - `native`: `HMGET` of the 16 fields from a native multiplexed connection (the peer);
 /// - `host`: `FeatureScope::get` (what the host does for a guest's `get`);
 /// - `guest get`: the guest's own `get` call, timed inside the guest with its
@@ -206,7 +207,6 @@ fn redis_p50(
     url: &str,
 ) {
     const ITERS: usize = 5000;
-    const WARM_UP: usize = 200;
     let client = redis::Client::open(url).expect("client");
     let conn = rt
         .block_on(client.get_multiplexed_async_connection())
@@ -218,35 +218,49 @@ fn redis_p50(
     let samples: Vec<[Duration; 4]> = on_worker(rt, async move {
         let mut samples = Vec::with_capacity(ITERS);
         for i in 0..WARM_UP + ITERS {
-            let t = Instant::now();
-            let v: Vec<Option<String>> = redis::cmd("HMGET")
-                .arg("quiver:feat:bench:merchant:m-1")
-                .arg(&n16)
-                .query_async(&mut conn.clone())
-                .await
-                .expect("hmget");
-            let native = t.elapsed();
-            assert_eq!(v.len(), 16);
-            let t = Instant::now();
-            let v = scope.get("merchant", "m-1", &n16).await.expect("get");
-            let host = t.elapsed();
-            assert_eq!(v.len(), 16);
-            let out = runtime
-                .transform(&pre, &inv, &timed)
-                .await
-                .expect("time-get");
-            let guest_get = guest_latencies(&out)[0];
-            let t = Instant::now();
-            std::hint::black_box(runtime.transform(&pre, &inv, &input).await.expect("call"));
-            let call = t.elapsed();
+            // The order rotates, so no path always runs first or last.
+            let mut sample = [Duration::ZERO; 4];
+            for k in 0..4 {
+                let path = (i + k) % 4;
+                let started = Instant::now();
+                sample[path] = match path {
+                    0 => {
+                        let v: Vec<Option<String>> = redis::cmd("HMGET")
+                            .arg("quiver:feat:bench:merchant:m-1")
+                            .arg(&n16)
+                            .query_async(&mut conn.clone())
+                            .await
+                            .expect("hmget");
+                        let took = started.elapsed();
+                        assert_eq!(v.len(), 16);
+                        took
+                    }
+                    1 => {
+                        let v = scope.get("merchant", "m-1", &n16).await.expect("get");
+                        let took = started.elapsed();
+                        assert_eq!(v.len(), 16);
+                        took
+                    }
+                    2 => {
+                        let out = runtime.transform(&pre, &inv, &timed).await;
+                        guest_latencies(&out.expect("time-get"))[0]
+                    }
+                    _ => {
+                        let out = runtime.transform(&pre, &inv, &input).await.expect("call");
+                        let took = started.elapsed();
+                        std::hint::black_box(out);
+                        took
+                    }
+                };
+            }
             if i >= WARM_UP {
-                samples.push([native, host, guest_get, call]);
+                samples.push(sample);
             }
         }
         samples
     });
     let us = |d: Duration| d.as_secs_f64() * 1e6;
-    let column = |i: usize| percentiles(samples.iter().map(|s| s[i]).collect());
+    let paths = columns(&samples);
     let ratio_p50 = |i: usize| {
         let mut r: Vec<f64> = samples.iter().map(|s| us(s[i]) / us(s[0])).collect();
         r.sort_by(f64::total_cmp);
@@ -257,12 +271,12 @@ fn redis_p50(
         "{:<11} {:>8} {:>8} {:>19} {:>22}",
         "path", "p50", "p99", "p50 / native p50", "p50 of per-call ratio"
     );
-    let native_p50 = us(column(0).0);
+    let native_p50 = us(paths[0].0);
     for (i, name) in ["native", "host", "guest get", "guest call"]
         .iter()
         .enumerate()
     {
-        let (p50, p99) = column(i);
+        let (p50, p99) = paths[i];
         println!(
             "{name:<11} {:>8.1} {:>8.1} {:>18.2}x {:>21.2}x",
             us(p50),
@@ -290,28 +304,18 @@ fn time_get(calls: usize) -> Batch {
     }
 }
 
-/// The latencies a `time-get` call measured, one per `get`.
+/// The latencies a `time-get` call measured, one per `get`, each of which found all 16.
 fn guest_latencies(out: &Batch) -> Vec<Duration> {
-    let value = |name: &str| {
-        out.fields
-            .iter()
-            .find(|f| f.name == name)
-            .map(|f| &f.values)
-    };
-    match (value("value"), value("found")) {
-        (Some(Column::Float64(ns)), Some(Column::Boolean(found))) if found.iter().all(|f| *f) => {
-            ns.iter().map(|n| Duration::from_nanos(*n as u64)).collect()
-        }
-        _ => panic!("time-get returns a latency per call, every feature found: {out:?}"),
-    }
-}
-
-/// Runs `fut` as a task on one of the runtime's workers and waits for it.
-fn on_worker<T: Send + 'static>(
-    rt: &tokio::runtime::Runtime,
-    fut: impl std::future::Future<Output = T> + Send + 'static,
-) -> T {
-    rt.block_on(async { tokio::spawn(fut).await.expect("bench task") })
+    let found = out
+        .fields
+        .iter()
+        .find(|f| f.name == "found")
+        .map(|f| &f.values);
+    assert!(
+        matches!(found, Some(Column::Boolean(f)) if f.iter().all(|x| *x)),
+        "every feature found: {out:?}"
+    );
+    guest_nanos(out, "value")
 }
 
 criterion_group!(benches, bench);

@@ -17,7 +17,7 @@
 
 mod common;
 
-use common::percentiles;
+use common::{columns, guest_nanos, on_worker, WARM_UP};
 
 use quiver_host::bindings::{Batch, Column, Field};
 use quiver_host::manifest::ResolvedLimits;
@@ -29,9 +29,6 @@ use std::time::{Duration, Instant};
 use tract_onnx::prelude::{tvec, IntoTValue as _, Tensor};
 use wasmtime_wasi_nn::backend::NamedTensor;
 use wasmtime_wasi_nn::wit::TensorType;
-
-/// Runs each path makes before it is timed.
-const WARM_UP: usize = 200;
 
 fn row() -> Vec<f32> {
     vec![4.2, 3.0, 1.7, 0.0]
@@ -198,72 +195,60 @@ fn main() {
                 (probe.clone(), probe_inv.clone(), probe_input.clone());
             let (native_model, iters) = (model.clone(), case.iters);
             let input_name = model.inputs[0].name.clone();
-            let samples: Vec<[Duration; 4]> = rt.block_on(async move {
-                tokio::spawn(async move {
-                    // As the SDK drives it: one context, `compute` with the named
-                    // input, the outputs back as wasi-nn tensors.
-                    let mut ctx = graph.init_execution_context().expect("ctx");
-                    let mut samples = Vec::with_capacity(iters);
-                    for i in 0..WARM_UP + iters {
-                        // The order rotates, so no path always runs first (on caches
-                        // the previous call left cold) or last.
-                        let mut sample = [Duration::ZERO; 4];
-                        for k in 0..4 {
-                            let path = (i + k) % 4;
-                            let started = Instant::now();
-                            sample[path] = match path {
-                                0 => {
-                                    let out = native_model
-                                        .run(tvec![x.clone().into_tvalue()])
-                                        .expect("run");
-                                    let took = started.elapsed();
-                                    std::hint::black_box(out);
-                                    took
-                                }
-                                1 => {
-                                    let named = vec![NamedTensor {
-                                        name: input_name.clone(),
-                                        tensor: t.clone(),
-                                    }];
-                                    let started = Instant::now();
-                                    let out = ctx.compute_with_io(named).expect("compute");
-                                    let took = started.elapsed();
-                                    std::hint::black_box(out);
-                                    took
-                                }
-                                2 => {
-                                    let out = runtime
-                                        .infer(&probe, &probe_inv, &probe_input)
-                                        .await
-                                        .expect("nn-probe");
-                                    match out.fields.iter().find(|f| f.name == "nanos") {
-                                        Some(Field {
-                                            values: Column::Float64(ns),
-                                            ..
-                                        }) if ns.len() == 1 => Duration::from_nanos(ns[0] as u64),
-                                        _ => panic!("nn-probe returns the latency of its run"),
-                                    }
-                                }
-                                _ => {
-                                    let out =
-                                        runtime.infer(&pre, &inv, &input).await.expect("infer");
-                                    let took = started.elapsed();
-                                    std::hint::black_box(out);
-                                    took
-                                }
-                            };
-                        }
-                        if i >= WARM_UP {
-                            samples.push(sample);
-                        }
+            let samples: Vec<[Duration; 4]> = on_worker(&rt, async move {
+                // As the SDK drives it: one context, `compute` with the named
+                // input, the outputs back as wasi-nn tensors.
+                let mut ctx = graph.init_execution_context().expect("ctx");
+                let mut samples = Vec::with_capacity(iters);
+                for i in 0..WARM_UP + iters {
+                    // The order rotates, so no path always runs first (on caches
+                    // the previous call left cold) or last.
+                    let mut sample = [Duration::ZERO; 4];
+                    for k in 0..4 {
+                        let path = (i + k) % 4;
+                        let started = Instant::now();
+                        sample[path] = match path {
+                            0 => {
+                                let out = native_model
+                                    .run(tvec![x.clone().into_tvalue()])
+                                    .expect("run");
+                                let took = started.elapsed();
+                                std::hint::black_box(out);
+                                took
+                            }
+                            1 => {
+                                let named = vec![NamedTensor {
+                                    name: input_name.clone(),
+                                    tensor: t.clone(),
+                                }];
+                                let started = Instant::now();
+                                let out = ctx.compute_with_io(named).expect("compute");
+                                let took = started.elapsed();
+                                std::hint::black_box(out);
+                                took
+                            }
+                            2 => {
+                                let out = runtime
+                                    .infer(&probe, &probe_inv, &probe_input)
+                                    .await
+                                    .expect("nn-probe");
+                                guest_nanos(&out, "nanos")[0]
+                            }
+                            _ => {
+                                let out = runtime.infer(&pre, &inv, &input).await.expect("infer");
+                                let took = started.elapsed();
+                                std::hint::black_box(out);
+                                took
+                            }
+                        };
                     }
-                    samples
-                })
-                .await
-                .expect("bench task")
+                    if i >= WARM_UP {
+                        samples.push(sample);
+                    }
+                }
+                samples
             });
-            let column = |i: usize| percentiles(samples.iter().map(|s| s[i]).collect());
-            let (native, host, run, guest) = (column(0), column(1), column(2), column(3));
+            let [native, host, run, guest] = columns(&samples);
             let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
             println!(
                 "{:<22} {:<7} {:>11.2?} {:>11.2?} {:>11.2?} {:>11.2?} {:>11.2?} {:>11.2?} {:>11.2?} {:>11.2?} {:>7.2}x {:>7.2}x {:>7.2}x",

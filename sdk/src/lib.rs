@@ -126,10 +126,9 @@ pub mod nn {
 
     /// A bound model, loaded by its alias (the host parsed it once; loading is cheap).
     pub struct Model {
-        graph: Graph,
-        /// One execution context, kept between runs (two fewer host calls per run);
-        /// dropped after a failed run so the next one starts clean.
-        context: std::cell::RefCell<Option<GraphExecutionContext>>,
+        /// One execution context for every run (each run sets its own inputs).
+        context: GraphExecutionContext,
+        _graph: Graph,
     }
 
     std::thread_local! {
@@ -156,12 +155,15 @@ pub mod nn {
         }
 
         pub fn load(alias: &str) -> Result<Model, Error> {
-            load_by_name(alias)
-                .map(|graph| Model {
-                    graph,
-                    context: std::cell::RefCell::new(None),
-                })
-                .map_err(|e| nn_error(&format!("loading model `{alias}`"), e))
+            let graph = load_by_name(alias)
+                .map_err(|e| nn_error(&format!("loading model `{alias}`"), e))?;
+            let context = graph
+                .init_execution_context()
+                .map_err(|e| nn_error("init-execution-context", e))?;
+            Ok(Model {
+                context,
+                _graph: graph,
+            })
         }
 
         /// Run on one f32 input tensor; the first output's dimensions and values.
@@ -171,19 +173,12 @@ pub mod nn {
             dims: &[u32],
             data: &[f32],
         ) -> Result<(Vec<u32>, Vec<f32>), Error> {
-            let ctx = match self.context.borrow_mut().take() {
-                Some(ctx) => ctx,
-                None => self
-                    .graph
-                    .init_execution_context()
-                    .map_err(|e| nn_error("init-execution-context", e))?,
-            };
             let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
             let tensor = Tensor::new(dims, TensorType::Fp32, &bytes);
-            let outputs = ctx
+            let outputs = self
+                .context
                 .compute(vec![(input.to_string(), tensor)])
                 .map_err(|e| nn_error("compute", e))?;
-            *self.context.borrow_mut() = Some(ctx);
             let (_, out) = outputs
                 .into_iter()
                 .next()

@@ -36,12 +36,18 @@ struct Out {
 }
 
 impl Out {
+    /// A row for a value read (or an operation): `found` and `value` from `v`.
     fn push(&mut self, op: &str, entity: &str, name: &str, v: Option<&Value>, error: String) {
+        let value = v.and_then(number).unwrap_or(0.0);
+        self.row(op, entity, name, v.is_some(), value, error);
+    }
+
+    fn row(&mut self, op: &str, entity: &str, name: &str, found: bool, value: f64, error: String) {
         self.op.push(op.to_string());
         self.entity.push(entity.to_string());
         self.name.push(name.to_string());
-        self.found.push(v.is_some());
-        self.value.push(v.and_then(number).unwrap_or(0.0));
+        self.found.push(found);
+        self.value.push(value);
         self.error.push(error);
     }
 }
@@ -101,12 +107,8 @@ fn run(op: &Op, out: &mut Out) -> Result<(), Error> {
                 let start = std::time::Instant::now();
                 let values = features::get(op.group, op.entity, &names)?;
                 let nanos = start.elapsed().as_nanos() as f64;
-                out.op.push(op.op.to_string());
-                out.entity.push(op.entity.to_string());
-                out.name.push(String::new());
-                out.found.push(values.iter().all(Option::is_some));
-                out.value.push(nanos);
-                out.error.push(String::new());
+                let found = values.iter().all(Option::is_some);
+                out.row(op.op, op.entity, "", found, nanos, String::new());
             }
         }
         "get-many" => {

@@ -1,8 +1,14 @@
 //! Shared by the benches: the first-party components, as built for wasm32-wasip2, and
-//! per-call latency percentiles.
+//! per-call latencies of paths timed in turn.
+#![allow(dead_code)] // each bench uses its own part of this (invoke.rs only `wasm`)
 
+use quiver_host::bindings::{Batch, Column};
+use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// Calls each path makes before it is timed.
+pub const WARM_UP: usize = 200;
 
 /// `<target>/wasm32-wasip2/release/<name>.wasm` (build the functions first).
 pub fn wasm(name: &str) -> Vec<u8> {
@@ -17,8 +23,34 @@ pub fn wasm(name: &str) -> Vec<u8> {
 }
 
 /// p50 and p99 of a set of per-call latencies.
-#[allow(dead_code)] // not every bench takes percentiles (invoke.rs uses criterion)
 pub fn percentiles(mut d: Vec<Duration>) -> (Duration, Duration) {
     d.sort();
     (d[d.len() / 2], d[d.len() * 99 / 100])
+}
+
+/// p50 and p99 of each path, from samples that time one call of every path.
+pub fn columns<const N: usize>(samples: &[[Duration; N]]) -> [(Duration, Duration); N] {
+    std::array::from_fn(|i| percentiles(samples.iter().map(|s| s[i]).collect()))
+}
+
+/// Latencies a guest measured itself, as nanoseconds in the float column `name`.
+pub fn guest_nanos(out: &Batch, name: &str) -> Vec<Duration> {
+    match out
+        .fields
+        .iter()
+        .find(|f| f.name == name)
+        .map(|f| &f.values)
+    {
+        Some(Column::Float64(ns)) => ns.iter().map(|n| Duration::from_nanos(*n as u64)).collect(),
+        _ => panic!("the probe returns its latencies in `{name}`: {out:?}"),
+    }
+}
+
+/// Runs `fut` as a task on one of the runtime's workers (as the server runs a
+/// request) and waits for it.
+pub fn on_worker<T: Send + 'static>(
+    rt: &tokio::runtime::Runtime,
+    fut: impl Future<Output = T> + Send + 'static,
+) -> T {
+    rt.block_on(async { tokio::spawn(fut).await.expect("bench task") })
 }

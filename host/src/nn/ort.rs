@@ -10,10 +10,10 @@
 use super::{OnnxModel, Plan, TensorSpec};
 use ort::execution_providers::CUDAExecutionProvider;
 use ort::session::Session;
-use ort::tensor::TensorElementType;
+use ort::tensor::{PrimitiveTensorElementType, TensorElementType};
 use ort::value::{DynValue, Tensor as OrtTensor, ValueType};
 use std::sync::{Mutex, OnceLock};
-use tract_onnx::prelude::{DatumType, IntoTValue as _, TValue, TVec, Tensor};
+use tract_onnx::prelude::{Datum, DatumType, IntoTValue as _, TValue, TVec, Tensor};
 
 /// Where a model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,35 +111,26 @@ pub fn load(bytes: &[u8], device: Device) -> anyhow::Result<OnnxModel> {
 
 fn to_ort(t: &Tensor) -> anyhow::Result<DynValue> {
     let shape: Vec<i64> = t.shape().iter().map(|d| *d as i64).collect();
+    /// The tensor's elements copied into an ONNX Runtime tensor of the same type.
+    fn array<T: Datum + PrimitiveTensorElementType>(
+        shape: Vec<i64>,
+        t: &Tensor,
+    ) -> anyhow::Result<DynValue> {
+        let data = t.try_as_plain_ram()?.as_slice::<T>()?.to_vec();
+        Ok(OrtTensor::from_array((shape, data))?.into_dyn())
+    }
     Ok(match t.datum_type() {
-        DatumType::F32 => {
-            OrtTensor::from_array((shape, t.try_as_plain_ram()?.as_slice::<f32>()?.to_vec()))?
-                .into_dyn()
-        }
-        DatumType::F64 => {
-            OrtTensor::from_array((shape, t.try_as_plain_ram()?.as_slice::<f64>()?.to_vec()))?
-                .into_dyn()
-        }
-        DatumType::I64 => {
-            OrtTensor::from_array((shape, t.try_as_plain_ram()?.as_slice::<i64>()?.to_vec()))?
-                .into_dyn()
-        }
-        DatumType::I32 => {
-            OrtTensor::from_array((shape, t.try_as_plain_ram()?.as_slice::<i32>()?.to_vec()))?
-                .into_dyn()
-        }
-        DatumType::U8 => {
-            OrtTensor::from_array((shape, t.try_as_plain_ram()?.as_slice::<u8>()?.to_vec()))?
-                .into_dyn()
-        }
+        DatumType::F32 => array::<f32>(shape, t)?,
+        DatumType::F64 => array::<f64>(shape, t)?,
+        DatumType::I64 => array::<i64>(shape, t)?,
+        DatumType::I32 => array::<i32>(shape, t)?,
+        DatumType::U8 => array::<u8>(shape, t)?,
         other => anyhow::bail!("ONNX Runtime backend: {other:?} inputs are not supported"),
     })
 }
 
-fn from_ort(v: &ort::value::DynValue) -> anyhow::Result<Tensor> {
-    fn take<T: ort::tensor::PrimitiveTensorElementType + tract_onnx::prelude::Datum + Copy>(
-        v: &ort::value::DynValue,
-    ) -> anyhow::Result<Tensor> {
+fn from_ort(v: &DynValue) -> anyhow::Result<Tensor> {
+    fn take<T: PrimitiveTensorElementType + Datum + Copy>(v: &DynValue) -> anyhow::Result<Tensor> {
         let (shape, data) = v.try_extract_tensor::<T>()?;
         let dims: Vec<usize> = shape.iter().map(|d| (*d).max(0) as usize).collect();
         Tensor::from_shape(&dims, data)
