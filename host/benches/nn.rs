@@ -30,13 +30,26 @@ use tract_onnx::prelude::{tvec, IntoTValue as _, Tensor};
 use wasmtime_wasi_nn::backend::NamedTensor;
 use wasmtime_wasi_nn::wit::TensorType;
 
-fn row() -> Vec<f32> {
-    vec![4.2, 3.0, 1.7, 0.0]
+/// `rows` transactions' four features, row-major (the first is the single-row input).
+fn features(rows: usize) -> Vec<f32> {
+    (0..rows)
+        .flat_map(|r| {
+            let r = r as f32;
+            [
+                4.2 + r % 7.0 * 0.3,
+                (3.0 + r) % 24.0,
+                1.7 - r % 5.0 * 0.4,
+                r % 2.0,
+            ]
+        })
+        .collect()
 }
 
 struct Case {
     label: &'static str,
     path: &'static str,
+    /// Rows per call (the batch dimension).
+    rows: usize,
     iters: usize,
 }
 
@@ -46,11 +59,20 @@ fn main() {
         Case {
             label: "fraud (MLP 4-16-2)",
             path: "functions/fraud-score/model/fraud.onnx",
+            rows: 1,
             iters: 20_000,
+        },
+        // A chunk of `quiver batch` (its default --chunk).
+        Case {
+            label: "fraud, 500 rows",
+            path: "functions/fraud-score/model/fraud.onnx",
+            rows: 500,
+            iters: 2_000,
         },
         Case {
             label: "medium (4 x 1024^2)",
             path: "tests/fixtures/models/medium.onnx",
+            rows: 1,
             iters: 300,
         },
     ];
@@ -80,37 +102,7 @@ fn main() {
     let Prepared::Inference(probe) = runtime.prepare("inference", &probe).expect("prepare") else {
         panic!("nn-probe is an inference function");
     };
-    let probe_input = Batch {
-        fields: row()
-            .iter()
-            .enumerate()
-            .map(|(i, v)| Field {
-                name: format!("x{i}"),
-                values: Column::Float64(vec![f64::from(*v)]),
-            })
-            .collect(),
-    };
     let pool = InferencePool::new(1, 64).expect("pool");
-    let input = Batch {
-        fields: vec![
-            Field {
-                name: "log_amount".into(),
-                values: Column::Float64(vec![4.2]),
-            },
-            Field {
-                name: "hour_of_day".into(),
-                values: Column::Int64(vec![3]),
-            },
-            Field {
-                name: "merchant_z".into(),
-                values: Column::Float64(vec![1.7]),
-            },
-            Field {
-                name: "merchant_known".into(),
-                values: Column::Boolean(vec![false]),
-            },
-        ],
-    };
 
     println!(
         "{:<22} {:<7} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>8} {:>8} {:>8}",
@@ -130,9 +122,41 @@ fn main() {
     );
     for case in &cases {
         let model_bytes = std::fs::read(root.join(case.path)).expect("model");
+        let values = features(case.rows);
+        let column = |c: usize| values.iter().skip(c).step_by(4).map(|v| f64::from(*v));
+        // nn-probe takes the columns in order, whatever their names.
+        let probe_input = Batch {
+            fields: (0..4)
+                .map(|c| Field {
+                    name: format!("x{c}"),
+                    values: Column::Float64(column(c).collect()),
+                })
+                .collect(),
+        };
+        // fraud-score's typed fields.
+        let input = Batch {
+            fields: vec![
+                Field {
+                    name: "log_amount".into(),
+                    values: Column::Float64(column(0).collect()),
+                },
+                Field {
+                    name: "hour_of_day".into(),
+                    values: Column::Int64(column(1).map(|v| v as i64).collect()),
+                },
+                Field {
+                    name: "merchant_z".into(),
+                    values: Column::Float64(column(2).collect()),
+                },
+                Field {
+                    name: "merchant_known".into(),
+                    values: Column::Boolean(column(3).map(|v| v != 0.0).collect()),
+                },
+            ],
+        };
         for backend in &backends {
             let model = Arc::new(backend.load(&model_bytes, "cpu").expect("load"));
-            let x = Tensor::from_shape(&[1, 4], &row()).expect("tensor");
+            let x = Tensor::from_shape(&[case.rows, 4], &values).expect("tensor");
 
             let exec = Arc::new(Executor::new(
                 model.clone(),
@@ -140,8 +164,9 @@ fn main() {
                 Batching::OFF,
             ));
             let graph = quiver_host::nn::graph(exec);
-            let data: Vec<u8> = row().iter().flat_map(|v| v.to_le_bytes()).collect();
-            let t = wasmtime_wasi_nn::Tensor::new(vec![1, 4], TensorType::Fp32, data);
+            let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let t =
+                wasmtime_wasi_nn::Tensor::new(vec![case.rows as u32, 4], TensorType::Fp32, data);
             let info = BoundModel {
                 alias: "fraud".into(),
                 name: "bench-model".into(),

@@ -445,6 +445,11 @@ fn engine_config() -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
+    // Quiver's worlds are synchronous (WASI 0.2, no component-model async), and with
+    // concurrency support on, every guest-to-host call allocates and frees a host
+    // task in the store's concurrent state. Off, a wasi-nn run from a guest took
+    // ~10% less time (BENCHMARKS.md, inference).
+    config.concurrency_support(false);
     config
 }
 

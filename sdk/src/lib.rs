@@ -173,8 +173,8 @@ pub mod nn {
             dims: &[u32],
             data: &[f32],
         ) -> Result<(Vec<u32>, Vec<f32>), Error> {
-            let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-            let tensor = Tensor::new(dims, TensorType::Fp32, &bytes);
+            // Wasm is little-endian, wasi-nn's byte order: the values are the bytes.
+            let tensor = Tensor::new(dims, TensorType::Fp32, bytemuck::cast_slice(data));
             let outputs = self
                 .context
                 .compute(vec![(input.to_string(), tensor)])
@@ -189,11 +189,8 @@ pub mod nn {
                     out.ty()
                 )));
             }
-            let values = out
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
+            // The bytes lose their alignment in a Vec<u8>: copied, not cast.
+            let values = bytemuck::pod_collect_to_vec(&out.data());
             Ok((out.dimensions(), values))
         }
     }

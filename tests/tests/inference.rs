@@ -123,10 +123,10 @@ fn deploy_resolves_the_model_range_and_records_the_version() {
     server.push_model(FRAUD, "fraud-model", "1.2.0");
     let meta: Value = server.get("/v2/models/fraud-score").json().unwrap();
     assert_eq!(meta["parameters"]["models"]["fraud"], "fraud-model@=1.1.0");
-    server.deploy_with("fraud-score", &["--version", "1.1.1"]);
+    server.deploy_with("fraud-score", &["--version", "1.2.1"]);
     let meta: Value = server.get("/v2/models/fraud-score").json().unwrap();
     assert_eq!(meta["parameters"]["models"]["fraud"], "fraud-model@=1.2.0");
-    assert_eq!(meta["versions"], json!(["1.1.0", "1.1.1"]));
+    assert_eq!(meta["versions"], json!(["1.2.0", "1.2.1"]));
 
     // A GPU target on this CPU-only host is an explicit error at deploy.
     let err = server.cli_err(&[
@@ -221,7 +221,7 @@ fn three_stage_pipeline_scores_and_reads_online_features() {
     server.deploy("txn-features");
     with_fraud_score(&server);
     let out = server.deploy("fraud-pipeline");
-    assert!(out.contains("fraud-pipeline@2.1.0"), "{out}");
+    assert!(out.contains("fraud-pipeline@2.2.0"), "{out}");
     let call = || -> Value {
         let resp = server.post(
             "/fn/default/fraud-pipeline",
@@ -289,13 +289,13 @@ fn open_inference_protocol_v2() {
     });
     for path in [
         "/v2/models/fraud-score/infer",
-        "/v2/models/fraud-score/versions/1.1.0/infer",
+        "/v2/models/fraud-score/versions/1.2.0/infer",
     ] {
         let resp = post_json(&server, path, &request);
         assert_eq!(resp.status(), 200);
         let out: Value = resp.json().unwrap();
         assert_eq!(out["model_name"], "fraud-score");
-        assert_eq!(out["model_version"], "1.1.0");
+        assert_eq!(out["model_version"], "1.2.0");
         assert_eq!(out["id"], "req-7");
         let outputs = out["outputs"].as_array().unwrap();
         assert_eq!(outputs.len(), 1, "only the requested output: {out}");
@@ -600,10 +600,10 @@ fn dynamic_batching_gives_the_same_answers() {
     let batched: Vec<Value> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     assert_eq!(batched, alone, "batched scores differ from unbatched ones");
     let calls = server
-        .metric(r#"quiver_inference_computes{function="fraud-batched",tenant="default",version="1.1.0"}"#)
+        .metric(r#"quiver_inference_computes{function="fraud-batched",tenant="default",version="1.2.0"}"#)
         .unwrap();
     let runs = server
-        .metric(r#"quiver_inference_backend_runs{function="fraud-batched",tenant="default",version="1.1.0"}"#)
+        .metric(r#"quiver_inference_backend_runs{function="fraud-batched",tenant="default",version="1.2.0"}"#)
         .unwrap();
     eprintln!("{calls} compute calls ran as {runs} backend calls");
     assert_eq!(calls, rows.len() as f64);
@@ -613,7 +613,7 @@ fn dynamic_batching_gives_the_same_answers() {
     );
     // Unbatched: one run per call.
     let plain = server
-        .metric(r#"quiver_inference_backend_runs{function="fraud-score",tenant="default",version="1.1.0"}"#)
+        .metric(r#"quiver_inference_backend_runs{function="fraud-score",tenant="default",version="1.2.0"}"#)
         .unwrap();
     assert_eq!(plain, rows.len() as f64);
 }
