@@ -96,7 +96,7 @@ impl OnnxBackend {
     }
 }
 
-fn v2_datatype(dt: DatumType) -> String {
+fn v2_datatype(dt: DatumType) -> &'static str {
     match dt {
         DatumType::F32 => "FP32",
         DatumType::F64 => "FP64",
@@ -113,13 +113,12 @@ fn v2_datatype(dt: DatumType) -> String {
         DatumType::String => "BYTES",
         _ => "UNKNOWN",
     }
-    .to_string()
 }
 
 fn spec(name: &str, fact: &TypedFact) -> TensorSpec {
     TensorSpec {
         name: name.to_string(),
-        datatype: v2_datatype(fact.datum_type),
+        datatype: v2_datatype(fact.datum_type).to_string(),
         shape: fact
             .shape
             .iter()
