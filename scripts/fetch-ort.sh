@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Fetch ONNX Runtime's shared library from PyPI (no CDN) and print its path, for
 # ORT_DYLIB_PATH. CPU: the `onnxruntime` wheel. `--gpu`: the `onnxruntime-gpu`
-# wheel plus NVIDIA's CUDA and cuDNN wheels (their libraries must be on
-# LD_LIBRARY_PATH: the script prints the line to export).
+# wheel (built for CUDA 13 from 1.28 on) plus NVIDIA's CUDA 13 and cuDNN wheels
+# (their libraries must be on LD_LIBRARY_PATH: the script prints the line to export).
+#
+# 1.28.0 for both, so that what CI tests on the CPU is the runtime the GPU path uses.
+# The `ort` crate (2.0.0-rc.10) targets ONNX Runtime 1.22's C API; ONNX Runtime's C
+# API only grows, and the CPU library of 1.22.1, 1.27.0 and 1.28.0 passes the same
+# tests here (QUIVER_ORT_VERSION picks another).
 set -euo pipefail
 gpu=false
 [ "${1:-}" = "--gpu" ] && gpu=true
 dest="${QUIVER_ORT_DIR:-$HOME/.cache/quiver-ort}"
-version="${QUIVER_ORT_VERSION:-1.22.1}"
+version="${QUIVER_ORT_VERSION:-1.28.0}"
 mkdir -p "$dest"
 if $gpu; then
   pkg=onnxruntime-gpu
@@ -16,14 +21,18 @@ else
   pkg=onnxruntime
   out="$dest/cpu"
 fi
-lib="$out/libonnxruntime.so.$version"
+# Each version's libraries in a folder of their own: the provider libraries
+# (`libonnxruntime_providers_*.so`) are loaded from beside `libonnxruntime.so`.
+libdir="$out/$version"
+lib="$libdir/libonnxruntime.so.$version"
 if [ ! -f "$lib" ]; then
-  mkdir -p "$out/wheels"
-  python3 -m pip download --quiet --no-deps --dest "$out/wheels" "$pkg==$version" >&2
-  python3 - "$out" "$version" <<'PY'
+  wheels="$libdir/wheels"
+  mkdir -p "$wheels"
+  python3 -m pip download --quiet --no-deps --dest "$wheels" "$pkg==$version" >&2
+  python3 - "$libdir" "$wheels" <<'PY'
 import glob, os, sys, zipfile
-out, version = sys.argv[1], sys.argv[2]
-for whl in glob.glob(os.path.join(out, "wheels", "*.whl")):
+out, wheels = sys.argv[1], sys.argv[2]
+for whl in glob.glob(os.path.join(wheels, "*.whl")):
     with zipfile.ZipFile(whl) as z:
         for name in z.namelist():
             if name.startswith("onnxruntime/capi/libonnxruntime") and ".so" in name:
@@ -33,11 +42,13 @@ for whl in glob.glob(os.path.join(out, "wheels", "*.whl")):
 PY
 fi
 if $gpu; then
-  # CUDA 12 runtime libraries for onnxruntime-gpu 1.22, from NVIDIA's PyPI wheels.
-  python3 -m pip install --quiet --target "$out/nvidia" \
-    nvidia-cuda-runtime-cu12 nvidia-cublas-cu12 nvidia-cufft-cu12 nvidia-curand-cu12 \
-    nvidia-cudnn-cu12 >&2
+  # CUDA 13 runtime libraries, from NVIDIA's PyPI wheels: the ranges onnxruntime-gpu
+  # 1.28 asks for (its `cuda` and `cudnn` extras), plus cuBLAS, which its CUDA
+  # execution provider links.
+  python3 -m pip install --quiet --no-deps --target "$out/nvidia" \
+    "nvidia-cuda-runtime~=13.0" "nvidia-cuda-nvrtc~=13.0" "nvidia-cublas~=13.0" \
+    "nvidia-cufft~=12.0" "nvidia-curand~=10.0" "nvidia-cudnn-cu13~=9.0" >&2
   libs=$(find "$out/nvidia" -name 'lib' -type d | tr '\n' ':')
-  echo "export LD_LIBRARY_PATH=$out:${libs}\${LD_LIBRARY_PATH:-}" >&2
+  echo "export LD_LIBRARY_PATH=$libdir:${libs}\${LD_LIBRARY_PATH:-}" >&2
 fi
 echo "$lib"
