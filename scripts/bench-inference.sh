@@ -20,17 +20,9 @@ export QUIVER_SERVER=http://127.0.0.1:18098
 "$Q" deploy functions/fraud-score --name medium-plain --set models.fraud=medium-model@^1 >/dev/null
 "$Q" deploy functions/fraud-score --name medium-batched --set models.fraud=medium-model@^1 \
   --set inference.max_batch=32 --set inference.max_wait=2ms >/dev/null
-cat > "$data/oip.lua" <<'LUA'
-wrk.method = "POST"
-wrk.headers["content-type"] = "application/json"
-request = function()
-  local body = string.format('{"inputs":[{"name":"log_amount","shape":[1],"datatype":"FP64","data":[%f]},{"name":"hour_of_day","shape":[1],"datatype":"INT64","data":[%d]},{"name":"merchant_z","shape":[1],"datatype":"FP64","data":[%f]},{"name":"merchant_known","shape":[1],"datatype":"BOOL","data":[true]}]}', math.random() * 8, math.random(0, 23), math.random() * 4 - 2)
-  return wrk.format(nil, nil, nil, body)
-end
-LUA
 run() {
   local name=$1
-  out=$(wrk -t2 -c"$conns" -d"${secs}s" --latency -s "$data/oip.lua" "http://127.0.0.1:18098/v2/models/$name/infer")
+  out=$(wrk -t2 -c"$conns" -d"${secs}s" --latency -s scripts/oip.lua "http://127.0.0.1:18098/v2/models/$name/infer")
   echo "$name $(echo "$out" | awk '/Requests\/sec/ {print $2}') $(echo "$out" | awk '$1=="50%" {print $2}') $(echo "$out" | awk '$1=="99%" {print $2}') $(echo "$out" | grep -o 'Non-2xx.*' || true)"
 }
 echo "function req/s p50 p99 (OIP v2 infer, 1 row, $conns connections, ${secs}s, $threads inference thread(s))"

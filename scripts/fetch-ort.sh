@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
 # Fetch ONNX Runtime's shared library from PyPI (no CDN) and print its path, for
-# ORT_DYLIB_PATH. CPU: the `onnxruntime` wheel. `--gpu`: the `onnxruntime-gpu`
-# wheel (built for CUDA 13 from 1.28 on) plus NVIDIA's CUDA 13 and cuDNN wheels
-# (their libraries must be on LD_LIBRARY_PATH: the script prints the line to export).
+# ORT_DYLIB_PATH. CPU: the `onnxruntime` wheel. `--gpu`: the `onnxruntime-gpu` wheel
+# (built for CUDA 13 from 1.28 on) plus NVIDIA's CUDA 13 and cuDNN wheels (their
+# libraries must be on LD_LIBRARY_PATH: the script prints the line to export);
+# `--gpu-lib`: the GPU library without NVIDIA's wheels.
 #
 # 1.28.0 for both, so that what CI tests on the CPU is the runtime the GPU path uses.
 # The `ort` crate (2.0.0-rc.10) targets ONNX Runtime 1.22's C API; ONNX Runtime's C
 # API only grows, and the CPU library of 1.22.1, 1.27.0 and 1.28.0 passes the same
 # tests here (QUIVER_ORT_VERSION picks another).
 set -euo pipefail
-gpu=false
-[ "${1:-}" = "--gpu" ] && gpu=true
+gpu=false; cuda_wheels=true
+case "${1:-}" in
+  --gpu) gpu=true ;;
+  # The GPU library alone, for a machine that has NVIDIA's CUDA 13 wheels already
+  # (scripts/gpu-bundle.sh).
+  --gpu-lib) gpu=true; cuda_wheels=false ;;
+esac
 dest="${QUIVER_ORT_DIR:-$HOME/.cache/quiver-ort}"
 version="${QUIVER_ORT_VERSION:-1.28.0}"
 mkdir -p "$dest"
@@ -41,7 +47,7 @@ for whl in glob.glob(os.path.join(wheels, "*.whl")):
                     dst.write(src.read())
 PY
 fi
-if $gpu; then
+if $gpu && $cuda_wheels; then
   # CUDA 13 runtime libraries, from NVIDIA's PyPI wheels: the ranges onnxruntime-gpu
   # 1.28 asks for (its `cuda` and `cudnn` extras), plus cuBLAS, which its CUDA
   # execution provider links.

@@ -23,7 +23,7 @@ use quiver_host::bindings::{Batch, Column, Field};
 use quiver_host::manifest::ResolvedLimits;
 use quiver_host::nn::{Batching, BoundModel, BoundModels, Executor, InferencePool, OnnxBackend};
 use quiver_host::runtime::{Allocator, Invocation, Prepared, Runtime, MAX_IDLE};
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tract_onnx::prelude::{tvec, IntoTValue as _, Tensor};
@@ -54,7 +54,12 @@ struct Case {
 }
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // The repository: cargo sets CARGO_MANIFEST_DIR when it runs the bench; a bench
+    // binary copied elsewhere (scripts/gpu-run.sh) is given it.
+    let root = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("..");
     let cases = [
         Case {
             label: "fraud (MLP 4-16-2)",
@@ -76,9 +81,13 @@ fn main() {
             iters: 300,
         },
     ];
-    let mut backends = vec![OnnxBackend::Tract];
+    // (backend, execution target); `QUIVER_BENCH_GPU=1` adds ONNX Runtime on the GPU.
+    let mut backends = vec![(OnnxBackend::Tract, "cpu")];
     if cfg!(feature = "ort") && std::env::var("ORT_DYLIB_PATH").is_ok() {
-        backends.push(OnnxBackend::Ort);
+        backends.push((OnnxBackend::Ort, "cpu"));
+        if std::env::var_os("QUIVER_BENCH_GPU").is_some() {
+            backends.push((OnnxBackend::Ort, "gpu"));
+        }
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -105,7 +114,7 @@ fn main() {
     let pool = InferencePool::new(1, 64).expect("pool");
 
     println!(
-        "{:<22} {:<7} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>8} {:>8} {:>8}",
+        "{:<22} {:<15} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>8} {:>8} {:>8}",
         "model",
         "backend",
         "native p50",
@@ -154,8 +163,16 @@ fn main() {
                 },
             ],
         };
-        for backend in &backends {
-            let model = Arc::new(backend.load(&model_bytes, "cpu").expect("load"));
+        for &(backend, target) in &backends {
+            let model = match backend.load(&model_bytes, target) {
+                Ok(m) => Arc::new(m),
+                // Asked for with QUIVER_BENCH_GPU; say why there is no row.
+                Err(e) if target == "gpu" => {
+                    println!("{:<22} gpu: {e}", case.label);
+                    continue;
+                }
+                Err(e) => panic!("load {}: {e}", case.path),
+            };
             let x = Tensor::from_shape(&[case.rows, 4], &values).expect("tensor");
 
             let exec = Arc::new(Executor::new(
@@ -276,9 +293,9 @@ fn main() {
             let [native, host, run, guest] = columns(&samples);
             let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
             println!(
-                "{:<22} {:<7} {:>11.2?} {:>11.2?} {:>11.2?} {:>11.2?} {:>11.2?} {:>11.2?} {:>11.2?} {:>11.2?} {:>7.2}x {:>7.2}x {:>7.2}x",
+                "{:<22} {:<15} {:>11.2?} {:>11.2?} {:>11.2?} {:>11.2?} {:>11.2?} {:>11.2?} {:>11.2?} {:>11.2?} {:>7.2}x {:>7.2}x {:>7.2}x",
                 case.label,
-                model.backend(),
+                format!("{}/{target}", model.backend()),
                 native.0,
                 native.1,
                 host.0,
