@@ -12,8 +12,10 @@
 //! - `call`: a whole `fraud-score` invocation (a Wasm component) from its batch input
 //!   to its batch output: columns to a tensor, `compute`, scores back.
 //!
-//! Needs the first-party functions built; `cargo bench -p quiver-host --bench nn`
-//! (add `--features ort` with ORT_DYLIB_PATH set for ONNX Runtime). BENCHMARKS.md.
+//! Models: the fraud model on one row and on 500 (a `quiver batch` chunk), and a
+//! medium one. Needs the first-party functions built; `cargo bench -p quiver-host
+//! --bench nn` (add `--features ort` with ORT_DYLIB_PATH set for ONNX Runtime, and
+//! QUIVER_BENCH_GPU=1 for its GPU rows: scripts/gpu-run.sh). BENCHMARKS.md.
 
 mod common;
 
