@@ -20,13 +20,9 @@ export QUIVER_SERVER=http://127.0.0.1:18098
 "$Q" deploy functions/fraud-score --name medium-plain --set models.fraud=medium-model@^1 >/dev/null
 "$Q" deploy functions/fraud-score --name medium-batched --set models.fraud=medium-model@^1 \
   --set inference.max_batch=32 --set inference.max_wait=2ms >/dev/null
-run() {
-  local name=$1
-  out=$(wrk -t2 -c"$conns" -d"${secs}s" --latency -s scripts/oip.lua "http://127.0.0.1:18098/v2/models/$name/infer")
-  echo "$name $(echo "$out" | awk '/Requests\/sec/ {print $2}') $(echo "$out" | awk '$1=="50%" {print $2}') $(echo "$out" | awk '$1=="99%" {print $2}') $(echo "$out" | grep -o 'Non-2xx.*' || true)"
-}
+source scripts/oip-load.sh
 echo "function req/s p50 p99 (OIP v2 infer, 1 row, $conns connections, ${secs}s, $threads inference thread(s))"
-run fraud-score
-run medium-plain
-run medium-batched
+for name in fraud-score medium-plain medium-batched; do
+  oip_row http://127.0.0.1:18098 "$name" "$conns" "$secs"
+done
 curl -s http://127.0.0.1:18098/metrics | grep -E '^quiver_inference_(computes|backend_runs)\{function="medium' || true

@@ -60,7 +60,7 @@ PY
 # The driver's libcuda where an image mounts it outside the loader's default paths.
 driver=""
 [ -d /usr/local/nvidia/lib64 ] && driver=":/usr/local/nvidia/lib64"
-export LD_LIBRARY_PATH="$b/ort:${nvidia_libs}${driver}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export LD_LIBRARY_PATH="$b/ort:$b/lib:${nvidia_libs}${driver}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export ORT_DYLIB_PATH="$b/ort/$(cat "$b/ort/LIBRARY")"
 echo "ORT_DYLIB_PATH=$ORT_DYLIB_PATH"
 echo "CUDA provider's libraries not found: $(ldd "$b/ort/libonnxruntime_providers_cuda.so" | grep -c 'not found' || true)"
@@ -134,10 +134,9 @@ deploy medium-gpu-plain --set 'models.fraud=medium-model@^1' --set inference.tar
 deploy medium-gpu-batched --set 'models.fraud=medium-model@^1' --set inference.target=gpu
 deploy medium-cpu --set 'models.fraud=medium-model@^1'
 echo "function req/s p50 p99"
+source scripts/oip-load.sh
 for name in fraud-gpu medium-cpu medium-gpu-plain medium-gpu-batched; do
-  out=$(LD_LIBRARY_PATH="$b/lib" "$b/bin/wrk" -t4 -c32 -d"${secs}s" --latency -s scripts/oip.lua \
-    "$QUIVER_SERVER/v2/models/$name/infer")
-  echo "$name $(echo "$out" | awk '/Requests\/sec/ {print $2}') $(echo "$out" | awk '$1=="50%" {print $2}') $(echo "$out" | awk '$1=="99%" {print $2}') $(echo "$out" | grep -o 'Non-2xx.*' || true)"
+  WRK="$b/bin/wrk" WRK_THREADS=4 oip_row "$QUIVER_SERVER" "$name" 32 "$secs"
 done
 curl -s "$QUIVER_SERVER/metrics" | grep -E '^quiver_inference_(computes|backend_runs)\{function="medium' || true
 echo "== server log (last lines)"

@@ -1,5 +1,5 @@
 -- wrk script: one-row Open Inference Protocol v2 requests for fraud-score's inputs,
--- random values (scripts/bench-inference.sh, scripts/gpu-run.sh).
+-- random values (scripts/oip-load.sh).
 wrk.method = "POST"
 wrk.headers["content-type"] = "application/json"
 request = function()

@@ -25,7 +25,6 @@ use quiver_host::bindings::{Batch, Column, Field};
 use quiver_host::manifest::ResolvedLimits;
 use quiver_host::nn::{Batching, BoundModel, BoundModels, Executor, InferencePool, OnnxBackend};
 use quiver_host::runtime::{Allocator, Invocation, Prepared, Runtime, MAX_IDLE};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tract_onnx::prelude::{tvec, IntoTValue as _, Tensor};
@@ -56,12 +55,7 @@ struct Case {
 }
 
 fn main() {
-    // The repository: cargo sets CARGO_MANIFEST_DIR when it runs the bench; a bench
-    // binary copied elsewhere (scripts/gpu-run.sh) is given it.
-    let root = std::env::var_os("CARGO_MANIFEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
-        .join("..");
+    let root = common::repo();
     let cases = [
         Case {
             label: "fraud (MLP 4-16-2)",

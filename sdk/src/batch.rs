@@ -69,6 +69,39 @@ impl Batch {
         }
     }
 
+    /// The fields `names` as one row-major f32 matrix (`num_rows() x names.len()`), a
+    /// model's input: float64 and int64 values converted, booleans as 0 and 1.
+    pub fn f32_rows(&self, names: &[&str]) -> Result<Vec<f32>, Error> {
+        let rows = self.num_rows();
+        let columns = names
+            .iter()
+            .map(|name| {
+                let c: Vec<f32> = match self.column(name)? {
+                    Column::Float64(v) => v.iter().map(|x| *x as f32).collect(),
+                    Column::Int64(v) => v.iter().map(|x| *x as f32).collect(),
+                    Column::Boolean(v) => v.iter().map(|b| f32::from(u8::from(*b))).collect(),
+                    Column::Text(_) => {
+                        return Err(Error::InvalidInput(format!(
+                            "field `{name}` is text; the model takes numbers"
+                        )))
+                    }
+                };
+                match c.len() == rows {
+                    true => Ok(c),
+                    false => Err(Error::InvalidInput(format!(
+                        "field `{name}` has {} values, the batch {rows} rows",
+                        c.len()
+                    ))),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut x = Vec::with_capacity(rows * columns.len());
+        for r in 0..rows {
+            x.extend(columns.iter().map(|c| c[r])); // every column has `rows` values
+        }
+        Ok(x)
+    }
+
     pub fn i64s(&self, name: &str) -> Result<&[i64], Error> {
         match self.column(name)? {
             Column::Int64(v) => Ok(v),

@@ -9,16 +9,9 @@
 //! feature store (group `merchant`, written by `txn-features`), -1 if unknown.
 use quiver_sdk::features::{self, Value};
 use quiver_sdk::nn::Model;
-use quiver_sdk::{Batch, Column, Error};
+use quiver_sdk::{Batch, Error};
 
 const FEATURES: [&str; 4] = ["log_amount", "hour_of_day", "merchant_z", "merchant_known"];
-
-fn numeric(input: &Batch, name: &str) -> Result<Vec<f64>, Error> {
-    match input.column(name)? {
-        Column::Boolean(v) => Ok(v.iter().map(|b| f64::from(u8::from(*b))).collect()),
-        _ => input.f64s(name),
-    }
-}
 
 /// Each merchant's `txn_n`, in one `get-many` round trip.
 fn merchant_txns(merchants: &[String]) -> Vec<i64> {
@@ -46,17 +39,8 @@ fn merchant_txns(merchants: &[String]) -> Vec<i64> {
 }
 
 fn score(input: Batch) -> Result<Batch, Error> {
-    let columns = FEATURES
-        .iter()
-        .map(|f| numeric(&input, f))
-        .collect::<Result<Vec<_>, _>>()?;
+    let x = input.f32_rows(&FEATURES)?;
     let rows = input.num_rows();
-    let mut x = Vec::with_capacity(rows * FEATURES.len());
-    for r in 0..rows {
-        for c in &columns {
-            x.push(c[r] as f32);
-        }
-    }
     let threshold: f64 = quiver_sdk::config("threshold")
         .and_then(|t| t.parse().ok())
         .unwrap_or(0.5);

@@ -10,7 +10,7 @@
 //! Out, one row per run: `run` (0-based), `nanos` (that run's latency), `first`
 //! (the first value of the model's first output, the same on every run).
 use quiver_sdk::nn::Model;
-use quiver_sdk::{Batch, Column, Error};
+use quiver_sdk::{Batch, Error};
 
 /// The most runs one call makes (its output is a row per run).
 const MAX_CALLS: usize = 100_000;
@@ -22,25 +22,8 @@ fn probe(input: Batch) -> Result<Batch, Error> {
             "send at least one row of numeric columns".into(),
         ));
     }
-    let columns = input
-        .fields
-        .iter()
-        .map(|f| match &f.values {
-            Column::Float64(v) => Ok(v.iter().map(|x| *x as f32).collect::<Vec<f32>>()),
-            Column::Int64(v) => Ok(v.iter().map(|x| *x as f32).collect()),
-            Column::Boolean(v) => Ok(v.iter().map(|b| f32::from(u8::from(*b))).collect()),
-            Column::Text(_) => Err(Error::InvalidInput(format!(
-                "field `{}` is text; the model takes numbers",
-                f.name
-            ))),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut x = Vec::with_capacity(rows * columns.len());
-    for r in 0..rows {
-        for c in &columns {
-            x.push(c[r]);
-        }
-    }
+    let names: Vec<&str> = input.fields.iter().map(|f| f.name.as_str()).collect();
+    let x = input.f32_rows(&names)?;
     let name = quiver_sdk::config("input").unwrap_or_else(|| "X".into());
     let calls = match quiver_sdk::config("calls") {
         None => 1,
@@ -54,7 +37,7 @@ fn probe(input: Batch) -> Result<Batch, Error> {
                 ))
             })?,
     };
-    let dims = [rows as u32, columns.len() as u32];
+    let dims = [rows as u32, names.len() as u32];
     let model = Model::shared("model")?;
     let (mut nanos, mut first) = (Vec::with_capacity(calls), Vec::with_capacity(calls));
     for _ in 0..calls {

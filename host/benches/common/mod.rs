@@ -10,11 +10,20 @@ use std::time::Duration;
 /// Calls each path makes before it is timed.
 pub const WARM_UP: usize = 200;
 
+/// The repository: cargo sets CARGO_MANIFEST_DIR when it runs a bench; a bench binary
+/// copied elsewhere (scripts/gpu-run.sh) is given it.
+pub fn repo() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("..")
+}
+
 /// `<target>/wasm32-wasip2/release/<name>.wasm` (build the functions first).
 pub fn wasm(name: &str) -> Vec<u8> {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+        .unwrap_or_else(|_| repo().join("target"));
     let path = target
         .join("wasm32-wasip2/release")
         .join(format!("{name}.wasm"));
