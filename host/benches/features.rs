@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{columns, guest_nanos, on_worker, percentiles, wasm, WARM_UP};
+use common::{columns, guest_nanos, interleaved, on_worker, percentiles, wasm, WARM_UP};
 use criterion::{criterion_group, criterion_main, Criterion};
 use quiver_host::bindings::transform::TransformPre;
 use quiver_host::bindings::{Batch, Column, Field};
@@ -216,18 +216,16 @@ fn redis_p50(
     let timed = time_get(1);
     let (runtime, pre, inv, input) = (runtime.clone(), pre.clone(), inv.clone(), input.clone());
     let samples: Vec<[Duration; 4]> = on_worker(rt, async move {
-        let mut samples = Vec::with_capacity(ITERS);
-        for i in 0..WARM_UP + ITERS {
-            // The order rotates, so no path always runs first or last.
-            let mut sample = [Duration::ZERO; 4];
-            for k in 0..4 {
-                let path = (i + k) % 4;
+        let (conn, scope, n16, timed) = (&conn, &scope, &n16, &timed);
+        let (runtime, pre, inv, input) = (&runtime, &pre, &inv, &input);
+        interleaved(ITERS, move |path| {
+            Box::pin(async move {
                 let started = Instant::now();
-                sample[path] = match path {
+                match path {
                     0 => {
                         let v: Vec<Option<String>> = redis::cmd("HMGET")
                             .arg("quiver:feat:bench:merchant:m-1")
-                            .arg(&n16)
+                            .arg(n16)
                             .query_async(&mut conn.clone())
                             .await
                             .expect("hmget");
@@ -236,28 +234,25 @@ fn redis_p50(
                         took
                     }
                     1 => {
-                        let v = scope.get("merchant", "m-1", &n16).await.expect("get");
+                        let v = scope.get("merchant", "m-1", n16).await.expect("get");
                         let took = started.elapsed();
                         assert_eq!(v.len(), 16);
                         took
                     }
                     2 => {
-                        let out = runtime.transform(&pre, &inv, &timed).await;
+                        let out = runtime.transform(pre, inv, timed).await;
                         guest_latencies(&out.expect("time-get"))[0]
                     }
                     _ => {
-                        let out = runtime.transform(&pre, &inv, &input).await.expect("call");
+                        let out = runtime.transform(pre, inv, input).await.expect("call");
                         let took = started.elapsed();
                         std::hint::black_box(out);
                         took
                     }
-                };
-            }
-            if i >= WARM_UP {
-                samples.push(sample);
-            }
-        }
-        samples
+                }
+            })
+        })
+        .await
     });
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     let paths = columns(&samples);

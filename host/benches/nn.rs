@@ -19,7 +19,7 @@
 
 mod common;
 
-use common::{columns, guest_nanos, on_worker, WARM_UP};
+use common::{columns, guest_nanos, interleaved, on_worker};
 
 use quiver_host::bindings::{Batch, Column, Field};
 use quiver_host::manifest::ResolvedLimits;
@@ -224,9 +224,8 @@ fn main() {
                 &pool,
                 vec![(probe_info, model.clone())],
             )));
-            // This VM's speed drifts by tens of percent within seconds, so the paths
-            // are interleaved call by call: each iteration times one call of each,
-            // in a task on a runtime worker, as the server runs a request.
+            // Interleaved call by call, in a task on a runtime worker, as the server
+            // runs a request.
             let (runtime, pre, inv, input) =
                 (runtime.clone(), pre.clone(), inv.clone(), input.clone());
             let (probe, probe_inv, probe_input) =
@@ -236,16 +235,17 @@ fn main() {
             let samples: Vec<[Duration; 4]> = on_worker(&rt, async move {
                 // As the SDK drives it: one context, `compute` with the named
                 // input, the outputs back as wasi-nn tensors.
-                let mut ctx = graph.init_execution_context().expect("ctx");
-                let mut samples = Vec::with_capacity(iters);
-                for i in 0..WARM_UP + iters {
-                    // The order rotates, so no path always runs first (on caches
-                    // the previous call left cold) or last.
-                    let mut sample = [Duration::ZERO; 4];
-                    for k in 0..4 {
-                        let path = (i + k) % 4;
+                // (Behind a lock only so that the timed calls can share it.)
+                let ctx = std::sync::Mutex::new(graph.init_execution_context().expect("ctx"));
+                let ctx = &ctx;
+                let (runtime, native_model, x, t, input_name) =
+                    (&runtime, &native_model, &x, &t, &input_name);
+                let (pre, inv, input) = (&pre, &inv, &input);
+                let (probe, probe_inv, probe_input) = (&probe, &probe_inv, &probe_input);
+                interleaved(iters, move |path| {
+                    Box::pin(async move {
                         let started = Instant::now();
-                        sample[path] = match path {
+                        match path {
                             0 => {
                                 let out = native_model
                                     .run(tvec![x.clone().into_tvalue()])
@@ -259,6 +259,7 @@ fn main() {
                                     name: input_name.clone(),
                                     tensor: t.clone(),
                                 }];
+                                let mut ctx = ctx.lock().expect("one path at a time");
                                 let started = Instant::now();
                                 let out = ctx.compute_with_io(named).expect("compute");
                                 let took = started.elapsed();
@@ -267,24 +268,21 @@ fn main() {
                             }
                             2 => {
                                 let out = runtime
-                                    .infer(&probe, &probe_inv, &probe_input)
+                                    .infer(probe, probe_inv, probe_input)
                                     .await
                                     .expect("nn-probe");
                                 guest_nanos(&out, "nanos")[0]
                             }
                             _ => {
-                                let out = runtime.infer(&pre, &inv, &input).await.expect("infer");
+                                let out = runtime.infer(pre, inv, input).await.expect("infer");
                                 let took = started.elapsed();
                                 std::hint::black_box(out);
                                 took
                             }
-                        };
-                    }
-                    if i >= WARM_UP {
-                        samples.push(sample);
-                    }
-                }
-                samples
+                        }
+                    })
+                })
+                .await
             });
             let [native, host, run, guest] = columns(&samples);
             let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();

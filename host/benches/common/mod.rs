@@ -5,6 +5,7 @@
 use quiver_host::bindings::{Batch, Column};
 use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::time::Duration;
 
 /// Calls each path makes before it is timed.
@@ -62,4 +63,30 @@ pub fn on_worker<T: Send + 'static>(
     fut: impl Future<Output = T> + Send + 'static,
 ) -> T {
     rt.block_on(async { tokio::spawn(fut).await.expect("bench task") })
+}
+
+/// One timed call of one path: its latency, as the path measures it.
+pub type Timed<'a> = Pin<Box<dyn Future<Output = Duration> + Send + 'a>>;
+
+/// `iters` samples (after [`WARM_UP`]) of `N` paths timed call by call: each
+/// iteration runs `call(path)` once for every path. This VM's speed drifts by tens of
+/// percent within seconds, so paths measured in separate runs are not comparable;
+/// interleaved, they see the same machine. The order rotates, so no path always runs
+/// first (on caches the previous call left cold) or last.
+pub async fn interleaved<'env, const N: usize>(
+    iters: usize,
+    mut call: impl FnMut(usize) -> Timed<'env>,
+) -> Vec<[Duration; N]> {
+    let mut samples = Vec::with_capacity(iters);
+    for i in 0..WARM_UP + iters {
+        let mut sample = [Duration::ZERO; N];
+        for k in 0..N {
+            let path = (i + k) % N;
+            sample[path] = call(path).await;
+        }
+        if i >= WARM_UP {
+            samples.push(sample);
+        }
+    }
+    samples
 }
