@@ -21,6 +21,24 @@ fn op(op: &str, group: &str, entity: &str, name: &str, value: f64, ttl_ms: i64) 
     json!({"op": op, "group": group, "entity": entity, "name": name, "value": value, "ttl_ms": ttl_ms})
 }
 
+/// Writes `m-1`'s `mean` = 1.0 until the store takes it (Redis coming up): panics
+/// with `what` and the last rows if it still fails after `within`.
+fn put_until_served(server: &Server, tenant: &str, what: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let rows = probe(
+            server,
+            tenant,
+            json!([op("put", "merchant", "m-1", "mean", 1.0, 0)]),
+        );
+        if rows[0]["error"] == "" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {rows:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn deploy_probe(server: &Server, tenant: &str) {
     server.cli_ok(&["--tenant", tenant, "deploy", "functions/features-probe"]);
 }
@@ -263,21 +281,8 @@ fn redis_down_is_prompt_unavailable_and_heals_without_a_restart() {
         started.elapsed()
     );
 
-    let until_served = |what: &str| {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let rows = probe(
-                &server,
-                "acme",
-                json!([op("put", "merchant", "m-1", "mean", 1.0, 0)]),
-            );
-            if rows[0]["error"] == "" {
-                return;
-            }
-            assert!(Instant::now() < deadline, "{what}: {rows:?}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let until_served =
+        |what: &str| put_until_served(&server, "acme", what, Duration::from_secs(15));
     let mut redis = Redis::start_on(port);
     until_served("Redis came up after the server");
     assert_eq!(get()[0]["found"], true);
@@ -440,19 +445,12 @@ fn near_cache_bounds_staleness_by_its_ttl() {
             .as_f64()
             .unwrap()
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let rows = probe(
-            &server,
-            "default",
-            json!([op("put", "merchant", "m-1", "mean", 1.0, 0)]),
-        );
-        if rows[0]["error"] == "" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "redis never ready: {rows:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    put_until_served(
+        &server,
+        "default",
+        "redis never ready",
+        Duration::from_secs(10),
+    );
     assert_eq!(get(), 1.0);
     // Another writer changes it in Redis: within the TTL the near cache still serves 1.0.
     redis.cli(&["HSET", "quiver:feat:default:merchant:m-1", "mean", "f:2"]);
