@@ -3,13 +3,12 @@
 //! and engine, per-store memory limits, pre-instantiation per component, and a pool
 //! of warm instances per deployment.
 
-use crate::bindings::base::quiver::ml::features::{FeatureColumn, Value as WitValue};
-use crate::bindings::inference::{Inference, InferencePre};
-use crate::bindings::ingest::{Ingest, IngestPre};
-use crate::bindings::transform::{Transform, TransformPre};
+use crate::bindings::inference::InferencePre;
+use crate::bindings::ingest::IngestPre;
+use crate::bindings::transform::TransformPre;
 use crate::bindings::{base, Batch, GuestError, Ingested};
-use crate::features::{FeatureError, FeatureScope, Value as FeatureValue};
-use crate::manifest::{ResolvedLimits, MAX_MEMORY};
+use crate::features::FeatureScope;
+use crate::manifest::ResolvedLimits;
 use crate::nn::BoundModels;
 use anyhow::Context as _;
 use std::collections::{BTreeMap, HashMap};
@@ -19,13 +18,20 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
-    Trap, UpdateDeadline,
-};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+use wasmtime_wasi::WasiCtx;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
+
+mod engine;
+mod host;
+mod instances;
+
+use engine::{engine_config, pooled_engine};
+pub use host::HostState;
+use host::MemoryLimiter;
+pub use instances::MAX_IDLE;
+use instances::{Busy, InstancePool, Warm, WarmInstance};
 
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
@@ -53,206 +59,6 @@ pub fn provided_imports(kind: &str) -> Vec<&'static str> {
         v.push("wasi:http/types");
     }
     v
-}
-
-/// Per-invocation state of a store.
-pub struct HostState {
-    wasi: WasiCtx,
-    table: ResourceTable,
-    http: WasiHttpCtx,
-    limiter: MemoryLimiter,
-    config: Arc<BTreeMap<String, String>>,
-    tag: Arc<str>,
-    /// When the running call must stop (checked on every epoch tick).
-    deadline: Instant,
-    features: Option<Arc<FeatureScope>>,
-    /// wasi-nn state: only stores of inference functions have one (wasi:nn is
-    /// linked for every store, but only an inference component may import it).
-    nn: Option<wasmtime_wasi_nn::wit::WasiNnCtx>,
-    models: Option<Arc<BoundModels>>,
-}
-
-impl WasiView for HostState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl WasiHttpView for HostState {
-    fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: Default::default(),
-        }
-    }
-}
-
-impl base::quiver::ml::types::Host for HostState {}
-
-impl crate::bindings::inference::quiver::ml::models::Host for HostState {
-    fn list_models(&mut self) -> Vec<crate::bindings::inference::quiver::ml::models::ModelInfo> {
-        self.models
-            .iter()
-            .flat_map(|m| &m.models)
-            .map(
-                |m| crate::bindings::inference::quiver::ml::models::ModelInfo {
-                    alias: m.alias.clone(),
-                    name: m.name.clone(),
-                    version: m.version.clone(),
-                    digest: m.digest.clone(),
-                },
-            )
-            .collect()
-    }
-}
-
-impl base::quiver::ml::log::Host for HostState {
-    fn log(&mut self, level: base::quiver::ml::log::Level, message: String) {
-        use base::quiver::ml::log::Level;
-        let f = &*self.tag;
-        match level {
-            Level::Trace => tracing::trace!(function = f, "{message}"),
-            Level::Debug => tracing::debug!(function = f, "{message}"),
-            Level::Info => tracing::info!(function = f, "{message}"),
-            Level::Warn => tracing::warn!(function = f, "{message}"),
-            Level::Error => tracing::error!(function = f, "{message}"),
-        }
-    }
-}
-
-impl base::quiver::ml::config::Host for HostState {
-    fn get(&mut self, key: String) -> Option<String> {
-        self.config.get(&key).cloned()
-    }
-}
-
-impl base::quiver::ml::features::Host for HostState {
-    async fn get(
-        &mut self,
-        group: String,
-        entity: String,
-        names: Vec<String>,
-    ) -> Result<Vec<Option<WitValue>>, GuestError> {
-        let scope = self.feature_scope()?;
-        let values = scope.get(&group, &entity, &names).await?;
-        Ok(values.into_iter().map(|v| v.map(to_wit)).collect())
-    }
-
-    async fn get_many(
-        &mut self,
-        group: String,
-        entities: Vec<String>,
-        names: Vec<String>,
-    ) -> Result<Vec<FeatureColumn>, GuestError> {
-        let scope = self.feature_scope()?;
-        let rows = scope.get_many(&group, &entities, &names).await?;
-        // Rows (entity) to columns (feature).
-        let mut columns: Vec<FeatureColumn> = names
-            .into_iter()
-            .map(|name| FeatureColumn {
-                name,
-                values: Vec::with_capacity(rows.len()),
-            })
-            .collect();
-        for row in rows {
-            for (column, v) in columns.iter_mut().zip(row) {
-                column.values.push(v.map(to_wit));
-            }
-        }
-        Ok(columns)
-    }
-
-    async fn put(
-        &mut self,
-        group: String,
-        entity: String,
-        values: Vec<(String, WitValue)>,
-        ttl_ms: Option<u64>,
-    ) -> Result<(), GuestError> {
-        let scope = self.feature_scope()?;
-        let values: Vec<_> = values.into_iter().map(|(n, v)| (n, from_wit(v))).collect();
-        let ttl = ttl_ms.map(Duration::from_millis);
-        Ok(scope.put(&group, &entity, &values, ttl).await?)
-    }
-
-    async fn delete(&mut self, group: String, entity: String) -> Result<(), GuestError> {
-        let scope = self.feature_scope()?;
-        Ok(scope.delete(&group, &entity).await?)
-    }
-}
-
-impl HostState {
-    fn feature_scope(&self) -> Result<Arc<FeatureScope>, GuestError> {
-        self.features.clone().ok_or_else(|| {
-            GuestError::InvalidInput(format!(
-                "{} declares no [features] groups; declare the groups it reads and writes",
-                self.tag
-            ))
-        })
-    }
-}
-
-impl From<FeatureError> for GuestError {
-    fn from(e: FeatureError) -> Self {
-        match e {
-            FeatureError::Unavailable(_) => GuestError::Unavailable(e.to_string()),
-            FeatureError::LimitExceeded(m) => GuestError::LimitExceeded(m),
-            FeatureError::Invalid(m) => GuestError::InvalidInput(m),
-        }
-    }
-}
-
-fn to_wit(v: FeatureValue) -> WitValue {
-    match v {
-        FeatureValue::F64(x) => WitValue::Float64(x),
-        FeatureValue::I64(x) => WitValue::Int64(x),
-        FeatureValue::Text(s) => WitValue::Text(s),
-        FeatureValue::Bool(b) => WitValue::Boolean(b),
-    }
-}
-
-fn from_wit(v: WitValue) -> FeatureValue {
-    match v {
-        WitValue::Float64(x) => FeatureValue::F64(x),
-        WitValue::Int64(x) => FeatureValue::I64(x),
-        WitValue::Text(s) => FeatureValue::Text(s),
-        WitValue::Boolean(b) => FeatureValue::Bool(b),
-    }
-}
-
-/// Caps linear memory per store and remembers that it said no, so the failure is
-/// reported as a memory limit rather than as whatever the guest did next.
-struct MemoryLimiter {
-    limit: usize,
-    exceeded: bool,
-}
-
-impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _max: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        if desired > self.limit {
-            self.exceeded = true;
-            wasmtime::bail!("memory limit of {} bytes exceeded", self.limit);
-        }
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _max: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(desired <= 1_000_000)
-    }
 }
 
 /// A component ready to instantiate, by the world it serves.
@@ -352,68 +158,6 @@ impl Invocation {
     }
 }
 
-/// Typed functions are stateless: an instance that returned cleanly serves the
-/// deployment's next call, skipping instantiation and the page faults of fresh
-/// memory. Instances are never shared across deployments (each has its own limits
-/// and config), so never across functions or tenants.
-struct InstancePool {
-    idle: Mutex<Vec<Warm>>,
-    max_idle: usize,
-    busy: AtomicUsize,
-}
-
-/// Idle instances kept per deployment at most; more concurrent calls instantiate afresh.
-pub const MAX_IDLE: usize = 8;
-
-/// Counts an instance as busy until dropped.
-struct Busy(Arc<InstancePool>);
-
-impl Busy {
-    fn new(pool: &Arc<InstancePool>) -> Self {
-        pool.busy.fetch_add(1, Ordering::Relaxed);
-        Busy(pool.clone())
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.0.busy.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl InstancePool {
-    fn len(&self) -> usize {
-        self.idle.lock().map_or(0, |idle| idle.len())
-    }
-
-    fn take(&self) -> Option<Warm> {
-        self.idle.lock().ok()?.pop()
-    }
-
-    fn put(&self, mut warm: Warm) {
-        warm.busy = None;
-        if let Ok(mut idle) = self.idle.lock() {
-            if idle.len() < self.max_idle {
-                idle.push(warm);
-            }
-        }
-    }
-}
-
-struct Warm {
-    store: Store<HostState>,
-    instance: WarmInstance,
-    /// `Some` while checked out (never while pooled: the pool must not own itself).
-    busy: Option<Busy>,
-}
-
-enum WarmInstance {
-    Ingest(Ingest),
-    Transform(Transform),
-    Inference(Inference),
-    Http(Proxy),
-}
-
 #[derive(Clone, Copy)]
 enum Pre<'a> {
     Ingest(&'a IngestPre<HostState>),
@@ -439,42 +183,6 @@ pub struct Runtime {
     pooling: bool,
     compilations: AtomicU64,
     instantiations: AtomicU64,
-}
-
-fn engine_config() -> Config {
-    let mut config = Config::new();
-    config.wasm_component_model(true);
-    config.epoch_interruption(true);
-    // Quiver's worlds are synchronous (WASI 0.2, no component-model async), and with
-    // concurrency support on, every guest-to-host call allocates and frees a host
-    // task in the store's concurrent state. Off, a wasi-nn run from a guest took
-    // ~10% less time (BENCHMARKS.md, inference).
-    config.concurrency_support(false);
-    config
-}
-
-const MEMORY_KEEP_RESIDENT: usize = 64 << 10;
-const TABLE_KEEP_RESIDENT: usize = 16 << 10;
-
-fn pooled_engine() -> wasmtime::Result<Engine> {
-    let mut pool = PoolingAllocationConfig::default();
-    pool.total_component_instances(1_000);
-    pool.total_core_instances(2_000);
-    pool.total_memories(2_000);
-    pool.total_tables(2_000);
-    pool.max_memory_size(MAX_MEMORY);
-    // Resetting a slot: memset up to this much of what the instance dirtied (found
-    // with PAGEMAP_SCAN where the kernel has it) instead of madvise, which is a TLB
-    // shootdown on every core. Profiled under load (perf, hello-http with a fresh
-    // instance per request): madvise and lazy table-init page faults took ~30% of CPU;
-    // with these settings throughput doubles (BENCHMARKS.md). The cost is up to
-    // 80 KiB left resident per slot that has been used.
-    pool.linear_memory_keep_resident(MEMORY_KEEP_RESIDENT);
-    pool.table_keep_resident(TABLE_KEEP_RESIDENT);
-    pool.pagemap_scan(wasmtime::Enabled::Auto);
-    let mut config = engine_config();
-    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    Engine::new(&config)
 }
 
 impl Runtime {
