@@ -1,0 +1,172 @@
+//! Deploying: validate, compile, link and publish a version; models pushed and bound;
+//! rollback.
+
+use super::{check_stage_kind, split_ref, DeployError, Functions, MAX_MODEL_SIZE};
+use crate::manifest::Manifest;
+use quiver_registry::{validate, NewVersion, PublishOutcome, RegistryError, VersionRecord};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+impl Functions {
+    /// Validate, compile, link and publish. Nothing is published unless it would run.
+    pub async fn deploy(
+        self: &Arc<Self>,
+        tenant: &str,
+        mut manifest: Manifest,
+        component: Option<Vec<u8>>,
+    ) -> Result<(VersionRecord, PublishOutcome), DeployError> {
+        manifest
+            .check()
+            .map_err(|e| DeployError::Invalid(e.to_string()))?;
+        let version = semver::Version::parse(&manifest.function.version)
+            .map_err(|e| DeployError::Invalid(e.to_string()))?;
+        let kind = manifest.function.kind.clone();
+        let (bytes, world) = if kind == "pipeline" {
+            if component.is_some() {
+                return Err(DeployError::Invalid(
+                    "a pipeline has no component; send only the manifest".into(),
+                ));
+            }
+            // Pin each stage to the version serving now, so the pipeline is reproducible.
+            let stages = manifest
+                .pipeline
+                .as_ref()
+                .map(|p| p.stages.clone())
+                .unwrap_or_default();
+            let mut pinned = Vec::new();
+            for (i, stage) in stages.iter().enumerate() {
+                let (name, v) = split_ref(stage);
+                let rec = self
+                    .registry
+                    .resolve(tenant, name, v)
+                    .map_err(|e| DeployError::Invalid(format!("pipeline stage `{stage}`: {e}")))?;
+                check_stage_kind(i, &rec)?;
+                pinned.push(format!("{}@{}", rec.name, rec.version));
+            }
+            if let Some(p) = manifest.pipeline.as_mut() {
+                p.stages = pinned;
+            }
+            let text = manifest.to_toml().map_err(DeployError::Internal)?;
+            (text.into_bytes(), "quiver:ml/pipeline".to_string())
+        } else {
+            let bytes = component.ok_or_else(|| {
+                DeployError::Invalid(format!("a `{kind}` function needs a component"))
+            })?;
+            self.bind_models(tenant, &mut manifest).await?;
+            let provided = crate::runtime::provided_imports(&kind);
+            validate::validate_component(&bytes, &kind, &provided, self.max_component_size)?;
+            // Compile and link before publishing: a version that cannot run is never stored.
+            let digest = quiver_registry::Digest::of(&bytes).hex();
+            let this = self.clone();
+            let (kind2, bytes2) = (kind.clone(), bytes.clone());
+            tokio::task::spawn_blocking(move || {
+                let component = this.runtime.component_transient(&digest, || Ok(bytes2))?;
+                this.runtime.prepare(&kind2, &component)
+            })
+            .await
+            .map_err(|e| DeployError::Internal(e.into()))?
+            .map_err(|e| DeployError::Invalid(format!("{e:#}")))?;
+            let world = validate::world_of_kind(&kind)
+                .map(|(_, w)| w)
+                .unwrap_or_default()
+                .to_string();
+            (bytes, world)
+        };
+        let manifest_toml = match kind.as_str() {
+            "pipeline" => String::from_utf8_lossy(&bytes).into_owned(),
+            _ => manifest.to_toml().map_err(DeployError::Internal)?,
+        };
+        let published = self.registry.publish(&NewVersion {
+            tenant,
+            name: &manifest.function.name,
+            version: &version,
+            kind: &kind,
+            world: &world,
+            manifest: &manifest_toml,
+            bytes: &bytes,
+        })?;
+        self.forget_serving(tenant, &manifest.function.name);
+        Ok(published)
+    }
+
+    /// Resolve `[models]` ranges to the highest pushed versions and pin them in the
+    /// manifest (`alias = "name@=1.2.0"`), so the deployment records what it bound.
+    async fn bind_models(
+        self: &Arc<Self>,
+        tenant: &str,
+        manifest: &mut Manifest,
+    ) -> Result<(), DeployError> {
+        let invalid = |e: anyhow::Error| DeployError::Invalid(format!("{e:#}"));
+        let inference = manifest.inference().map_err(invalid)?;
+        for r in manifest.model_refs().map_err(invalid)? {
+            let rec = self
+                .registry
+                .resolve_model(tenant, &r.name, &r.range)
+                .map_err(|e| DeployError::Invalid(format!("[models] {}: {e}", r.alias)))?;
+            manifest
+                .models
+                .insert(r.alias, format!("{}@={}", rec.name, rec.version));
+        }
+        // Beyond the default (tract on the CPU), prove the target works here now:
+        // load the models on it, rather than fail on the first request.
+        if inference.target != "cpu" || self.models.backend() != crate::nn::OnnxBackend::Tract {
+            self.load_models(tenant, manifest)
+                .await
+                .map_err(|e| DeployError::Invalid(format!("{e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Store a model after checking that it loads; its inputs and outputs are read
+    /// from the model itself. `lineage` (training dataset digest, trainer, metrics)
+    /// is kept as given.
+    pub async fn push_model(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: &str,
+        lineage: Option<Value>,
+        bytes: Vec<u8>,
+    ) -> Result<(VersionRecord, PublishOutcome, Value), DeployError> {
+        let version = semver::Version::parse(version)
+            .map_err(|e| DeployError::Invalid(format!("version `{version}` is not semver: {e}")))?;
+        if bytes.len() > MAX_MODEL_SIZE {
+            return Err(DeployError::Invalid(format!(
+                "the model is {} bytes; the most this host takes is {MAX_MODEL_SIZE}",
+                bytes.len()
+            )));
+        }
+        let (model, bytes) =
+            tokio::task::spawn_blocking(move || (crate::nn::OnnxModel::load(&bytes), bytes))
+                .await
+                .map_err(|e| DeployError::Internal(e.into()))?;
+        let model = model.map_err(|e| DeployError::Invalid(format!("{e:#}")))?;
+        let metadata = json!({
+            "format": "onnx",
+            "inputs": model.inputs,
+            "outputs": model.outputs,
+            "lineage": lineage.unwrap_or(Value::Null),
+        });
+        let (rec, outcome) = self.registry.publish_model(
+            tenant,
+            name,
+            &version,
+            "onnx",
+            &metadata.to_string(),
+            &bytes,
+        )?;
+        Ok((rec, outcome, metadata))
+    }
+
+    /// Point `stable` at `to` (or the previous version) and serve it from now on.
+    pub fn rollback(
+        &self,
+        tenant: &str,
+        name: &str,
+        to: Option<&str>,
+    ) -> Result<VersionRecord, RegistryError> {
+        let rec = self.registry.rollback(tenant, name, to)?;
+        self.forget_serving(tenant, name);
+        Ok(rec)
+    }
+}

@@ -1,0 +1,247 @@
+//! Loading: the deployment serving a name, from memory or from the registry (AOT
+//! artifact, manifest, models, pipeline stages).
+
+use super::{split_ref, DeployError, Deployment, DeploymentBody, DeploymentKey, Functions};
+use crate::admission::Admission;
+use crate::features::FeatureScope;
+use crate::manifest::{Manifest, ResolvedLimits};
+use crate::nn::{BoundModel, BoundModels};
+use crate::runtime::{Invocation, Prepared};
+use crate::scaler::Lifecycle;
+use anyhow::Context as _;
+use quiver_registry::VersionRecord;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+impl Functions {
+    /// The deployment serving `name` (or `name@version`), loaded on first use.
+    pub async fn get(
+        self: &Arc<Self>,
+        tenant: &str,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Arc<Deployment>, DeployError> {
+        let poisoned = || DeployError::Internal(anyhow::anyhow!("deployment cache poisoned"));
+        match version {
+            None => {
+                let key = format!("{tenant}/{name}");
+                if let Some(d) = self.serving.read().map_err(|_| poisoned())?.get(&key) {
+                    return Ok(d.clone());
+                }
+                let d = self
+                    .load(self.registry.resolve(tenant, name, None)?)
+                    .await?;
+                self.serving
+                    .write()
+                    .map_err(|_| poisoned())?
+                    .insert(key, d.clone());
+                Ok(d)
+            }
+            Some(v) => {
+                let key = (tenant.to_string(), name.to_string(), v.to_string());
+                if let Some(d) = self.loaded.lock().map_err(|_| poisoned())?.get(&key) {
+                    return Ok(d.clone());
+                }
+                self.load(self.registry.resolve(tenant, name, Some(v))?)
+                    .await
+            }
+        }
+    }
+
+    fn cached(&self, key: &DeploymentKey) -> Result<Option<Arc<Deployment>>, DeployError> {
+        let loaded = self
+            .loaded
+            .lock()
+            .map_err(|_| DeployError::Internal(anyhow::anyhow!("poisoned")))?;
+        Ok(loaded.get(key).cloned())
+    }
+
+    /// Load a Cold deployment once, however many requests ask at the same time
+    /// (single flight per version); counts and times the cold start.
+    fn load(
+        self: &Arc<Self>,
+        record: VersionRecord,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Arc<Deployment>, DeployError>> + Send + '_>,
+    > {
+        Box::pin(async move {
+            let key = (
+                record.tenant.clone(),
+                record.name.clone(),
+                record.version.clone(),
+            );
+            if let Some(d) = self.cached(&key)? {
+                return Ok(d);
+            }
+            let gate = match self.loading.lock() {
+                Ok(mut loading) => loading.entry(key.clone()).or_default().clone(),
+                Err(_) => return Err(DeployError::Internal(anyhow::anyhow!("poisoned"))),
+            };
+            let _turn = gate.lock().await;
+            if let Some(d) = self.cached(&key)? {
+                return Ok(d);
+            }
+            let started = Instant::now();
+            let loaded = self.load_uncached(record).await;
+            if let Ok(mut loading) = self.loading.lock() {
+                loading.remove(&key);
+            }
+            let d = loaded?;
+            self.loaded
+                .lock()
+                .map_err(|_| DeployError::Internal(anyhow::anyhow!("poisoned")))?
+                .insert(key.clone(), d.clone());
+            self.cold_starts.with_label_values(&[&key.0, &key.1]).inc();
+            self.cold_start_seconds
+                .with_label_values(&[&key.0, &key.1])
+                .observe(started.elapsed().as_secs_f64());
+            Ok(d)
+        })
+    }
+
+    /// Build a deployment from its registry record (the caller caches it).
+    async fn load_uncached(
+        self: &Arc<Self>,
+        record: VersionRecord,
+    ) -> Result<Arc<Deployment>, DeployError> {
+        let manifest = Manifest::parse(&record.manifest).map_err(DeployError::Internal)?;
+        let limits: ResolvedLimits = manifest.limits().map_err(DeployError::Internal)?;
+        let scaling = manifest.scaling().map_err(DeployError::Internal)?;
+        let cache_ttl = manifest.cache_ttl().map_err(DeployError::Internal)?;
+        let lifecycle = Mutex::new(Lifecycle::new(
+            scaling.idle_timeout,
+            scaling.min_instances,
+            Instant::now(),
+        ));
+        let tag = format!("{}/{}@{}", record.tenant, record.name, record.version);
+        let mut invocation = Invocation::new(
+            limits,
+            manifest.config.clone(),
+            &tag,
+            match scaling.instance_reuse {
+                true => scaling.max_instances as usize,
+                false => 0,
+            },
+        );
+        if let Some(f) = &manifest.features {
+            let mut scope = FeatureScope::new(
+                self.feature_store.clone(),
+                &record.tenant,
+                f.groups.clone(),
+                &tag,
+            );
+            for (group, ttl) in manifest.near_cache_ttls().map_err(DeployError::Internal)? {
+                scope = scope.with_near_cache(&group, ttl);
+            }
+            invocation.features = Some(Arc::new(scope));
+        }
+        // One instance serves one call at a time, so a component runs at most
+        // `max_instances` calls; a pipeline's own limit is `max_concurrency`.
+        let capacity = match record.kind.as_str() {
+            "pipeline" => scaling.max_concurrency,
+            _ => scaling.max_concurrency.min(scaling.max_instances),
+        };
+        let admission = Admission::new(capacity, scaling.max_queue, scaling.queue_timeout);
+        if record.kind == "inference" {
+            invocation.models = Some(self.load_models(&record.tenant, &manifest).await?);
+        }
+        let body = if record.kind == "pipeline" {
+            let mut stages = Vec::new();
+            for stage in manifest.pipeline.map(|p| p.stages).unwrap_or_default() {
+                let (name, v) = split_ref(&stage);
+                let rec = self.registry.resolve(&record.tenant, name, v)?;
+                stages.push(self.load(rec).await?);
+            }
+            DeploymentBody::Pipeline(stages)
+        } else {
+            let this = self.clone();
+            let rec = record.clone();
+            let prepared = tokio::task::spawn_blocking(move || -> anyhow::Result<Prepared> {
+                let digest = rec.digest()?;
+                let component = this
+                    .runtime
+                    .component(&digest.hex(), || Ok(this.registry.blobs().get(&digest)?))?;
+                this.runtime.prepare(&rec.kind, &component)
+            })
+            .await
+            .map_err(|e| DeployError::Internal(e.into()))?
+            .context("loading component")
+            .map_err(DeployError::Internal)?;
+            DeploymentBody::Component(prepared)
+        };
+        // The serving version and every model version it binds (a pipeline: its
+        // stages') key its cached results, so a new version or model starts afresh.
+        let mut cache_identity = Vec::new();
+        if cache_ttl.is_some() {
+            let r = &record;
+            cache_identity = vec![
+                r.tenant.clone(),
+                r.name.clone(),
+                r.version.clone(),
+                r.digest.clone(),
+            ];
+            let models: Vec<&Arc<BoundModels>> = match &body {
+                DeploymentBody::Pipeline(stages) => stages
+                    .iter()
+                    .filter_map(|s| s.invocation.models.as_ref())
+                    .collect(),
+                DeploymentBody::Component(_) => invocation.models.iter().collect(),
+            };
+            for m in models.iter().flat_map(|m| &m.models) {
+                cache_identity.push(format!("{}@{}:{}", m.name, m.version, m.digest));
+            }
+        }
+        Ok(Arc::new(Deployment {
+            record,
+            body,
+            invocation,
+            lifecycle,
+            admission,
+            cache_ttl,
+            cache_identity,
+        }))
+    }
+
+    /// The models a deployment pinned, from the model cache (parsed if no warm
+    /// deployment holds them), bound for `load-by-name`.
+    pub(super) async fn load_models(
+        self: &Arc<Self>,
+        tenant: &str,
+        manifest: &Manifest,
+    ) -> Result<Arc<BoundModels>, DeployError> {
+        let inference = manifest.inference().map_err(DeployError::Internal)?;
+        let mut bound = Vec::new();
+        for r in manifest.model_refs().map_err(DeployError::Internal)? {
+            let rec = self.registry.resolve_model(tenant, &r.name, &r.range)?;
+            let this = self.clone();
+            let digest = rec.digest()?;
+            let target = inference.target.clone();
+            let model = tokio::task::spawn_blocking(move || {
+                this.models.get(&digest.hex(), &target, || {
+                    Ok(this.registry.blobs().get(&digest)?)
+                })
+            })
+            .await
+            .map_err(|e| DeployError::Internal(e.into()))?
+            .map_err(|e| {
+                DeployError::Internal(
+                    e.context(format!("loading model {}@{}", rec.name, rec.version)),
+                )
+            })?;
+            let info = BoundModel {
+                alias: r.alias.clone(),
+                name: rec.name.clone(),
+                version: rec.version.clone(),
+                digest: rec.digest.clone(),
+                inputs: model.inputs.clone(),
+                outputs: model.outputs.clone(),
+            };
+            bound.push((info, model));
+        }
+        Ok(Arc::new(BoundModels::new(
+            inference.batching,
+            self.models.pool(),
+            bound,
+        )))
+    }
+}
