@@ -1,6 +1,6 @@
 //! The lifecycle of one deployed version, as a pure decision core: state plus an
 //! event in, a decision out, no I/O (in the spirit of wadm's `Scaler`). The shell in
-//! `functions.rs` feeds it request starts, ends and clock ticks and carries out
+//! `functions/` feeds it request starts, ends and clock ticks and carries out
 //! evictions.
 //!
 //! Cold (not loaded) -> Warm (requests in flight) -> Idle (none in flight since
