@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{columns, guest_nanos, interleaved, on_worker, percentiles, wasm, WARM_UP};
+use common::{columns, guest_nanos, interleaved, on_worker, percentiles, took, wasm, WARM_UP};
 use criterion::{criterion_group, criterion_main, Criterion};
 use quiver_host::bindings::transform::TransformPre;
 use quiver_host::bindings::{Batch, Column, Field};
@@ -244,10 +244,8 @@ fn redis_p50(
                         guest_latencies(&out.expect("time-get"))[0]
                     }
                     _ => {
-                        let out = runtime.transform(pre, inv, input).await.expect("call");
-                        let took = started.elapsed();
-                        std::hint::black_box(out);
-                        took
+                        let out = runtime.transform(pre, inv, input).await;
+                        took(started, out.expect("call"))
                     }
                 }
             })

@@ -19,7 +19,7 @@
 
 mod common;
 
-use common::{columns, guest_nanos, interleaved, on_worker};
+use common::{columns, guest_nanos, interleaved, on_worker, took};
 
 use quiver_host::bindings::{Batch, Column, Field};
 use quiver_host::manifest::ResolvedLimits;
@@ -247,12 +247,8 @@ fn main() {
                         let started = Instant::now();
                         match path {
                             0 => {
-                                let out = native_model
-                                    .run(tvec![x.clone().into_tvalue()])
-                                    .expect("run");
-                                let took = started.elapsed();
-                                std::hint::black_box(out);
-                                took
+                                let out = native_model.run(tvec![x.clone().into_tvalue()]);
+                                took(started, out.expect("run"))
                             }
                             1 => {
                                 let named = vec![NamedTensor {
@@ -261,10 +257,7 @@ fn main() {
                                 }];
                                 let mut ctx = ctx.lock().expect("one path at a time");
                                 let started = Instant::now();
-                                let out = ctx.compute_with_io(named).expect("compute");
-                                let took = started.elapsed();
-                                std::hint::black_box(out);
-                                took
+                                took(started, ctx.compute_with_io(named).expect("compute"))
                             }
                             2 => {
                                 let out = runtime
@@ -274,10 +267,8 @@ fn main() {
                                 guest_nanos(&out, "nanos")[0]
                             }
                             _ => {
-                                let out = runtime.infer(pre, inv, input).await.expect("infer");
-                                let took = started.elapsed();
-                                std::hint::black_box(out);
-                                took
+                                let out = runtime.infer(pre, inv, input).await;
+                                took(started, out.expect("infer"))
                             }
                         }
                     })

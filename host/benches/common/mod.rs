@@ -65,6 +65,13 @@ pub fn on_worker<T: Send + 'static>(
     rt.block_on(async { tokio::spawn(fut).await.expect("bench task") })
 }
 
+/// The time since `started`, read before `out` is dropped (kept from the optimizer).
+pub fn took<T>(started: std::time::Instant, out: T) -> Duration {
+    let took = started.elapsed();
+    std::hint::black_box(out);
+    took
+}
+
 /// One timed call of one path: its latency, as the path measures it.
 pub type Timed<'a> = Pin<Box<dyn Future<Output = Duration> + Send + 'a>>;
 
