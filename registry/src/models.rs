@@ -7,7 +7,7 @@
 use crate::{NewVersion, PublishOutcome, Registry, RegistryError, Result, VersionRecord};
 
 pub const MODEL_KIND: &str = "model";
-const PREFIX: &str = "model:";
+pub(crate) const PREFIX: &str = "model:";
 
 fn key(name: &str) -> String {
     format!("{PREFIX}{name}")
@@ -77,6 +77,17 @@ impl Registry {
         self.index()
             .get(tenant, &key(name), version)?
             .map(unkeyed)
+            .ok_or_else(|| RegistryError::NotFound(format!("model `{name}@{version}` not found")))
+    }
+
+    /// Delete one version of a model, in one transaction. Models serve by range, not by
+    /// channel, so the newest version is deleted like any other (no `force`). Whether
+    /// a function still binds the model is the caller's check (see
+    /// [`crate::Index::all_versions`]). The blob stays until [`Registry::gc`].
+    pub fn delete_model(&self, tenant: &str, name: &str, version: &str) -> Result<VersionRecord> {
+        self.index()
+            .delete(tenant, &key(name), version, true)?
+            .map(|(r, _)| unkeyed(r))
             .ok_or_else(|| RegistryError::NotFound(format!("model `{name}@{version}` not found")))
     }
 
