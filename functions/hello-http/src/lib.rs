@@ -1,12 +1,30 @@
 //! A standard `wasi:http/proxy` component: it runs unchanged under `wasmtime serve`,
 //! Spin and Quiver. Answers `hello from Quiver` with the method and path it saw, and
-//! echoes a request body back.
+//! echoes a request body back. `/spin/{ms}` busy-waits `ms` milliseconds (at most
+//! 60000) first and answers `spun {ms} ms` instead: a request that holds a CPU.
 use std::io::{Read as _, Write as _};
 use wasip2::http::types::{
     Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 
 struct Hello;
+
+/// The longest `/spin/{ms}` busy-wait, in milliseconds.
+const MAX_SPIN_MS: u64 = 60_000;
+
+/// For `/spin/{ms}` (a query is ignored): busy-waits `ms` milliseconds, capped at
+/// [`MAX_SPIN_MS`], and returns how long it spun.
+fn spin(path: &str) -> Option<u64> {
+    let path = path.split('?').next().unwrap_or_default();
+    let ms: u64 = path.strip_prefix("/spin/")?.parse().ok()?;
+    let ms = ms.min(MAX_SPIN_MS);
+    let start = std::time::Instant::now();
+    let wait = std::time::Duration::from_millis(ms);
+    while start.elapsed() < wait {
+        std::hint::spin_loop();
+    }
+    Some(ms)
+}
 
 wasip2::http::proxy::export!(Hello);
 
@@ -33,7 +51,9 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
             }
             IncomingBody::finish(incoming);
         }
-        let text = if body.is_empty() {
+        let text = if let Some(ms) = spin(&path) {
+            format!("spun {ms} ms\n")
+        } else if body.is_empty() {
             format!("hello from Quiver: {method} {path}\n")
         } else {
             format!(
