@@ -14,7 +14,6 @@ use quiver_host::bindings::{Batch, Column, Field};
 use quiver_host::features::{Embedded, FeatureBackend, FeatureScope, RedisStore, Value};
 use quiver_host::manifest::ResolvedLimits;
 use quiver_host::runtime::{Allocator, HostState, Invocation, Prepared, Runtime, MAX_IDLE};
-use std::num::NonZeroUsize;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -99,8 +98,9 @@ fn bench(c: &mut Criterion) {
         memory_bytes: 64 << 20,
         timeout: Duration::from_secs(2),
     };
-    let embedded: Arc<dyn FeatureBackend> =
-        Arc::new(Embedded::new(NonZeroUsize::new(100_000).expect("nonzero")));
+    let embedded: Arc<dyn FeatureBackend> = Arc::new(Embedded::new(
+        quiver_host::features::DEFAULT_EMBEDDED_CAPACITY,
+    ));
     let redis_store = rt.block_on(connect(&url));
     let sixteen: Vec<(String, Value)> = names(16)
         .into_iter()

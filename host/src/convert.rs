@@ -183,4 +183,69 @@ mod tests {
         };
         assert!(batch_to_rows(&ragged).unwrap_err().contains("ragged"));
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>()
+                    .prop_filter("finite", |f| f.is_finite())
+                    .prop_map(Value::from),
+                "[a-c]{0,3}".prop_map(Value::from),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    prop::collection::btree_map("[a-c]{1,2}", inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(400))]
+
+            /// Any JSON document becomes a batch or an error, never a panic; a
+            /// batch has as many rows as the document and converts back to rows of
+            /// the same fields.
+            #[test]
+            fn any_json_is_a_batch_or_an_error(doc in json_value()) {
+                if let Ok(batch) = json_to_batch(&doc) {
+                    let rows = batch_to_rows(&batch).expect("a converted batch is rectangular");
+                    let want = match &doc {
+                        Value::Array(items) => items.len(),
+                        Value::Object(o) => match o.get("rows") {
+                            Some(Value::Array(items)) => items.len(),
+                            _ => 1,
+                        },
+                        _ => unreachable!("only arrays and objects convert"),
+                    };
+                    if !batch.fields.is_empty() {
+                        prop_assert_eq!(rows.len(), want);
+                    }
+                    for row in &rows {
+                        prop_assert_eq!(row.as_object().map(|o| o.len()), Some(batch.fields.len()));
+                    }
+                }
+            }
+
+            /// Rows of one consistent shape always convert, and come back equal
+            /// (integers stay integers, numbers keep their value).
+            #[test]
+            fn consistent_rows_round_trip(
+                ints in prop::collection::vec(any::<i64>(), 1..20),
+                texts in prop::collection::vec("[a-z]{0,5}", 1..20),
+            ) {
+                let n = ints.len().min(texts.len());
+                let doc = Value::Array((0..n).map(|i| serde_json::json!({"i": ints[i], "t": texts[i]})).collect());
+                let batch = json_to_batch(&doc).expect("consistent rows convert");
+                prop_assert_eq!(Value::Array(batch_to_rows(&batch).expect("rows")), doc);
+            }
+        }
+    }
 }

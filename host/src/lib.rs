@@ -35,7 +35,7 @@ pub struct ServerConfig {
 /// Where `quiver:ml/features` keeps its data.
 #[derive(Debug, Clone)]
 pub enum FeatureStoreConfig {
-    /// In process (the default: nothing to install).
+    /// In process (the default: nothing to install); `capacity` bytes per tenant.
     Embedded { capacity: usize },
     /// A Redis server, shared by every host that points at it.
     Redis {
@@ -48,9 +48,10 @@ impl FeatureStoreConfig {
     fn open(&self) -> anyhow::Result<Arc<dyn features::FeatureBackend>> {
         Ok(match self {
             FeatureStoreConfig::Embedded { capacity } => {
-                let capacity = std::num::NonZeroUsize::new(*capacity)
-                    .ok_or_else(|| anyhow::anyhow!("--features-capacity must be at least 1"))?;
-                Arc::new(features::Embedded::new(capacity))
+                if *capacity == 0 {
+                    anyhow::bail!("--features-capacity must be more than 0 bytes");
+                }
+                Arc::new(features::Embedded::new(*capacity))
             }
             FeatureStoreConfig::Redis { url, timeout } => {
                 Arc::new(features::RedisStore::start(url, *timeout)?)

@@ -9,6 +9,9 @@ pub struct Metrics {
     pub invocations: IntCounterVec,
     pub errors: IntCounterVec,
     pub latency: HistogramVec,
+    /// Requests that named no deployed function, by route and error code: bounded
+    /// labels, so requests for made-up names add no series.
+    pub unresolved: IntCounterVec,
 }
 
 impl Metrics {
@@ -36,6 +39,14 @@ impl Metrics {
             ]),
             &["tenant", "function"],
         )?;
+        let unresolved = IntCounterVec::new(
+            Opts::new(
+                "quiver_unresolved_requests_total",
+                "Requests that named no deployed function (or were refused before naming one), by route and error code",
+            ),
+            &["route", "code"],
+        )?;
+        registry.register(Box::new(unresolved.clone()))?;
         registry.register(Box::new(invocations.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(latency.clone()))?;
@@ -44,6 +55,7 @@ impl Metrics {
             invocations,
             errors,
             latency,
+            unresolved,
         })
     }
 

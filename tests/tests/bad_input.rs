@@ -247,7 +247,7 @@ fn misbehaving_guests_are_contained_with_the_on_demand_allocator() {
 
 fn assert_misbehaving_guests_are_contained(server: &Server) {
     let out = server.deploy("chaos");
-    assert!(out.contains("chaos@1.0.0"), "{out}");
+    assert!(out.contains("chaos@1.1.0"), "{out}");
     let call = |mode: &str| {
         server.post(
             "/fn/default/chaos",
@@ -261,7 +261,7 @@ fn assert_misbehaving_guests_are_contained(server: &Server) {
     let resp = call("loop");
     assert_eq!(
         resp.headers()["x-quiver-version"],
-        "1.0.0",
+        "1.1.0",
         "errors say which version failed"
     );
     let (status, code, message) = error_of(resp);

@@ -74,6 +74,16 @@ impl Client {
         Ok(self.json(self.http.get(self.admin(path))).await?.1)
     }
 
+    pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        Ok(self.json(self.http.delete(self.admin(path))).await?.1)
+    }
+
+    /// POST to a platform-wide admin route (`/admin/v1/{path}`, no tenant).
+    pub async fn post_platform(&self, path: &str) -> anyhow::Result<Value> {
+        let url = format!("{}/admin/v1/{path}", self.base);
+        Ok(self.json(self.http.post(url)).await?.1)
+    }
+
     pub async fn post_json(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         Ok(self
             .json(self.http.post(self.admin(path)).json(body))

@@ -60,9 +60,10 @@ struct ServeArgs {
     /// How long a feature-store call may take before it fails as `unavailable`.
     #[arg(long, env = "QUIVER_FEATURES_TIMEOUT", default_value = "250ms")]
     features_timeout: humantime::Duration,
-    /// Entities the embedded feature store holds (least recently used evicted).
-    #[arg(long, env = "QUIVER_FEATURES_CAPACITY", default_value_t = crate::features::DEFAULT_EMBEDDED_CAPACITY)]
-    features_capacity: usize,
+    /// Bytes of features each tenant may keep in the embedded store; a write past it
+    /// fails with `limit_exceeded`.
+    #[arg(long, env = "QUIVER_FEATURES_CAPACITY", default_value = "256MiB")]
+    features_capacity: bytesize::ByteSize,
     /// Threads that run models (wasi-nn compute); 0: half the cores, at least 1.
     #[arg(long, env = "QUIVER_INFERENCE_THREADS", default_value_t = 0)]
     inference_threads: usize,
@@ -87,7 +88,8 @@ impl ServeArgs {
                     timeout: *self.features_timeout,
                 },
                 None => crate::FeatureStoreConfig::Embedded {
-                    capacity: self.features_capacity,
+                    capacity: usize::try_from(self.features_capacity.as_u64())
+                        .unwrap_or(usize::MAX),
                 },
             },
         }
@@ -145,6 +147,16 @@ enum Command {
         #[arg(long)]
         to: Option<String>,
     },
+    /// Delete a function version: NAME@VERSION. The serving version, or one a
+    /// pipeline pins, is refused unless --force (then `stable` moves to the highest
+    /// version left). The bytes stay until `quiver gc`.
+    Rm {
+        function: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove blobs and compiled artifacts that no version of any tenant references.
+    Gc,
     /// Online features of the tenant.
     #[command(subcommand)]
     Features(FeaturesCommand),
@@ -361,6 +373,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     serde_json::json!({ "group": group, "written": loaded })
                 ),
                 false => println!("loaded {loaded} entities into feature group `{group}`"),
+            }
+            Ok(())
+        }
+        Command::Rm { function, force } => {
+            let (name, version) = crate::functions::split_ref(&function);
+            let version = version.with_context(|| {
+                format!("name the version to delete: `quiver rm {name}@VERSION`")
+            })?;
+            let mut path = format!("functions/{name}/versions/{version}");
+            if force {
+                path.push_str("?force=true");
+            }
+            let out = client.delete(&path).await?;
+            match cli.json {
+                true => println!("{out}"),
+                false => match out["serving"].as_str() {
+                    Some(v) => println!("deleted {name}@{version}; {name} serves {v}"),
+                    None => println!("deleted {name}@{version}; no version of {name} is left"),
+                },
+            }
+            Ok(())
+        }
+        Command::Gc => {
+            let out = client.post_platform("gc").await?;
+            match cli.json {
+                true => println!("{out}"),
+                false => println!(
+                    "removed {} blobs and {} compiled artifacts; {} blobs in use",
+                    out["blobs_removed"], out["artifacts_removed"], out["blobs_kept"]
+                ),
             }
             Ok(())
         }

@@ -30,6 +30,13 @@ pub enum ModelsCommand {
     Ls,
     /// Every version of one model.
     Versions { name: String },
+    /// Delete a model version: NAME@VERSION. Refused while a function binds it,
+    /// unless --force.
+    Rm {
+        model: String,
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn lineage(
@@ -123,6 +130,22 @@ pub async fn run(client: &Client, cmd: ModelsCommand, json_out: bool) -> anyhow:
         }
         ModelsCommand::Ls => client.get("models").await?,
         ModelsCommand::Versions { name } => client.get(&format!("models/{name}/versions")).await?,
+        ModelsCommand::Rm { model, force } => {
+            let (name, version) = crate::functions::split_ref(&model);
+            let version = version.with_context(|| {
+                format!("name the version to delete: `quiver models rm {name}@VERSION`")
+            })?;
+            let mut path = format!("models/{name}/versions/{version}");
+            if force {
+                path.push_str("?force=true");
+            }
+            let out = client.delete(&path).await?;
+            if !json_out {
+                println!("deleted model {name}@{version}");
+                return Ok(());
+            }
+            out
+        }
     };
     match json_out {
         true => println!("{out}"),

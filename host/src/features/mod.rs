@@ -79,6 +79,34 @@ pub const MAX_ENTITIES: usize = 4096;
 pub const MAX_NAMES: usize = 1024;
 pub const MAX_ENTITY_LEN: usize = 512;
 pub const MAX_TEXT_LEN: usize = 64 << 10;
+pub const MAX_NAME_LEN: usize = 256;
+
+/// The checks every write makes, whoever writes (a guest's `put`, a backfill): how
+/// many values, how long each name, how big each text.
+pub fn check_values(values: &[(String, Value)]) -> Result<(), FeatureError> {
+    if values.len() > MAX_NAMES {
+        return Err(FeatureError::LimitExceeded(format!(
+            "{} values in one put; the limit is {MAX_NAMES}",
+            values.len()
+        )));
+    }
+    for (name, v) in values {
+        if name.is_empty() || name.len() > MAX_NAME_LEN {
+            return Err(FeatureError::Invalid(format!(
+                "a feature name must be 1 to {MAX_NAME_LEN} bytes"
+            )));
+        }
+        if let Value::Text(s) = v {
+            if s.len() > MAX_TEXT_LEN {
+                return Err(FeatureError::LimitExceeded(format!(
+                    "text feature `{name}` is {} bytes; the limit is {MAX_TEXT_LEN}",
+                    s.len()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
 
 /// What one function may reach: its tenant and its declared groups.
 pub struct FeatureScope {
@@ -258,25 +286,7 @@ impl FeatureScope {
         values: &[(String, Value)],
         ttl: Option<Duration>,
     ) -> Result<(), FeatureError> {
-        if values.len() > MAX_NAMES {
-            return Err(FeatureError::LimitExceeded(format!(
-                "{} values in one put; the limit is {MAX_NAMES}",
-                values.len()
-            )));
-        }
-        for (name, v) in values {
-            if name.is_empty() {
-                return Err(FeatureError::Invalid("a feature name is empty".into()));
-            }
-            if let Value::Text(s) = v {
-                if s.len() > MAX_TEXT_LEN {
-                    return Err(FeatureError::LimitExceeded(format!(
-                        "text feature `{name}` is {} bytes; the limit is {MAX_TEXT_LEN}",
-                        s.len()
-                    )));
-                }
-            }
-        }
+        check_values(values)?;
         let key = self.key(group, entity)?;
         if let Some(near) = self.near.get(group) {
             near.forget(entity);
@@ -322,8 +332,7 @@ mod tests {
 
     #[tokio::test]
     async fn near_cache_serves_reads_for_its_ttl_and_drops_own_writes() {
-        let backend: Arc<dyn FeatureBackend> =
-            Arc::new(Embedded::new(NonZeroUsize::new(100).unwrap()));
+        let backend: Arc<dyn FeatureBackend> = Arc::new(Embedded::new(1 << 20));
         let writer = scope("t", backend.clone());
         let reader = scope("t", backend).with_near_cache("txn", Duration::from_millis(100));
         let n = names(&["x"]);
@@ -356,8 +365,7 @@ mod tests {
 
     #[tokio::test]
     async fn embedded_round_trip_ttl_and_isolation() {
-        let backend: Arc<dyn FeatureBackend> =
-            Arc::new(Embedded::new(NonZeroUsize::new(100).unwrap()));
+        let backend: Arc<dyn FeatureBackend> = Arc::new(Embedded::new(1 << 20));
         let a = scope("acme", backend.clone());
         let b = scope("globex", backend);
         a.put(
@@ -422,25 +430,57 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn embedded_is_bounded() {
-        let store = Arc::new(Embedded::new(NonZeroUsize::new(2).unwrap()));
-        let s = scope("t", store.clone());
-        for e in ["a", "b", "c"] {
-            s.put("txn", e, &[("x".into(), Value::I64(1))], None)
-                .await
-                .unwrap();
-        }
-        assert_eq!(store.len(), 2);
-        assert_eq!(
-            s.get("txn", "a", &names(&["x"])).await.unwrap(),
-            vec![None],
-            "LRU evicted"
+    async fn embedded_is_bounded_in_bytes_per_tenant() {
+        let store = Arc::new(Embedded::new(4096));
+        let a = scope("a", store.clone());
+        let b = scope("b", store.clone());
+        let text = |n: usize| Value::Text("x".repeat(n));
+        a.put("txn", "e1", &[("t".into(), text(3000))], None)
+            .await
+            .unwrap();
+        let err = a
+            .put("txn", "e2", &[("t".into(), text(3000))], None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, FeatureError::LimitExceeded(ref m) if m.contains("--features-capacity")),
+            "{err}"
         );
+        assert_eq!(
+            a.get("txn", "e1", &names(&["t"])).await.unwrap(),
+            vec![Some(text(3000))],
+            "a refused write loses nothing"
+        );
+        assert_eq!(store.len(), 1);
+        // Another tenant has its own budget.
+        b.put("txn", "e1", &[("t".into(), text(3000))], None)
+            .await
+            .unwrap();
+        // Overwriting an entity charges the difference, not the sum.
+        a.put("txn", "e1", &[("t".into(), text(3500))], None)
+            .await
+            .unwrap();
+        // Deleting frees the bytes.
+        a.delete("txn", "e1").await.unwrap();
+        assert_eq!(store.used("a"), 0);
+        // Expired entities give their bytes back when the budget is reached.
+        a.put(
+            "txn",
+            "short",
+            &[("t".into(), text(3000))],
+            Some(Duration::from_millis(20)),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        a.put("txn", "e3", &[("t".into(), text(3000))], None)
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
     async fn limits_are_errors() {
-        let s = scope("t", Arc::new(Embedded::new(NonZeroUsize::new(2).unwrap())));
+        let s = scope("t", Arc::new(Embedded::new(1 << 20)));
         let many: Vec<String> = (0..MAX_ENTITIES + 1).map(|i| i.to_string()).collect();
         assert!(matches!(
             s.get_many("txn", &many, &names(&["x"])).await,

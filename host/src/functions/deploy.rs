@@ -3,7 +3,7 @@
 
 use super::{check_stage_kind, split_ref, DeployError, Functions, MAX_MODEL_SIZE};
 use crate::manifest::Manifest;
-use quiver_registry::{validate, NewVersion, PublishOutcome, RegistryError, VersionRecord};
+use quiver_registry::{validate, NewVersion, PublishOutcome, VersionRecord};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -36,9 +36,10 @@ impl Functions {
             let mut pinned = Vec::new();
             for (i, stage) in stages.iter().enumerate() {
                 let (name, v) = split_ref(stage);
+                let (t, n, v) = (tenant.to_string(), name.to_string(), v.map(str::to_string));
                 let rec = self
-                    .registry
-                    .resolve(tenant, name, v)
+                    .registry_call(move |r| r.resolve(&t, &n, v.as_deref()))
+                    .await
                     .map_err(|e| DeployError::Invalid(format!("pipeline stage `{stage}`: {e}")))?;
                 check_stage_kind(i, &rec)?;
                 pinned.push(format!("{}@{}", rec.name, rec.version));
@@ -53,19 +54,27 @@ impl Functions {
                 DeployError::Invalid(format!("a `{kind}` function needs a component"))
             })?;
             self.bind_models(tenant, &mut manifest).await?;
-            let provided = crate::runtime::provided_imports(&kind);
-            validate::validate_component(&bytes, &kind, &provided, self.max_component_size)?;
-            // Compile and link before publishing: a version that cannot run is never stored.
-            let digest = quiver_registry::Digest::of(&bytes).hex();
+            // Validate, compile and link before publishing, on a blocking thread
+            // (a 64 MiB upload takes a while to parse): a version that cannot run
+            // is never stored.
             let this = self.clone();
             let (kind2, bytes2) = (kind.clone(), bytes.clone());
-            tokio::task::spawn_blocking(move || {
-                let component = this.runtime.component_transient(&digest, || Ok(bytes2))?;
-                this.runtime.prepare(&kind2, &component)
+            let max_size = self.max_component_size;
+            tokio::task::spawn_blocking(move || -> Result<(), DeployError> {
+                let provided = crate::runtime::provided_imports(&kind2);
+                validate::validate_component(&bytes2, &kind2, &provided, max_size)?;
+                let digest = quiver_registry::Digest::of(&bytes2).hex();
+                let component = this
+                    .runtime
+                    .component_transient(&digest, || Ok(bytes2))
+                    .map_err(|e| DeployError::Invalid(format!("{e:#}")))?;
+                this.runtime
+                    .prepare(&kind2, &component)
+                    .map_err(|e| DeployError::Invalid(format!("{e:#}")))?;
+                Ok(())
             })
             .await
-            .map_err(|e| DeployError::Internal(e.into()))?
-            .map_err(|e| DeployError::Invalid(format!("{e:#}")))?;
+            .map_err(|e| DeployError::Internal(e.into()))??;
             let world = validate::world_of_kind(&kind)
                 .map(|(_, w)| w)
                 .unwrap_or_default()
@@ -76,15 +85,24 @@ impl Functions {
             "pipeline" => String::from_utf8_lossy(&bytes).into_owned(),
             _ => manifest.to_toml().map_err(DeployError::Internal)?,
         };
-        let published = self.registry.publish(&NewVersion {
-            tenant,
-            name: &manifest.function.name,
-            version: &version,
-            kind: &kind,
-            world: &world,
-            manifest: &manifest_toml,
-            bytes: &bytes,
-        })?;
+        let (t, name) = (tenant.to_string(), manifest.function.name.clone());
+        let published = self
+            .registry_call(move |r| {
+                r.publish(&NewVersion {
+                    tenant: &t,
+                    name: &name,
+                    version: &version,
+                    kind: &kind,
+                    world: &world,
+                    manifest: &manifest_toml,
+                    bytes: &bytes,
+                })
+            })
+            .await?;
+        // An identical re-deploy changes nothing, so nothing is re-resolved either.
+        if published.1 == PublishOutcome::Unchanged {
+            return Ok(published);
+        }
         self.forget_serving(tenant, &manifest.function.name);
         Ok(published)
     }
@@ -99,9 +117,10 @@ impl Functions {
         let invalid = |e: anyhow::Error| DeployError::Invalid(format!("{e:#}"));
         let inference = manifest.inference().map_err(invalid)?;
         for r in manifest.model_refs().map_err(invalid)? {
+            let (t, n, range) = (tenant.to_string(), r.name.clone(), r.range.clone());
             let rec = self
-                .registry
-                .resolve_model(tenant, &r.name, &r.range)
+                .registry_call(move |reg| reg.resolve_model(&t, &n, &range))
+                .await
                 .map_err(|e| DeployError::Invalid(format!("[models] {}: {e}", r.alias)))?;
             manifest
                 .models
@@ -147,25 +166,24 @@ impl Functions {
             "outputs": model.outputs,
             "lineage": lineage.unwrap_or(Value::Null),
         });
-        let (rec, outcome) = self.registry.publish_model(
-            tenant,
-            name,
-            &version,
-            "onnx",
-            &metadata.to_string(),
-            &bytes,
-        )?;
+        let (t, n, text) = (tenant.to_string(), name.to_string(), metadata.to_string());
+        let (rec, outcome) = self
+            .registry_call(move |r| r.publish_model(&t, &n, &version, "onnx", &text, &bytes))
+            .await?;
         Ok((rec, outcome, metadata))
     }
 
     /// Point `stable` at `to` (or the previous version) and serve it from now on.
-    pub fn rollback(
+    pub async fn rollback(
         &self,
         tenant: &str,
         name: &str,
         to: Option<&str>,
-    ) -> Result<VersionRecord, RegistryError> {
-        let rec = self.registry.rollback(tenant, name, to)?;
+    ) -> Result<VersionRecord, DeployError> {
+        let (t, n, to) = (tenant.to_string(), name.to_string(), to.map(str::to_string));
+        let rec = self
+            .registry_call(move |r| r.rollback(&t, &n, to.as_deref()))
+            .await?;
         self.forget_serving(tenant, name);
         Ok(rec)
     }

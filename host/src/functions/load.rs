@@ -10,6 +10,7 @@ use crate::runtime::{Invocation, Prepared};
 use crate::scaler::Lifecycle;
 use anyhow::Context as _;
 use quiver_registry::VersionRecord;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -28,13 +29,18 @@ impl Functions {
                 if let Some(d) = self.serving.read().map_err(|_| poisoned())?.get(&key) {
                     return Ok(d.clone());
                 }
-                let d = self
-                    .load(self.registry.resolve(tenant, name, None)?)
-                    .await?;
-                self.serving
-                    .write()
-                    .map_err(|_| poisoned())?
-                    .insert(key, d.clone());
+                // A deploy or rollback that lands while this loads bumps the
+                // generation: what this request resolved may be stale by then, so it
+                // serves this request (it was serving when asked) but is not cached
+                // as serving; the next request resolves afresh.
+                let generation = self.serving_generation.load(Ordering::Acquire);
+                let (t, n) = (tenant.to_string(), name.to_string());
+                let record = self.registry_call(move |r| r.resolve(&t, &n, None)).await?;
+                let d = self.load(record).await?;
+                let mut serving = self.serving.write().map_err(|_| poisoned())?;
+                if self.serving_generation.load(Ordering::Acquire) == generation {
+                    serving.insert(key, d.clone());
+                }
                 Ok(d)
             }
             Some(v) => {
@@ -42,8 +48,11 @@ impl Functions {
                 if let Some(d) = self.loaded.lock().map_err(|_| poisoned())?.get(&key) {
                     return Ok(d.clone());
                 }
-                self.load(self.registry.resolve(tenant, name, Some(v))?)
-                    .await
+                let (t, n, v) = (tenant.to_string(), name.to_string(), v.to_string());
+                let record = self
+                    .registry_call(move |r| r.resolve(&t, &n, Some(&v)))
+                    .await?;
+                self.load(record).await
             }
         }
     }
@@ -108,6 +117,7 @@ impl Functions {
         let limits: ResolvedLimits = manifest.limits().map_err(DeployError::Internal)?;
         let scaling = manifest.scaling().map_err(DeployError::Internal)?;
         let cache_ttl = manifest.cache_ttl().map_err(DeployError::Internal)?;
+        let http_trigger = manifest.http_trigger();
         let lifecycle = Mutex::new(Lifecycle::new(
             scaling.idle_timeout,
             scaling.min_instances,
@@ -149,7 +159,14 @@ impl Functions {
             let mut stages = Vec::new();
             for stage in manifest.pipeline.map(|p| p.stages).unwrap_or_default() {
                 let (name, v) = split_ref(&stage);
-                let rec = self.registry.resolve(&record.tenant, name, v)?;
+                let (t, n, v) = (
+                    record.tenant.clone(),
+                    name.to_string(),
+                    v.map(str::to_string),
+                );
+                let rec = self
+                    .registry_call(move |r| r.resolve(&t, &n, v.as_deref()))
+                    .await?;
                 stages.push(self.load(rec).await?);
             }
             DeploymentBody::Pipeline(stages)
@@ -192,6 +209,7 @@ impl Functions {
             }
         }
         Ok(Arc::new(Deployment {
+            http_trigger,
             record,
             body,
             invocation,
@@ -212,7 +230,10 @@ impl Functions {
         let inference = manifest.inference().map_err(DeployError::Internal)?;
         let mut bound = Vec::new();
         for r in manifest.model_refs().map_err(DeployError::Internal)? {
-            let rec = self.registry.resolve_model(tenant, &r.name, &r.range)?;
+            let (t, n, range) = (tenant.to_string(), r.name.clone(), r.range.clone());
+            let rec = self
+                .registry_call(move |reg| reg.resolve_model(&t, &n, &range))
+                .await?;
             let this = self.clone();
             let digest = rec.digest()?;
             let target = inference.target.clone();

@@ -12,11 +12,15 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeV
 use quiver_registry::{Registry, RegistryError, VersionRecord};
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 mod deploy;
 mod load;
+mod retention;
+
+pub use retention::GcSummary;
 
 /// A deployed version, ready to invoke.
 pub struct Deployment {
@@ -29,6 +33,8 @@ pub struct Deployment {
     pub cache_ttl: Option<std::time::Duration>,
     /// What keys its cached results besides the input (built once, at load).
     cache_identity: Vec<String>,
+    /// `[triggers] http`: the HTTP routes serve it (else only pipelines run it).
+    pub http_trigger: bool,
 }
 
 /// Marks a request in flight on a deployment (and a pipeline's stages) until dropped,
@@ -112,6 +118,10 @@ pub struct Functions {
     /// immutable and this process is the only writer of the embedded index, so the
     /// entry stays right until this process deploys or rolls back that name.
     serving: RwLock<HashMap<String, Arc<Deployment>>>,
+    /// Bumped by every deploy, rollback, delete and scale-to-zero that changes what
+    /// serves: a cold load that started before it must not cache its result as
+    /// serving (see `get`).
+    serving_generation: AtomicU64,
     feature_store: Arc<dyn FeatureBackend>,
     result_cache: ResultCache,
     models: Arc<ModelCache>,
@@ -170,6 +180,7 @@ impl Functions {
             instances,
             queue_depth,
             serving: RwLock::new(HashMap::new()),
+            serving_generation: AtomicU64::new(0),
             result_cache: ResultCache::new(feature_store.clone()),
             feature_store,
             models,
@@ -357,8 +368,22 @@ impl Functions {
 
     fn forget_serving(&self, tenant: &str, name: &str) {
         if let Ok(mut serving) = self.serving.write() {
+            self.serving_generation.fetch_add(1, Ordering::AcqRel);
             serving.remove(&format!("{tenant}/{name}"));
         }
+    }
+
+    /// Run a registry call on a blocking thread (SQLite, hashing, fsync): never on an
+    /// async worker, which would stall every request it polls.
+    pub async fn registry_call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Registry) -> Result<T, RegistryError> + Send + 'static,
+    ) -> Result<T, DeployError> {
+        let registry = self.registry.clone();
+        tokio::task::spawn_blocking(move || f(&registry))
+            .await
+            .map_err(|e| DeployError::Internal(anyhow::anyhow!("registry task failed: {e}")))?
+            .map_err(DeployError::Registry)
     }
 
     pub fn model_cache(&self) -> &ModelCache {

@@ -14,7 +14,7 @@ pub mod ort;
 pub mod pool;
 
 pub use models::{BoundModel, BoundModels, ModelCache};
-pub use pool::{Batching, Executor, InferencePool};
+pub use pool::{set_call_deadline, Batching, Executor, InferencePool};
 
 use std::sync::Arc;
 use tract_onnx::prelude::*;
@@ -216,7 +216,16 @@ impl pool::Runnable for OnnxModel {
 /// i32, i64, u8; f16/bf16 are refused with a clear error.
 pub fn to_tract(t: &Tensor) -> Result<tract_onnx::prelude::Tensor, BackendError> {
     let shape: Vec<usize> = t.dimensions.iter().map(|d| *d as usize).collect();
-    let count: usize = shape.iter().product();
+    // Dimensions come from the guest: their product may overflow.
+    let count = shape
+        .iter()
+        .try_fold(1usize, |n, d| n.checked_mul(*d))
+        .ok_or_else(|| {
+            tensor_error(format!(
+                "tensor of shape {:?}: its element count overflows",
+                t.dimensions
+            ))
+        })?;
     let (dt, width) = match t.ty {
         TensorType::Fp32 => (DatumType::F32, 4),
         TensorType::Fp64 => (DatumType::F64, 8),

@@ -18,8 +18,9 @@ use wasmtime_wasi_nn::{Graph, GraphRegistry};
 
 pub struct ModelCache {
     models: Mutex<HashMap<String, Weak<OnnxModel>>>,
-    /// Parses happen one at a time, so concurrent cold starts parse a model once.
-    parsing: Mutex<()>,
+    /// One gate per model being parsed: concurrent cold starts parse a model once,
+    /// and different models parse in parallel.
+    parsing: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     parses: AtomicU64,
     pool: Arc<InferencePool>,
     backend: super::OnnxBackend,
@@ -29,7 +30,7 @@ impl ModelCache {
     pub fn new(pool: Arc<InferencePool>, backend: super::OnnxBackend) -> Self {
         ModelCache {
             models: Mutex::new(HashMap::new()),
-            parsing: Mutex::new(()),
+            parsing: Mutex::new(HashMap::new()),
             parses: AtomicU64::new(0),
             pool,
             backend,
@@ -62,13 +63,36 @@ impl ModelCache {
         if let Some(m) = self.live(digest) {
             return Ok(m);
         }
-        let _one_at_a_time = self
+        let poisoned = || anyhow::anyhow!("model cache poisoned");
+        let gate = self
             .parsing
             .lock()
-            .map_err(|_| anyhow::anyhow!("model cache poisoned"))?;
-        if let Some(m) = self.live(digest) {
-            return Ok(m);
+            .map_err(|_| poisoned())?
+            .entry(digest.to_string())
+            .or_default()
+            .clone();
+        let parsed = {
+            let _once = gate.lock().map_err(|_| poisoned())?;
+            match self.live(digest) {
+                Some(m) => Ok(m),
+                None => self.parse(digest, target, bytes),
+            }
+        };
+        if let Ok(mut parsing) = self.parsing.lock() {
+            // The last one through removes the gate (a later parse makes a new one).
+            if Arc::strong_count(&gate) <= 2 {
+                parsing.remove(digest);
+            }
         }
+        parsed
+    }
+
+    fn parse(
+        &self,
+        digest: &str,
+        target: &str,
+        bytes: impl FnOnce() -> anyhow::Result<Vec<u8>>,
+    ) -> anyhow::Result<Arc<OnnxModel>> {
         let model = Arc::new(self.backend.load(&bytes()?, target)?);
         self.parses.fetch_add(1, Ordering::Relaxed);
         let mut models = self

@@ -47,7 +47,14 @@ impl InferencePool {
                         Err(_) => return,
                     };
                     match job {
-                        Ok(job) => job(),
+                        // A panicking backend fails its own call (its reply channel
+                        // drops), never the thread: the pool keeps its size.
+                        Ok(job) => {
+                            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err()
+                            {
+                                tracing::error!("an inference job panicked; its call failed");
+                            }
+                        }
                         Err(_) => return,
                     }
                 })?;
@@ -59,7 +66,8 @@ impl InferencePool {
         self.threads
     }
 
-    /// Queue `f`; its result arrives on the returned channel.
+    /// Queue `f`; its result arrives on the returned channel. A full queue is an
+    /// error at once (the host is overloaded), never an unbounded wait.
     fn submit<R: Send + 'static>(
         &self,
         f: impl FnOnce() -> R + Send + 'static,
@@ -68,11 +76,48 @@ impl InferencePool {
         let job: Job = Box::new(move || {
             let _ = tx.send(f());
         });
-        self.jobs
-            .send(job)
-            .map_err(|_| "the inference pool has shut down".to_string())?;
+        self.jobs.try_send(job).map_err(|e| match e {
+            mpsc::TrySendError::Full(_) => {
+                "the inference pool's queue is full: this host is overloaded; try again later"
+                    .to_string()
+            }
+            mpsc::TrySendError::Disconnected(_) => "the inference pool has shut down".to_string(),
+        })?;
         Ok(rx)
     }
+}
+
+std::thread_local! {
+    /// The deadline of the guest call whose wasi-nn host call runs on this thread,
+    /// set by the linker's wasi-nn accessor right before each call (see
+    /// `runtime::Runtime::new`) and taken by the next [`Executor::run`].
+    static CALL_DEADLINE: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// Bound the next model run on this thread by `deadline` (a guest call's timeout).
+pub fn set_call_deadline(deadline: Instant) {
+    CALL_DEADLINE.with(|d| d.set(Some(deadline)));
+}
+
+fn take_call_deadline() -> Option<Instant> {
+    CALL_DEADLINE.with(|d| d.take())
+}
+
+/// Wait for a pool result until `deadline`: past it the caller gets an error and the
+/// run is left to finish on its pool thread (its result is dropped), so a slow model
+/// never holds a call past its function's timeout.
+fn wait<R>(rx: &mpsc::Receiver<R>, deadline: Option<Instant>) -> Result<R, String> {
+    let dropped = || "the inference pool dropped a job".to_string();
+    let Some(deadline) = deadline else {
+        return rx.recv().map_err(|_| dropped());
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    rx.recv_timeout(left).map_err(|e| match e {
+        mpsc::RecvTimeoutError::Timeout => {
+            "the model did not finish within the function's timeout".to_string()
+        }
+        mpsc::RecvTimeoutError::Disconnected => dropped(),
+    })
 }
 
 /// Run blocking work from code that may be on a tokio worker (a wasi-nn host call):
@@ -119,6 +164,10 @@ pub struct Executor<M> {
 /// runtime worker hand-off), more than such a model computes, and blocking a
 /// worker this briefly is no worse than a guest's own time slice (5 ms).
 pub const INLINE_BELOW: Duration = Duration::from_millis(1);
+
+/// ... and only on inputs this small: the same model on a much larger input is not
+/// fast, and a run on the calling thread cannot be cut off at the call's deadline.
+pub const INLINE_MAX_BYTES: usize = 64 << 10;
 
 /// What a model must do to be run by an [`Executor`].
 pub trait Runnable: Send + Sync + 'static {
@@ -179,16 +228,23 @@ impl<M: Runnable> Executor<M> {
 
     /// Run the model on `inputs` (in model input order); outputs in output order.
     /// Blocks the calling thread (see [`blocking`]).
+    /// A run from a guest is bounded by its call's deadline (see [`set_call_deadline`]).
     pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
         self.calls.fetch_add(1, Ordering::Relaxed);
+        let deadline = take_call_deadline();
         let rows = batch_rows(&inputs);
+        let small = inputs
+            .iter()
+            .map(|t| t.len() * t.datum_type().size_of())
+            .sum::<usize>()
+            <= INLINE_MAX_BYTES;
         match (&self.pool, rows) {
             (None, _) => self.run_now(inputs),
             (Some(pool), Some(rows)) if self.batching.max_batch > 1 => {
                 let pool = pool.clone();
-                blocking(move || self.run_batched(&pool, inputs, rows))
+                blocking(move || self.run_batched(&pool, inputs, rows, deadline))
             }
-            (Some(_), _) if self.fast() => self.run_now(inputs),
+            (Some(_), _) if small && self.fast() => self.run_now(inputs),
             (Some(pool), _) => {
                 let model = self.model.clone();
                 let (out, took) = blocking(|| {
@@ -197,8 +253,7 @@ impl<M: Runnable> Executor<M> {
                         let started = Instant::now();
                         (run_model(&*model, inputs), started.elapsed())
                     })?;
-                    rx.recv()
-                        .map_err(|_| "the inference pool dropped a job".to_string())
+                    wait(&rx, deadline)
                 })?;
                 self.observe(took);
                 out
@@ -219,6 +274,7 @@ impl<M: Runnable> Executor<M> {
         pool: &Arc<InferencePool>,
         inputs: Vec<Tensor>,
         rows: usize,
+        deadline: Option<Instant>,
     ) -> Result<Vec<Tensor>, String> {
         let poisoned = || "the batch queue is poisoned".to_string();
         let (tx, rx) = mpsc::sync_channel(1);
@@ -253,10 +309,12 @@ impl<M: Runnable> Executor<M> {
             }
             let taken = std::mem::take(&mut *pending);
             drop(pending);
+            // The leader answers every caller of its batch, so it waits for the
+            // whole batch (bounded by the model's run); the others wait at most
+            // until their own deadline.
             self.dispatch(pool, taken);
         }
-        rx.recv()
-            .map_err(|_| "the batch leader dropped this call".to_string())?
+        wait(&rx, deadline)?
     }
 
     /// Group compatible calls into batches of at most `max_batch` rows, run each on

@@ -182,24 +182,40 @@ fn from_wit(v: WitValue) -> FeatureValue {
     }
 }
 
-/// Caps linear memory per store and remembers that it said no, so the failure is
-/// reported as a memory limit rather than as whatever the guest did next.
+/// Caps a store's memory — its linear memory plus the host-side tensors it holds
+/// (see [`link_accounted_tensors`]) — and remembers that it said no, so the failure
+/// is reported as a memory limit rather than as whatever the guest did next.
 pub(super) struct MemoryLimiter {
     pub(super) limit: usize,
+    /// Linear memory granted so far (the components here have one memory each).
+    pub(super) linear: usize,
     pub(super) exceeded: bool,
+}
+
+impl MemoryLimiter {
+    /// Refuse (and remember) a store that would hold more than its limit.
+    fn check(&mut self, total: usize, what: &str) -> wasmtime::Result<()> {
+        if total > self.limit {
+            self.exceeded = true;
+            wasmtime::bail!(
+                "memory limit of {} bytes exceeded ({what}: {total} bytes)",
+                self.limit
+            );
+        }
+        Ok(())
+    }
 }
 
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.limit {
-            self.exceeded = true;
-            wasmtime::bail!("memory limit of {} bytes exceeded", self.limit);
-        }
+        let others = self.linear.saturating_sub(current);
+        self.check(others.saturating_add(desired), "linear memory")?;
+        self.linear = others + desired;
         Ok(true)
     }
 
@@ -211,4 +227,50 @@ impl ResourceLimiter for MemoryLimiter {
     ) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000)
     }
+}
+
+/// Bytes of wasi-nn tensors the store's resource table holds now (the guest's own
+/// tensors and the outputs of its computes it has not dropped).
+fn tensor_bytes(table: &mut ResourceTable) -> usize {
+    table
+        .iter_mut()
+        .filter_map(|e| e.downcast_ref::<wasmtime_wasi_nn::Tensor>())
+        .map(|t| t.data.len())
+        .sum()
+}
+
+/// wasi-nn keeps every tensor a guest makes on the host heap, outside the guest's
+/// linear memory and its limiter. Replace wasmtime-wasi-nn's `tensor` constructor
+/// with one that first counts what the store already holds (linear memory plus live
+/// tensors) against the function's `[limits] memory`: a guest that makes tensors and
+/// never drops them gets a memory-limit error, not the host's memory.
+pub(super) fn link_accounted_tensors(
+    linker: &mut wasmtime::component::Linker<HostState>,
+) -> wasmtime::Result<()> {
+    use wasmtime::component::Resource;
+    use wasmtime_wasi_nn::wit::{TensorData, TensorDimensions, TensorType};
+    linker.allow_shadowing(true);
+    linker
+        .instance("wasi:nn/tensor@0.2.0-rc-2024-10-28")?
+        .func_wrap(
+            "[constructor]tensor",
+            |mut store: wasmtime::StoreContextMut<'_, HostState>,
+             (dimensions, ty, data): (TensorDimensions, TensorType, TensorData)|
+             -> wasmtime::Result<(Resource<wasmtime_wasi_nn::Tensor>,)> {
+                let state = store.data_mut();
+                let held = tensor_bytes(&mut state.table);
+                let total = state
+                    .limiter
+                    .linear
+                    .saturating_add(held)
+                    .saturating_add(data.len());
+                state
+                    .limiter
+                    .check(total, "linear memory and wasi-nn tensors")?;
+                let tensor = wasmtime_wasi_nn::Tensor::new(dimensions, ty, data);
+                Ok((state.table.push(tensor)?,))
+            },
+        )?;
+    linker.allow_shadowing(false);
+    Ok(())
 }

@@ -35,6 +35,10 @@ use instances::{Busy, InstancePool, Warm, WarmInstance};
 
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
+/// Host resources (streams, pollables, tensors, execution contexts...) one store may
+/// hold at once; past it the guest's call that would make one fails.
+pub const MAX_RESOURCES: usize = 10_000;
+
 /// Interfaces (or whole packages, `pkg/*`) a component of `kind` may import.
 pub fn provided_imports(kind: &str) -> Vec<&'static str> {
     let mut v = vec![
@@ -221,9 +225,13 @@ impl Runtime {
             HasSelf<HostState>,
         >(&mut linker, |s| s)?;
         wasmtime_wasi_nn::wit::add_to_linker(&mut linker, |s: &mut HostState| {
+            // Every wasi-nn call passes here first, on the thread that will run it:
+            // a model run it starts is bounded by this call's deadline.
+            crate::nn::set_call_deadline(s.deadline);
             let ctx = s.nn.get_or_insert_with(BoundModels::none);
             wasmtime_wasi_nn::wit::WasiNnView::new(&mut s.table, ctx)
         })?;
+        host::link_accounted_tensors(&mut linker)?;
 
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
@@ -231,6 +239,12 @@ impl Runtime {
         let aot_dir = data_dir.join("aot");
         std::fs::create_dir_all(&aot_dir)
             .with_context(|| format!("creating {}", aot_dir.display()))?;
+        // Temp files are writes a crash interrupted: nothing refers to them.
+        for entry in std::fs::read_dir(&aot_dir)?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(".tmp") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
 
         let weak = engine.weak();
         std::thread::Builder::new()
@@ -323,13 +337,55 @@ impl Runtime {
                 let component = Component::new(&self.engine, &bytes)
                     .map_err(|e| anyhow::anyhow!("compiling component: {e}"))?;
                 self.compilations.fetch_add(1, Ordering::Relaxed);
-                let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-                let artifact = component.serialize()?;
-                std::fs::write(&tmp, artifact).and_then(|_| std::fs::rename(&tmp, &path))?;
+                // The artifact only saves the next load a compile: failing to write
+                // it (a full disk, a collection racing it) fails nothing.
+                if let Err(e) = component
+                    .serialize()
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+                    .and_then(|bytes| self.save_artifact(&path, &bytes))
+                {
+                    tracing::warn!(artifact = %path.display(), "not saving the AOT artifact: {e:#}");
+                }
                 component
             }
         };
         Ok(component)
+    }
+
+    /// Write an AOT artifact durably: a uniquely named temp file in the same
+    /// directory, fsynced, renamed into place, and the directory fsynced.
+    fn save_artifact(&self, path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.aot_dir)?;
+        tmp.write_all(bytes)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(path).map_err(|e| e.error)?;
+        std::fs::File::open(&self.aot_dir)?.sync_all()?;
+        Ok(())
+    }
+
+    /// Delete every AOT artifact whose component digest is not in `keep` (hex).
+    /// Temp files of writes in progress are left alone (leftovers of a crash go at
+    /// the next start). Returns how many files went.
+    pub fn remove_artifacts_except(
+        &self,
+        keep: &std::collections::HashSet<String>,
+    ) -> anyhow::Result<usize> {
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&self.aot_dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(".tmp") {
+                continue;
+            }
+            let digest = name.split_once('-').map_or(name.as_ref(), |(d, _)| d);
+            if !keep.contains(digest) {
+                std::fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Link and pre-instantiate for the world of `kind`. Errors name what does not link.
@@ -350,12 +406,15 @@ impl Runtime {
     }
 
     fn store(&self, inv: &Invocation) -> Store<HostState> {
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
         let state = HostState {
             wasi: WasiCtx::builder().build(),
-            table: ResourceTable::new(),
+            table,
             http: WasiHttpCtx::new(),
             limiter: MemoryLimiter {
                 limit: inv.limits.memory_bytes,
+                linear: 0,
                 exceeded: false,
             },
             config: inv.config.clone(),
@@ -385,11 +444,28 @@ impl Runtime {
         if store.data().limiter.exceeded {
             return InvokeError::Memory(bytesize::ByteSize(inv.limits.memory_bytes as u64));
         }
+        if Self::past_deadline(store) {
+            return InvokeError::Timeout(inv.limits.timeout);
+        }
+        if let Some(e) = err.downcast_ref::<wasmtime::component::ResourceTableError>() {
+            if matches!(e, wasmtime::component::ResourceTableError::Full) {
+                return InvokeError::Guest(
+                    format!("the function holds {MAX_RESOURCES} host resources at once, the most a call may: drop the ones it no longer uses"),
+                    GuestErrorKind::LimitExceeded,
+                );
+            }
+        }
         match err.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => InvokeError::Timeout(inv.limits.timeout),
             Some(trap) => InvokeError::Trap(trap.to_string()),
             None => InvokeError::Trap(format!("{err}")),
         }
+    }
+
+    /// The call ran past its deadline: whatever it returned (a guest error after a
+    /// wasi-nn run was cut off at the deadline, say), it timed out.
+    fn past_deadline(store: &Store<HostState>) -> bool {
+        Instant::now() >= store.data().deadline
     }
 
     /// For benchmarks: the cost of a store alone.
@@ -455,6 +531,9 @@ impl Runtime {
     ) -> Result<T, InvokeError> {
         match result {
             Err(_) => Err(InvokeError::Timeout(inv.limits.timeout)),
+            Ok(Ok(Err(_))) if Self::past_deadline(&warm.store) => {
+                Err(InvokeError::Timeout(inv.limits.timeout))
+            }
             Ok(Ok(returned)) => {
                 inv.pool.put(warm);
                 returned.map_err(InvokeError::from)
@@ -542,11 +621,15 @@ impl Runtime {
 
     /// Serve one request with a `wasi:http/proxy` component: a fresh instance, or
     /// (with `instance_reuse`) one that served an earlier request and returned cleanly.
+    /// `ticket` (the request's admission slot) is held by the guest's task for its
+    /// whole run, which may outlast this call (a streamed body, a client that went
+    /// away): a guest never runs without counting against its function's capacity.
     pub async fn http(
         &self,
         pre: &ProxyPre<HostState>,
         inv: &Invocation,
         req: hyper::Request<bytes::Bytes>,
+        ticket: impl Send + 'static,
     ) -> Result<hyper::Response<wasmtime_wasi_http::p2::body::HyperOutgoingBody>, InvokeError> {
         use http_body_util::BodyExt as _;
         use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
@@ -573,6 +656,7 @@ impl Runtime {
         // The guest may keep streaming the body after it set the response, so the call
         // runs in its own task; the instance goes back to the pool when it returns.
         let task = tokio::task::spawn(async move {
+            let _ticket = ticket;
             let WarmInstance::Http(proxy) = &warm.instance else {
                 return Err(InvokeError::Host(anyhow::anyhow!("not a wasi:http proxy")));
             };

@@ -139,11 +139,14 @@ impl ApiError {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    // Uploads are bounded by the registry's component size limit plus room for the manifest.
-    let upload_limit = MAX_COMPONENT_SIZE + (1 << 20);
     let admin = Router::new()
         .route("/tenants/{tenant}/functions", post(deploy).get(list))
         .route("/tenants/{tenant}/functions/{name}/versions", get(versions))
+        .route(
+            "/tenants/{tenant}/functions/{name}/versions/{version}",
+            axum::routing::delete(remove_version),
+        )
+        .route("/gc", post(gc))
         .route(
             "/tenants/{tenant}/functions/{name}/rollback",
             post(rollback),
@@ -152,8 +155,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/tenants/{tenant}/features/{group}",
             post(features::load_features),
         )
-        .layer(DefaultBodyLimit::max(upload_limit));
-    Router::new()
+        .layer(DefaultBodyLimit::max(UPLOAD_LIMIT));
+    let router = Router::new()
         .route("/fn/{tenant}/{name}", post(invoke))
         .route("/http/{tenant}/{name}", any(http_proxy))
         .route("/http/{tenant}/{name}/", any(http_proxy))
@@ -163,12 +166,95 @@ pub fn router(state: Arc<AppState>) -> Router {
         .nest("/admin/v1", admin)
         .merge(models::routes())
         .merge(oip::routes())
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .fallback(|uri: axum::http::Uri| async move {
+            let e = ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route");
+            match uri.path().starts_with("/v2") {
+                true => oip::OipError(e).into_response(),
+                false => e.into_response(),
+            }
+        })
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
+        .layer(axum::middleware::from_fn(json_errors));
+    catch_panics(router)
+}
+
+/// Marks a response a guest made (`/http`): passed through as the guest wrote it.
+#[derive(Clone, Copy)]
+struct GuestResponse;
+
+/// Every error the host answers is JSON, also those axum's extractors and router
+/// make themselves (a path that does not decode, a bad query, a body over a route's
+/// limit, a wrong method): they come as plain text and are rewritten here into
+/// `{"error": {"code", "message"}}` (the inference protocol's `{"error": "..."}`
+/// under `/v2`).
+async fn json_errors(req: Request, next: axum::middleware::Next) -> Response {
+    let oip = req.uri().path().starts_with("/v2");
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error())
+        || is_json
+        || resp.extensions().get::<GuestResponse>().is_some()
+    {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 16 << 10)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let code = match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        s if s.is_client_error() => "bad_request",
+        _ => "internal",
+    };
+    let message = match text.is_empty() {
+        true => status.canonical_reason().unwrap_or("error").to_string(),
+        false => text,
+    };
+    let mut out = match oip {
+        true => oip::OipError(ApiError::new(status, code, message)).into_response(),
+        false => ApiError::new(status, code, message).into_response(),
+    };
+    if let Some(allow) = parts.headers.get("allow") {
+        out.headers_mut().insert("allow", allow.clone());
+    }
+    out
+}
+
+/// A handler that panics answers 500 `internal` (logged), and only that request
+/// fails: the process, its other connections and every other tenant keep serving.
+fn catch_panics(router: Router) -> Router {
+    router.layer(tower_http::catch_panic::CatchPanicLayer::custom(
+        |panic: Box<dyn std::any::Any + Send + 'static>| {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            tracing::error!(panic = what, "a request handler panicked; answered 500");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the host failed while handling this request (a bug; it is logged); other requests are unaffected",
+            )
+            .into_response()
+        },
+    ))
 }
 
 pub const MAX_COMPONENT_SIZE: usize = 64 << 20;
+/// A deploy's whole body: the component and room for the manifest.
+const UPLOAD_LIMIT: usize = MAX_COMPONENT_SIZE + (1 << 20);
+/// The largest response body a typed function's result may make.
+pub const MAX_RESPONSE: usize = 16 << 20;
 
 fn check_name(what: &str, s: &str) -> Result<(), ApiError> {
     let ok = !s.is_empty()
@@ -186,6 +272,23 @@ fn check_name(what: &str, s: &str) -> Result<(), ApiError> {
     }
 }
 
+/// A body that announces more than `limit` bytes is refused (413) from its header,
+/// before a byte of it is read.
+pub(crate) fn check_declared(headers: &HeaderMap, limit: usize) -> Result<(), ApiError> {
+    let declared = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > limit as u64 => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body is {n} bytes, over the {limit}-byte limit"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Read a body up to the limit; over it is 413, whether or not it announced its length.
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let too_big = || {
@@ -195,13 +298,7 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
             format!("request body is over the {limit}-byte limit"),
         )
     };
-    let declared = headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_big());
-    }
+    check_declared(headers, limit)?;
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(s) = source {
@@ -231,7 +328,22 @@ async fn resolve(
     check_name("tenant", tenant)?;
     let (name, version) = split_ref(name_ref);
     check_name("function", name)?;
-    Ok(state.functions.get(tenant, name, version).await?)
+    exposed(state.functions.get(tenant, name, version).await?)
+}
+
+/// A function whose manifest says `[triggers] http = false` is not served over HTTP.
+pub(crate) fn exposed(d: Arc<Deployment>) -> Result<Arc<Deployment>, ApiError> {
+    match d.http_trigger {
+        true => Ok(d),
+        false => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_exposed",
+            format!(
+                "`{}` is not served over HTTP ([triggers] http = false)",
+                d.record.name
+            ),
+        )),
+    }
 }
 
 async fn invoke(
@@ -241,13 +353,21 @@ async fn invoke(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let (name, _) = split_ref(&name_ref);
-    let name = name.to_string();
     let mut served = None;
     let result: Result<Response, ApiError> = async {
-        let body = read_body(&headers, body, state.max_body).await?;
         let d = resolve(&state, &tenant, &name_ref).await?;
-        served = Some(version_header(&d));
+        served = Some(d.clone());
+        let body = read_body(&headers, body, state.max_body).await?;
+        if let DeploymentBody::Component(Prepared::Http(_)) = &d.body {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "wrong_kind",
+                format!(
+                    "`{}` is an `http` function; call it at /http/{tenant}/{}/...",
+                    d.record.name, d.record.name
+                ),
+            ));
+        }
         let content_type = headers
             .get("content-type")
             .and_then(|v| v.to_str().ok())
@@ -261,17 +381,27 @@ async fn invoke(
         }
         let _ticket = state.functions.admit(&d).await?;
         let out = state.functions.invoke(&d, content_type, &body).await?;
+        let text = out.to_json().to_string();
+        if text.len() > MAX_RESPONSE {
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "bad_output",
+                format!(
+                    "the function returned {} bytes of JSON; the most this host sends back is {MAX_RESPONSE}",
+                    text.len()
+                ),
+            ));
+        }
         match cache_key {
-            None => Ok(Json(out.to_json()).into_response()),
+            None => Ok(([("content-type", "application/json")], text).into_response()),
             Some(key) => {
-                let text = out.to_json().to_string();
                 state.functions.remember(&d, &key, text.clone()).await;
                 Ok(cache_response(text, "miss"))
             }
         }
     }
     .await;
-    finish(&state, &tenant, &name, started, served, result)
+    finish(&state, Route::Fn, started, served, result)
 }
 
 fn cache_response(body: String, status: &'static str) -> Response {
@@ -287,61 +417,81 @@ fn cache_response(body: String, status: &'static str) -> Response {
 
 fn finish(
     state: &AppState,
-    tenant: &str,
-    name: &str,
+    route: Route,
     started: Instant,
-    served: Option<HeaderValue>,
+    served: Option<Arc<Deployment>>,
     result: Result<Response, ApiError>,
 ) -> Response {
-    finish_as(state, tenant, name, started, served, result, |e| {
-        e.into_response()
-    })
+    finish_as(state, route, started, served, result, |e| e.into_response())
+}
+
+/// Which trigger a request came through (a bounded label).
+#[derive(Clone, Copy)]
+pub(crate) enum Route {
+    Fn,
+    Http,
+    Oip,
+}
+
+impl Route {
+    fn as_str(self) -> &'static str {
+        match self {
+            Route::Fn => "fn",
+            Route::Http => "http",
+            Route::Oip => "oip",
+        }
+    }
 }
 
 /// Count and time an invocation; errors rendered by `render` (the protocol's shape).
+/// Per-function series exist only for functions that resolved: a request naming
+/// nothing deployed counts in one series per route and error code, so no URL can
+/// add series.
 fn finish_as(
     state: &AppState,
-    tenant: &str,
-    name: &str,
+    route: Route,
     started: Instant,
-    served: Option<HeaderValue>,
+    served: Option<Arc<Deployment>>,
     result: Result<Response, ApiError>,
     render: impl FnOnce(ApiError) -> Response,
 ) -> Response {
+    let Some(d) = served else {
+        let code = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.code,
+        };
+        state
+            .metrics
+            .unresolved
+            .with_label_values(&[route.as_str(), code])
+            .inc();
+        return result.unwrap_or_else(render);
+    };
+    let (tenant, name) = (d.record.tenant.as_str(), d.record.name.as_str());
     let mut resp = match result {
         Ok(r) => r,
         Err(e) => {
-            if e.status != StatusCode::NOT_FOUND {
-                state
-                    .metrics
-                    .errors
-                    .with_label_values(&[tenant, name, e.code])
-                    .inc();
-            }
+            state
+                .metrics
+                .errors
+                .with_label_values(&[tenant, name, e.code])
+                .inc();
             render(e)
         }
     };
     // Errors of a resolved function say which version failed, too.
-    if let Some(v) = served {
-        resp.headers_mut().insert("x-quiver-version", v);
-    }
-    if resp.status() != StatusCode::NOT_FOUND {
-        let version = resp
-            .headers()
-            .get("x-quiver-version")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        state
-            .metrics
-            .invocations
-            .with_label_values(&[tenant, name, version, resp.status().as_str()])
-            .inc();
-        state
-            .metrics
-            .latency
-            .with_label_values(&[tenant, name])
-            .observe(started.elapsed().as_secs_f64());
-    }
+    resp.headers_mut()
+        .insert("x-quiver-version", version_header(&d));
+    state
+        .metrics
+        .invocations
+        .with_label_values(&[tenant, name, &d.record.version, resp.status().as_str()])
+        .inc();
+    state
+        .metrics
+        .latency
+        .with_label_values(&[tenant, name])
+        .observe(started.elapsed().as_secs_f64());
     resp
 }
 
@@ -359,12 +509,11 @@ async fn http_proxy(
             .unwrap_or_default()
     };
     let (tenant, name_ref) = (get("tenant"), get("name"));
-    let (name, _) = split_ref(&name_ref);
-    let name = name.to_string();
     let mut served = None;
     let result: Result<Response, ApiError> = async {
         let d = resolve(&state, &tenant, &name_ref).await?;
-        served = Some(version_header(&d));
+        served = Some(d.clone());
+        let name = &d.record.name;
         let DeploymentBody::Component(Prepared::Http(pre)) = &d.body else {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -389,17 +538,19 @@ async fn http_proxy(
             .parse()
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_uri", format!("{e}")))?;
         let req = hyper::Request::from_parts(parts, body);
-        let _ticket = state.functions.admit(&d).await?;
+        let ticket = state.functions.admit(&d).await?;
         let resp = state
             .functions
             .runtime()
-            .http(pre, Functions::invocation(&d), req)
+            .http(pre, Functions::invocation(&d), req, ticket)
             .await?;
         let (parts, body) = resp.into_parts();
-        Ok(Response::from_parts(parts, Body::new(body)))
+        let mut resp = Response::from_parts(parts, Body::new(body));
+        resp.extensions_mut().insert(GuestResponse);
+        Ok(resp)
     }
     .await;
-    finish(&state, &tenant, &name, started, served, result)
+    finish(&state, Route::Http, started, served, result)
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
@@ -441,9 +592,11 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 async fn deploy(
     State(state): State<Arc<AppState>>,
     Path(tenant): Path<String>,
+    headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
     check_name("tenant", &tenant)?;
+    check_declared(&headers, UPLOAD_LIMIT)?;
     let mut multipart = multipart.map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -457,9 +610,18 @@ async fn deploy(
         let field = multipart.next_field().await.map_err(upload_error)?;
         let Some(field) = field else { break };
         match field.name() {
-            Some("manifest") => manifest_text = Some(field.text().await.map_err(upload_error)?),
+            Some("manifest") => {
+                let bytes = read_part(field, "manifest", MAX_MANIFEST_SIZE).await?;
+                manifest_text = Some(String::from_utf8(bytes).map_err(|_| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_upload",
+                        "the `manifest` part is not UTF-8 text",
+                    )
+                })?)
+            }
             Some("component") => {
-                component = Some(field.bytes().await.map_err(upload_error)?.to_vec())
+                component = Some(read_part(field, "component", MAX_COMPONENT_SIZE).await?)
             }
             other => {
                 return Err(ApiError::new(
@@ -495,6 +657,30 @@ async fn deploy(
         "created_at": record.created_at, "unchanged": outcome == PublishOutcome::Unchanged,
     });
     Ok((status, Json(body)).into_response())
+}
+
+/// The most a `manifest` (or a model's `metadata`) part may hold.
+pub const MAX_MANIFEST_SIZE: usize = 256 << 10;
+
+/// Read one multipart part, refusing it (413, naming the part and the limit) as soon
+/// as it grows past `limit`: nothing larger is ever buffered.
+pub(crate) async fn read_part(
+    mut field: axum::extract::multipart::Field<'_>,
+    part: &str,
+    limit: usize,
+) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(upload_error)? {
+        if out.len() + chunk.len() > limit {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the `{part}` part is over its {limit}-byte limit"),
+            ));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }
 
 fn upload_error(e: axum::extract::multipart::MultipartError) -> ApiError {
@@ -536,6 +722,7 @@ async fn versions(
     Path((tenant, name)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_name("tenant", &tenant)?;
+    check_name("function", &name)?;
     let serving = state.functions.registry().resolve(&tenant, &name, None)?;
     let versions = state
         .functions
@@ -555,9 +742,12 @@ struct RollbackBody {
 async fn rollback(
     State(state): State<Arc<AppState>>,
     Path((tenant, name)): Path<(String, String)>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_name("tenant", &tenant)?;
+    check_name("function", &name)?;
+    let body = read_body(&headers, body, 64 << 10).await?;
     let req: RollbackBody = match body.is_empty() {
         true => RollbackBody::default(),
         false => serde_json::from_slice(&body)
@@ -566,13 +756,71 @@ async fn rollback(
     let rec = state
         .functions
         .rollback(&tenant, &name, req.to.as_deref())
+        .await
         .map_err(|e| match e {
-            RegistryError::Invalid(m) => ApiError::new(StatusCode::CONFLICT, "no_older_version", m),
+            DeployError::Registry(RegistryError::Invalid(m)) => {
+                ApiError::new(StatusCode::CONFLICT, "no_older_version", m)
+            }
             other => other.into(),
         })?;
     Ok(Json(
         json!({ "name": name, "serving": rec.version, "digest": rec.digest }),
     ))
+}
+
+#[derive(serde::Deserialize, Default)]
+pub(crate) struct ForceQuery {
+    #[serde(default)]
+    pub(crate) force: bool,
+}
+
+/// A refused delete (serving, pinned, bound) is 409 naming why.
+pub(crate) fn delete_error(e: DeployError) -> ApiError {
+    match e {
+        DeployError::Registry(RegistryError::Invalid(m)) => {
+            ApiError::new(StatusCode::CONFLICT, "in_use", m)
+        }
+        other => other.into(),
+    }
+}
+
+/// Versions are semver: checked before they reach the registry.
+pub(crate) fn check_version(v: &str) -> Result<(), ApiError> {
+    match v.len() <= 64 && semver::Version::parse(v).is_ok() {
+        true => Ok(()),
+        false => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_version",
+            format!(
+                "version `{}` is not a semver version",
+                v.chars().take(64).collect::<String>()
+            ),
+        )),
+    }
+}
+
+async fn remove_version(
+    State(state): State<Arc<AppState>>,
+    Path((tenant, name, version)): Path<(String, String, String)>,
+    axum::extract::Query(q): axum::extract::Query<ForceQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_name("tenant", &tenant)?;
+    check_name("function", &name)?;
+    check_version(&version)?;
+    let deleted = state
+        .functions
+        .remove_version(&tenant, &name, &version, q.force)
+        .await
+        .map_err(delete_error)?;
+    Ok(Json(json!({
+        "name": name, "deleted": deleted.record.version, "digest": deleted.record.digest,
+        "serving": deleted.serving,
+    })))
+}
+
+/// Remove blobs and AOT artifacts that no version of any tenant references.
+async fn gc(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(json!(state.functions.gc().await?)))
 }
 
 /// Start serving on `listener` until the future completes.
@@ -586,4 +834,74 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) -> a
     });
     axum::serve(listener, router(state)).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt as _;
+
+    /// A handler that panics answers 500 with a JSON error, and the same router
+    /// (the same service) serves the next request.
+    #[tokio::test]
+    async fn a_panicking_handler_is_caught_and_answered_500() {
+        async fn boom() -> &'static str {
+            panic!("a bug in a handler")
+        }
+        let router = catch_panics(
+            Router::new()
+                .route("/boom", get(boom))
+                .route("/ok", get(|| async { "ok" })),
+        );
+        let req = |p: &str| Request::builder().uri(p).body(Body::empty()).unwrap();
+        let resp = router.clone().oneshot(req("/boom")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "internal", "{v}");
+        let resp = router.oneshot(req("/ok")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+
+    /// Errors made by axum itself (a path that does not decode, a body over a
+    /// route's limit, a wrong method) come back as JSON too.
+    #[tokio::test]
+    async fn extractor_rejections_are_json() {
+        async fn takes(Path(name): Path<String>, _body: Bytes) -> String {
+            name
+        }
+        let router = Router::new()
+            .route("/x/{name}", post(takes).layer(DefaultBodyLimit::max(8)))
+            .route("/v2/x/{name}", post(takes))
+            .layer(axum::middleware::from_fn(json_errors));
+        let send = |m: &str, p: &str, body: &'static str| {
+            let r = Request::builder()
+                .method(m)
+                .uri(p)
+                .body(Body::from(body))
+                .unwrap();
+            router.clone().oneshot(r)
+        };
+        for (m, p, body, status) in [
+            ("POST", "/x/%FF", "", 400),
+            ("POST", "/x/a", "more than eight bytes", 413),
+            ("GET", "/x/a", "", 405),
+        ] {
+            let resp = send(m, p, body).await.unwrap();
+            assert_eq!(resp.status().as_u16(), status, "{m} {p}");
+            let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+                .await
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert!(v["error"]["code"].is_string(), "{m} {p}: {v}");
+        }
+        let resp = send("POST", "/v2/x/%FF", "").await.unwrap();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(v["error"].is_string(), "OIP shape: {v}");
+    }
 }

@@ -1,6 +1,6 @@
 //! Admin API for models: push (multipart `metadata` JSON + `model` bytes), list, versions.
 
-use super::{check_name, upload_error, ApiError, AppState};
+use super::{check_name, read_part, upload_error, ApiError, AppState};
 use crate::functions::MAX_MODEL_SIZE;
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
@@ -19,8 +19,15 @@ pub fn routes() -> Router<Arc<AppState>> {
             "/admin/v1/tenants/{tenant}/models/{name}/versions",
             get(versions),
         )
-        .layer(DefaultBodyLimit::max(MAX_MODEL_SIZE + (1 << 20)))
+        .route(
+            "/admin/v1/tenants/{tenant}/models/{name}/versions/{version}",
+            axum::routing::delete(remove),
+        )
+        .layer(DefaultBodyLimit::max(PUSH_LIMIT))
 }
+
+/// A push's whole body: the model and room for its metadata.
+const PUSH_LIMIT: usize = MAX_MODEL_SIZE + (1 << 20);
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,6 +38,12 @@ struct PushMetadata {
     /// version, metrics... kept as given.
     #[serde(default)]
     lineage: Option<Value>,
+}
+
+/// A model name from a client: refused with 400 `invalid_name`, like function names.
+fn check_model_name(name: &str) -> Result<(), ApiError> {
+    quiver_registry::check_model_name(name)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_name", e.to_string()))
 }
 
 /// A model version as the API shows it: the record plus its stored metadata.
@@ -46,9 +59,11 @@ pub fn model_json(r: &VersionRecord) -> Value {
 async fn push(
     State(state): State<Arc<AppState>>,
     Path(tenant): Path<String>,
+    headers: axum::http::HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
     check_name("tenant", &tenant)?;
+    super::check_declared(&headers, PUSH_LIMIT)?;
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_upload", m);
     let mut multipart = multipart.map_err(|e| {
         bad(format!(
@@ -58,8 +73,10 @@ async fn push(
     let (mut meta, mut model) = (None, None);
     while let Some(field) = multipart.next_field().await.map_err(upload_error)? {
         match field.name() {
-            Some("metadata") => meta = Some(field.bytes().await.map_err(upload_error)?),
-            Some("model") => model = Some(field.bytes().await.map_err(upload_error)?.to_vec()),
+            Some("metadata") => {
+                meta = Some(read_part(field, "metadata", super::MAX_MANIFEST_SIZE).await?)
+            }
+            Some("model") => model = Some(read_part(field, "model", MAX_MODEL_SIZE).await?),
             other => return Err(bad(format!("unexpected part {other:?}"))),
         }
     }
@@ -73,7 +90,8 @@ async fn push(
                 )
             })?;
     let model = model.ok_or_else(|| bad("missing the `model` part".into()))?;
-    quiver_registry::check_model_name(&meta.name)?;
+    super::check_version(&meta.version)?;
+    check_model_name(&meta.name)?;
     let (record, outcome, _) = state
         .functions
         .push_model(&tenant, &meta.name, &meta.version, meta.lineage, model)
@@ -104,11 +122,30 @@ async fn list(
     ))
 }
 
+async fn remove(
+    State(state): State<Arc<AppState>>,
+    Path((tenant, name, version)): Path<(String, String, String)>,
+    axum::extract::Query(q): axum::extract::Query<super::ForceQuery>,
+) -> Result<Json<Value>, ApiError> {
+    check_name("tenant", &tenant)?;
+    check_model_name(&name)?;
+    super::check_version(&version)?;
+    let rec = state
+        .functions
+        .remove_model(&tenant, &name, &version, q.force)
+        .await
+        .map_err(super::delete_error)?;
+    Ok(Json(
+        json!({ "name": name, "deleted": rec.version, "digest": rec.digest }),
+    ))
+}
+
 async fn versions(
     State(state): State<Arc<AppState>>,
     Path((tenant, name)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     check_name("tenant", &tenant)?;
+    check_model_name(&name)?;
     let versions = state.functions.registry().model_versions(&tenant, &name)?;
     if versions.is_empty() {
         return Err(ApiError::new(

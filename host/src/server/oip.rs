@@ -8,7 +8,7 @@
 //! The tenant is the `x-quiver-tenant` header (default `default`).
 //! Errors are the protocol's `{"error": "<message>"}` with an HTTP status.
 
-use super::{check_name, finish_as, version_header, ApiError, AppState};
+use super::{check_name, finish_as, ApiError, AppState, Route};
 use crate::bindings::{Batch, Column, Field};
 use crate::functions::{Deployment, Input};
 use crate::manifest::Manifest;
@@ -39,7 +39,7 @@ pub fn routes() -> Router<Arc<AppState>> {
 }
 
 /// `ApiError` in the protocol's error shape.
-struct OipError(ApiError);
+pub(super) struct OipError(pub(super) ApiError);
 
 impl<E: Into<ApiError>> From<E> for OipError {
     fn from(e: E) -> Self {
@@ -162,17 +162,19 @@ async fn model_ready(
     headers: HeaderMap,
 ) -> Result<Json<Value>, OipError> {
     let m = ModelRef::of(&headers, path)?;
-    let d = state
-        .functions
-        .get(&m.tenant, &m.name, m.version.as_deref())
-        .await?;
+    let d = super::exposed(
+        state
+            .functions
+            .get(&m.tenant, &m.name, m.version.as_deref())
+            .await?,
+    )?;
     Ok(Json(
         json!({ "name": m.name, "version": d.record.version, "ready": true }),
     ))
 }
 
 #[derive(serde::Deserialize)]
-struct InferRequest {
+pub(crate) struct InferRequest {
     #[serde(default)]
     id: Option<String>,
     inputs: Vec<InputTensor>,
@@ -183,15 +185,15 @@ struct InferRequest {
     parameters: Option<Value>,
 }
 
-#[derive(serde::Deserialize)]
-struct InputTensor {
-    name: String,
-    shape: Vec<i64>,
-    datatype: String,
-    data: Value,
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct InputTensor {
+    pub(crate) name: String,
+    pub(crate) shape: Vec<i64>,
+    pub(crate) datatype: String,
+    pub(crate) data: Value,
     #[serde(default)]
     #[allow(dead_code)]
-    parameters: Option<Value>,
+    pub(crate) parameters: Option<Value>,
 }
 
 #[derive(serde::Deserialize)]
@@ -210,11 +212,6 @@ async fn infer(
 ) -> Response {
     let started = Instant::now();
     let target = ModelRef::of(&headers, path);
-    // Metric labels, also for a request refused before it names a valid model.
-    let (tenant_label, name_label) = match &target {
-        Ok(m) => (m.tenant.clone(), m.name.clone()),
-        Err(_) => (String::new(), String::new()),
-    };
     let mut served = None;
     let result: Result<Response, ApiError> = async {
         let ModelRef {
@@ -222,16 +219,18 @@ async fn infer(
             name,
             version,
         } = target?;
+        let d = super::exposed(
+            state
+                .functions
+                .get(&tenant, &name, version.as_deref())
+                .await?,
+        )?;
+        served = Some(d.clone());
+        check_kind(&d)?;
         let body: Bytes = super::read_body(&headers, body, state.max_body).await?;
         let req: InferRequest = serde_json::from_slice(&body)
             .map_err(|e| bad(format!("not an inference request: {e}")))?;
         let batch = request_batch(&req.inputs)?;
-        let d = state
-            .functions
-            .get(&tenant, &name, version.as_deref())
-            .await?;
-        served = Some(version_header(&d));
-        check_kind(&d)?;
         let _ticket = state.functions.admit(&d).await?;
         let (out, _) = state.functions.run(&d, Input::Batch(batch)).await?;
         let outputs = response_tensors(&out, &req.outputs)?;
@@ -246,15 +245,9 @@ async fn infer(
         Ok(Json(resp).into_response())
     }
     .await;
-    finish_as(
-        &state,
-        &tenant_label,
-        &name_label,
-        started,
-        served,
-        result,
-        |e| OipError(e).into_response(),
-    )
+    finish_as(&state, Route::Oip, started, served, result, |e| {
+        OipError(e).into_response()
+    })
 }
 
 fn check_kind(d: &Deployment) -> Result<(), ApiError> {
@@ -275,22 +268,39 @@ fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
     }
 }
 
-fn request_batch(inputs: &[InputTensor]) -> Result<Batch, ApiError> {
+/// The rows a tensor of `shape` holds, for shapes this mapping takes (`[N]`,
+/// `[N, 1]`); every dimension is checked (negative, overflowing) before anything is
+/// sized from it.
+fn tensor_rows(name: &str, shape: &[i64]) -> Result<usize, ApiError> {
+    let mut elements: usize = 1;
+    for d in shape {
+        let d = usize::try_from(*d).map_err(|_| {
+            bad(format!(
+                "input `{name}` has shape {shape:?}: a dimension is negative"
+            ))
+        })?;
+        elements = elements.checked_mul(d).ok_or_else(|| {
+            bad(format!(
+                "input `{name}` has shape {shape:?}: its element count overflows"
+            ))
+        })?;
+    }
+    match shape {
+        [_] | [_, 1] => Ok(elements),
+        other => Err(bad(format!(
+            "input `{name}` has shape {other:?}; this function takes one column per tensor: [N] or [N, 1]"
+        ))),
+    }
+}
+
+pub(crate) fn request_batch(inputs: &[InputTensor]) -> Result<Batch, ApiError> {
     if inputs.is_empty() {
         return Err(bad("the request has no inputs"));
     }
     let mut fields = Vec::with_capacity(inputs.len());
     let mut rows: Option<usize> = None;
     for t in inputs {
-        let n = match t.shape.as_slice() {
-            [n] | [n, 1] if *n >= 0 => *n as usize,
-            other => {
-                return Err(bad(format!(
-                    "input `{}` has shape {other:?}; this function takes one column per tensor: [N] or [N, 1]",
-                    t.name
-                )))
-            }
-        };
+        let n = tensor_rows(&t.name, &t.shape)?;
         if *rows.get_or_insert(n) != n {
             return Err(bad(format!(
                 "input `{}` has {n} rows, other inputs have {}",
@@ -298,7 +308,8 @@ fn request_batch(inputs: &[InputTensor]) -> Result<Batch, ApiError> {
                 rows.unwrap_or(0)
             )));
         }
-        let mut data = Vec::with_capacity(n);
+        // Sized from the data that came (bounded by the body), never from the shape.
+        let mut data = Vec::new();
         flatten(&t.data, &mut data);
         if data.len() != n {
             return Err(bad(format!(
@@ -384,4 +395,106 @@ fn response_tensors(out: &Batch, wanted: &[RequestedOutput]) -> Result<Vec<Value
             json!({ "name": f.name, "datatype": datatype, "shape": [n], "data": data })
         })
         .collect())
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn scalar() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            any::<i64>().prop_map(|i| json!(i)),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| json!(f)),
+            any::<bool>().prop_map(|b| json!(b)),
+            "[a-z]{0,4}".prop_map(|s| json!(s)),
+        ]
+    }
+
+    fn tensor() -> impl Strategy<Value = InputTensor> {
+        let dims = prop_oneof![
+            any::<i64>(),
+            -2i64..6,
+            Just(i64::MAX),
+            Just(i64::MIN),
+            Just(1i64 << 32),
+        ];
+        (
+            "[a-z]{1,3}",
+            prop::collection::vec(dims, 0..4),
+            prop_oneof![
+                Just("FP32"),
+                Just("FP64"),
+                Just("INT64"),
+                Just("UINT8"),
+                Just("BOOL"),
+                Just("BYTES"),
+                Just("FP8")
+            ],
+            prop::collection::vec(scalar(), 0..6),
+            any::<bool>(),
+        )
+            .prop_map(|(name, shape, datatype, data, nested)| InputTensor {
+                name,
+                shape,
+                datatype: datatype.to_string(),
+                data: match nested {
+                    true => json!(data.chunks(2).map(|c| json!(c)).collect::<Vec<_>>()),
+                    false => json!(data),
+                },
+                parameters: None,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Any request maps to a batch or a 400, never a panic or an allocation
+        /// sized from the shape; a batch has one column per tensor, each as long as
+        /// the shape says and as the data holds.
+        #[test]
+        fn any_request_is_a_batch_or_a_400(inputs in prop::collection::vec(tensor(), 0..4)) {
+            match request_batch(&inputs) {
+                Err(e) => prop_assert_eq!(e.status, StatusCode::BAD_REQUEST),
+                Ok(batch) => {
+                    prop_assert_eq!(batch.fields.len(), inputs.len());
+                    for (f, t) in batch.fields.iter().zip(&inputs) {
+                        let n = crate::convert::column_len(&f.values);
+                        let want: i64 = t.shape.iter().product();
+                        prop_assert_eq!(n as i64, want);
+                        let mut flat = Vec::new();
+                        flatten(&t.data, &mut flat);
+                        prop_assert_eq!(n, flat.len());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn huge_and_negative_shapes_are_refused_before_allocating() {
+        for shape in [
+            vec![i64::MAX],
+            vec![-1],
+            vec![1 << 32, 1 << 32],
+            vec![i64::MAX, 1],
+        ] {
+            let t = InputTensor {
+                name: "x".into(),
+                shape: shape.clone(),
+                datatype: "FP32".into(),
+                data: json!([1.0]),
+                parameters: None,
+            };
+            let e = request_batch(&[t]).unwrap_err();
+            assert_eq!(
+                e.status,
+                StatusCode::BAD_REQUEST,
+                "{shape:?}: {}",
+                e.message
+            );
+        }
+    }
 }
