@@ -248,6 +248,16 @@ impl Server {
         }
     }
 
+    /// The server process is the one this harness started and it has not exited
+    /// (a crash, an abort or an OOM kill would show here).
+    pub fn assert_running(&mut self) {
+        match self.child.try_wait() {
+            Ok(None) => {}
+            Ok(Some(status)) => panic!("the server exited: {status}"),
+            Err(e) => panic!("cannot tell whether the server runs: {e}"),
+        }
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -372,6 +382,16 @@ impl Redis {
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default()
+    }
+
+    /// The server process is the one this harness started and it has not exited
+    /// (a crash, an abort or an OOM kill would show here).
+    pub fn assert_running(&mut self) {
+        match self.child.try_wait() {
+            Ok(None) => {}
+            Ok(Some(status)) => panic!("the server exited: {status}"),
+            Err(e) => panic!("cannot tell whether the server runs: {e}"),
+        }
     }
 
     pub fn kill(&mut self) {

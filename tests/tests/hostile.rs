@@ -163,7 +163,7 @@ fn tensor(shape: Value, datatype: &str, data: Value) -> Value {
 
 #[test]
 fn every_route_refuses_bad_input_and_keeps_serving() {
-    let server = Server::start();
+    let mut server = Server::start();
     server.deploy("txn-features");
     server.deploy("hello-http");
     server.deploy_fraud_score();
@@ -675,6 +675,8 @@ fn every_route_refuses_bad_input_and_keeps_serving() {
     s.expect_oip("unknown protocol route", get("/v2/nope/at/all"), 404);
 
     let cases = s.cases.get();
+    drop(s);
+    server.assert_running();
     eprintln!("hostile routes: {cases} cases");
     assert!(cases >= 79, "{cases} cases ran");
 }
@@ -683,7 +685,8 @@ fn every_route_refuses_bad_input_and_keeps_serving() {
 /// what it did, and the host (one process throughout) keeps serving.
 #[test]
 fn hostile_guests_are_contained() {
-    let server = Server::start_with(&["--features-capacity", "2MiB", "--inference-threads", "1"]);
+    let mut server =
+        Server::start_with(&["--features-capacity", "2MiB", "--inference-threads", "1"]);
     server.deploy("txn-features");
     server.deploy("chaos");
     server.push_model(
@@ -797,6 +800,8 @@ fn hostile_guests_are_contained() {
     let health: Value = server.get("/healthz").json().unwrap();
     assert_eq!(health["inference"]["threads"], 1, "{health}");
     let cases = s.cases.get();
+    drop(s);
+    server.assert_running();
     eprintln!("hostile guests: {cases} cases");
     assert!(cases >= 13, "{cases} cases ran");
 }

@@ -699,7 +699,11 @@ async fn list(
     Path(tenant): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_name("tenant", &tenant)?;
-    let records = state.functions.registry().index().list_serving(&tenant)?;
+    let t = tenant.clone();
+    let records = state
+        .functions
+        .registry_call(move |r| r.index().list_serving(&t))
+        .await?;
     let functions: Vec<serde_json::Value> = records
         .into_iter()
         .map(|r| {
@@ -723,12 +727,11 @@ async fn versions(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_name("tenant", &tenant)?;
     check_name("function", &name)?;
-    let serving = state.functions.registry().resolve(&tenant, &name, None)?;
-    let versions = state
+    let (t, n) = (tenant.clone(), name.clone());
+    let (serving, versions) = state
         .functions
-        .registry()
-        .index()
-        .versions(&tenant, &name)?;
+        .registry_call(move |r| Ok((r.resolve(&t, &n, None)?, r.index().versions(&t, &n)?)))
+        .await?;
     Ok(Json(
         json!({ "name": name, "serving": serving.version, "versions": versions }),
     ))

@@ -116,7 +116,11 @@ async fn list(
     Path(tenant): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     check_name("tenant", &tenant)?;
-    let models = state.functions.registry().list_models(&tenant)?;
+    let t = tenant.clone();
+    let models = state
+        .functions
+        .registry_call(move |r| r.list_models(&t))
+        .await?;
     Ok(Json(
         json!({ "models": models.iter().map(model_json).collect::<Vec<_>>() }),
     ))
@@ -146,7 +150,11 @@ async fn versions(
 ) -> Result<Json<Value>, ApiError> {
     check_name("tenant", &tenant)?;
     check_model_name(&name)?;
-    let versions = state.functions.registry().model_versions(&tenant, &name)?;
+    let (t, n) = (tenant.clone(), name.clone());
+    let versions = state
+        .functions
+        .registry_call(move |r| r.model_versions(&t, &n))
+        .await?;
     if versions.is_empty() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

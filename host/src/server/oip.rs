@@ -130,14 +130,17 @@ async fn model_metadata(
     headers: HeaderMap,
 ) -> Result<Json<Value>, OipError> {
     let m = ModelRef::of(&headers, path)?;
-    let registry = state.functions.registry();
-    let record = registry.resolve(&m.tenant, &m.name, m.version.as_deref())?;
-    let versions: Vec<String> = registry
-        .index()
-        .versions(&m.tenant, &m.name)?
-        .into_iter()
-        .map(|r| r.version)
-        .collect();
+    let (t, n, v) = (m.tenant.clone(), m.name.clone(), m.version.clone());
+    let (record, versions) = state
+        .functions
+        .registry_call(move |r| {
+            Ok((
+                r.resolve(&t, &n, v.as_deref())?,
+                r.index().versions(&t, &n)?,
+            ))
+        })
+        .await?;
+    let versions: Vec<String> = versions.into_iter().map(|r| r.version).collect();
     let manifest = Manifest::parse(&record.manifest)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     let inference = manifest.inference.clone().unwrap_or_default();
