@@ -204,6 +204,7 @@ fn main() {
             inv.models = Some(Arc::new(BoundModels::new(
                 Batching::OFF,
                 &pool,
+                64,
                 vec![(info, model.clone())],
             )));
             let config = [
@@ -222,6 +223,7 @@ fn main() {
             probe_inv.models = Some(Arc::new(BoundModels::new(
                 Batching::OFF,
                 &pool,
+                64,
                 vec![(probe_info, model.clone())],
             )));
             // Interleaved call by call, in a task on a runtime worker, as the server

@@ -103,6 +103,38 @@ fn column_of(name: &str, values: &[&Value]) -> Result<Column, String> {
     })
 }
 
+/// The most JSON a function's result may make as a response.
+pub const MAX_RESPONSE: usize = 16 << 20;
+
+/// At least how many bytes of JSON `batch` makes (rows or tensors), computed from
+/// the columns alone: checked before converting, so a huge result is refused
+/// without building its JSON.
+pub fn json_size_lower_bound(batch: &Batch) -> usize {
+    batch
+        .fields
+        .iter()
+        .map(|f| {
+            let n = column_len(&f.values);
+            let values = match &f.values {
+                Column::Text(v) => v.iter().map(|s| s.len() + 3).sum(),
+                other => column_len(other) * 2,
+            };
+            values + n.saturating_mul(f.name.len() + 3)
+        })
+        .fold(0usize, usize::saturating_add)
+}
+
+/// Refuse a result whose JSON would pass [`MAX_RESPONSE`].
+pub fn check_response_size(batch: &Batch) -> Result<(), String> {
+    let at_least = json_size_lower_bound(batch);
+    match at_least > MAX_RESPONSE {
+        true => Err(format!(
+            "the function returned a result of at least {at_least} bytes of JSON; the most this host sends back is {MAX_RESPONSE}"
+        )),
+        false => Ok(()),
+    }
+}
+
 pub fn column_len(c: &Column) -> usize {
     match c {
         Column::Float64(v) => v.len(),

@@ -119,7 +119,9 @@ impl Index {
             false => {
                 let manager = SqliteConnectionManager::file(path).with_init(|c| {
                     c.busy_timeout(BUSY_TIMEOUT)?;
-                    c.execute_batch("PRAGMA query_only = 1;")
+                    // A small page cache each: readers serve point lookups, and four
+                    // default-sized caches would hold ~8 MiB after a burst of cold loads.
+                    c.execute_batch("PRAGMA query_only = 1; PRAGMA cache_size = -256;")
                 });
                 let pool = r2d2::Pool::builder()
                     .max_size(READERS)
@@ -255,6 +257,30 @@ impl Index {
         version: &str,
     ) -> Result<()> {
         upsert_channel(&*self.writer()?, tenant, name, channel, version)
+    }
+
+    /// Point `channel` at `version` only if that version exists, in one `BEGIN
+    /// IMMEDIATE` transaction: a delete committed just before cannot leave the channel
+    /// pointing at nothing. `Ok(false)` when the version is gone.
+    pub fn move_channel(
+        &self,
+        tenant: &str,
+        name: &str,
+        channel: &str,
+        version: &str,
+    ) -> Result<bool> {
+        let mut conn = self.writer()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let exists: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM versions WHERE tenant = ?1 AND name = ?2 AND version = ?3)",
+            params![tenant, name, version],
+            |r| r.get(0),
+        )?;
+        if exists {
+            upsert_channel(&tx, tenant, name, channel, version)?;
+        }
+        tx.commit()?;
+        Ok(exists)
     }
 
     /// The `stable` version of a function, read in one statement (a concurrent channel

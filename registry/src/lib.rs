@@ -171,8 +171,15 @@ impl Registry {
                 })?
             }
         };
-        self.index
-            .set_channel(tenant, name, "stable", &target.version)?;
+        if !self
+            .index
+            .move_channel(tenant, name, "stable", &target.version)?
+        {
+            return Err(RegistryError::NotFound(format!(
+                "function `{name}@{}` was deleted while rolling back to it",
+                target.version
+            )));
+        }
         self.resolve(tenant, name, None)
     }
 }

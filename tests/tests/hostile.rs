@@ -675,7 +675,6 @@ fn every_route_refuses_bad_input_and_keeps_serving() {
     s.expect_oip("unknown protocol route", get("/v2/nope/at/all"), 404);
 
     let cases = s.cases.get();
-    drop(s);
     server.assert_running();
     eprintln!("hostile routes: {cases} cases");
     assert!(cases >= 79, "{cases} cases ran");
@@ -768,6 +767,12 @@ fn hostile_guests_are_contained() {
         "invalid_input",
     );
     s.expect(
+        "compute outputs never dropped",
+        s.post(nn, mode("outputs")),
+        500,
+        "memory_limit_exceeded",
+    );
+    s.expect(
         "execution contexts never dropped",
         s.post(nn, mode("contexts")),
         429,
@@ -800,10 +805,9 @@ fn hostile_guests_are_contained() {
     let health: Value = server.get("/healthz").json().unwrap();
     assert_eq!(health["inference"]["threads"], 1, "{health}");
     let cases = s.cases.get();
-    drop(s);
     server.assert_running();
     eprintln!("hostile guests: {cases} cases");
-    assert!(cases >= 13, "{cases} cases ran");
+    assert!(cases >= 14, "{cases} cases ran");
 }
 
 /// Requests naming functions that do not exist add no Prometheus series: 600 of

@@ -12,6 +12,9 @@
 //!   them, up to 10 000 000; the first error comes back as `limit-exceeded`
 //!   (`init-execution-context: <code>: <message>`); if the loop ends, one row with
 //!   int64 `made`.
+//! - `outputs`: computes on `model` again and again with a `[65536, 4]` input and
+//!   never drops the outputs (512 KiB each), up to 1000 times, until the host stops
+//!   it with a memory-limit error; if the loop ends, one row with int64 `made`.
 //! - `echo` (and anything else): a normal call, the model on `log_amount`,
 //!   `hour_of_day`, `merchant_z`, `merchant_known` (as `fraud-score` does); out,
 //!   `p_fraud` (f64) per row.
@@ -76,6 +79,27 @@ fn contexts() -> Result<Batch, Error> {
     Batch::new().with_i64("made", vec![made])
 }
 
+/// Outputs of many computes, never dropped: the host holds them in the table.
+fn outputs() -> Result<Batch, Error> {
+    const ROWS: u32 = 65536;
+    let graph = load_by_name(MODEL)
+        .map_err(|e| Error::Unavailable(nn_message(&format!("loading model `{MODEL}`"), &e)))?;
+    let context = graph
+        .init_execution_context()
+        .map_err(|e| Error::Unavailable(nn_message("init-execution-context", &e)))?;
+    let data = vec![0u8; ROWS as usize * 4 * 4];
+    let mut made: i64 = 0;
+    while made < 1000 {
+        let tensor = Tensor::new(&[ROWS, 4], TensorType::Fp32, &data);
+        let out = context
+            .compute(vec![("X".to_string(), tensor)])
+            .map_err(|e| Error::Internal(nn_message("compute", &e)))?;
+        std::mem::forget(out);
+        made += 1;
+    }
+    Batch::new().with_i64("made", vec![made])
+}
+
 /// A normal call: P(fraud) per row, as `fraud-score` computes it.
 fn echo(input: &Batch) -> Result<Batch, Error> {
     let x = input.f32_rows(&FEATURES)?;
@@ -105,6 +129,7 @@ fn nn_chaos(input: Batch) -> Result<Batch, Error> {
         "tensors" => tensors(),
         "dims" => dims(),
         "contexts" => contexts(),
+        "outputs" => outputs(),
         _ => echo(&input),
     }
 }

@@ -22,6 +22,9 @@ struct Entry {
 /// Bytes of features one tenant may keep in the embedded store by default.
 pub const DEFAULT_EMBEDDED_CAPACITY: usize = 256 << 20;
 
+/// The most one `get`/`get-many` copies out of the store.
+pub const MAX_READ_BYTES: usize = 16 << 20;
+
 /// Fixed costs beside the bytes of names and values: the map slots, the `Entry`, the
 /// value enum.
 const ENTITY_OVERHEAD: usize = 96;
@@ -35,12 +38,26 @@ fn value_bytes(name: &str, v: &Value) -> usize {
     VALUE_OVERHEAD + name.len() + payload
 }
 
-fn entry_bytes(key: &EntityKey, values: &HashMap<String, Value>) -> usize {
+fn entry_bytes<'a>(
+    key: &EntityKey,
+    values: impl Iterator<Item = (&'a String, &'a Value)>,
+) -> usize {
     ENTITY_OVERHEAD
         + key.tenant.len()
         + key.group.len()
         + key.entity.len()
-        + values.iter().map(|(n, v)| value_bytes(n, v)).sum::<usize>()
+        + values.map(|(n, v)| value_bytes(n, v)).sum::<usize>()
+}
+
+/// The budget an entity is charged to: its tenant's features, or its tenant's cached
+/// results (the result cache's `@cache` group), which have a budget of their own so
+/// a client filling the cache with distinct inputs cannot block the tenant's
+/// feature writes.
+fn bucket(key: &EntityKey) -> std::borrow::Cow<'_, str> {
+    match key.group.starts_with('@') {
+        true => format!("{}\0{}", key.tenant, key.group).into(),
+        false => key.tenant.as_str().into(),
+    }
 }
 
 struct State {
@@ -56,7 +73,7 @@ struct State {
 impl State {
     fn remove(&mut self, key: &EntityKey) -> Option<Entry> {
         let e = self.entities.remove(key)?;
-        if let Some(u) = self.used.get_mut(&key.tenant) {
+        if let Some(u) = self.used.get_mut(bucket(key).as_ref()) {
             *u = u.saturating_sub(e.bytes);
         }
         Some(e)
@@ -66,7 +83,7 @@ impl State {
         self.used.get(tenant).copied().unwrap_or(0)
     }
 
-    /// Drop `tenant`'s expired entities (they still hold bytes until read), if
+    /// Drop a budget's expired entities (they still hold bytes until read), if
     /// any can have expired by now.
     fn sweep(&mut self, tenant: &str, now: Instant) {
         if self.next_expiry.get(tenant).is_none_or(|t| *t > now) {
@@ -74,7 +91,7 @@ impl State {
         }
         let mut expired = Vec::new();
         let mut next: Option<Instant> = None;
-        for (k, e) in self.entities.iter().filter(|(k, _)| k.tenant == tenant) {
+        for (k, e) in self.entities.iter().filter(|(k, _)| bucket(k) == tenant) {
             match e.expires {
                 Some(t) if t <= now => expired.push(k.clone()),
                 Some(t) => next = Some(next.map_or(t, |n| n.min(t))),
@@ -143,22 +160,37 @@ impl FeatureBackend for Embedded {
     ) -> Result<Vec<Vec<Option<Value>>>, FeatureError> {
         let now = Instant::now();
         let mut state = self.lock()?;
-        Ok(keys
-            .iter()
-            .map(|key| {
-                let expired = state
-                    .entities
-                    .get(key)
-                    .is_some_and(|e| e.expires.is_some_and(|t| t <= now));
-                if expired {
-                    state.remove(key);
-                }
-                match state.entities.get(key) {
-                    Some(e) => names.iter().map(|n| e.values.get(n).cloned()).collect(),
-                    None => vec![None; names.len()],
-                }
-            })
-            .collect())
+        // What one read may copy out: the same large entity asked for thousands of
+        // times would otherwise make the host copy gigabytes.
+        let mut copied = 0usize;
+        let mut rows = Vec::with_capacity(keys.len());
+        for key in keys {
+            let expired = state
+                .entities
+                .get(key)
+                .is_some_and(|e| e.expires.is_some_and(|t| t <= now));
+            if expired {
+                state.remove(key);
+            }
+            let row: Vec<Option<Value>> = match state.entities.get(key) {
+                Some(e) => names
+                    .iter()
+                    .map(|n| {
+                        let v = e.values.get(n);
+                        copied += v.map_or(0, |v| value_bytes(n, v));
+                        v.cloned()
+                    })
+                    .collect(),
+                None => vec![None; names.len()],
+            };
+            if copied > MAX_READ_BYTES {
+                return Err(FeatureError::LimitExceeded(format!(
+                    "one read may return at most {MAX_READ_BYTES} bytes of features; ask for fewer entities or names"
+                )));
+            }
+            rows.push(row);
+        }
+        Ok(rows)
     }
 
     async fn put(
@@ -168,49 +200,72 @@ impl FeatureBackend for Embedded {
         ttl: Option<Duration>,
     ) -> Result<(), FeatureError> {
         let now = Instant::now();
-        let mut state = self.lock()?;
-        let live = state
+        let mut guard = self.lock()?;
+        let state = &mut *guard;
+        // An expired entity is gone: its bytes come back before this write is charged.
+        if state
             .entities
             .get(key)
-            .is_some_and(|e| e.expires.is_none_or(|t| t > now));
-        let (old_bytes, mut merged) = match state.entities.get(key) {
-            Some(e) if live => (e.bytes, e.values.clone()),
-            Some(e) => (e.bytes, HashMap::new()),
-            None => (0, HashMap::new()),
-        };
-        merged.extend(values.iter().map(|(n, v)| (n.clone(), v.clone())));
-        let bytes = entry_bytes(key, &merged);
-        let fits = |state: &State| {
-            state.used(&key.tenant).saturating_sub(old_bytes) + bytes <= self.capacity
-        };
-        if !fits(&state) {
-            state.sweep(&key.tenant, now);
+            .is_some_and(|e| e.expires.is_some_and(|t| t <= now))
+        {
+            state.remove(key);
         }
-        // The sweep may have dropped this very entity (it had expired).
-        let old_bytes = state.entities.get(key).map_or(0, |e| e.bytes);
-        let used = state.used(&key.tenant).saturating_sub(old_bytes);
-        if used + bytes > self.capacity {
-            return Err(FeatureError::LimitExceeded(format!(
-                "tenant `{}` keeps {used} bytes of features in the embedded store; this write \
-                 needs {bytes} more and the limit is {} (--features-capacity)",
-                key.tenant, self.capacity
-            )));
+        // What the entity will be charged, estimated without copying it (a name sent
+        // twice counts twice: the estimate never undercounts).
+        let (old_bytes, estimate) = match state.entities.get(key) {
+            Some(e) => {
+                let mut b = e.bytes;
+                for (n, v) in values {
+                    b += value_bytes(n, v);
+                    if let Some(old) = e.values.get(n) {
+                        b = b.saturating_sub(value_bytes(n, old));
+                    }
+                }
+                (e.bytes, b)
+            }
+            None => (0, entry_bytes(key, values.iter().map(|(n, v)| (n, v)))),
+        };
+        let budget = bucket(key);
+        if state.used(&budget).saturating_sub(old_bytes) + estimate > self.capacity {
+            state.sweep(&budget, now);
+            let used = state.used(&budget).saturating_sub(old_bytes);
+            if used + estimate > self.capacity {
+                return Err(FeatureError::LimitExceeded(format!(
+                    "tenant `{}` keeps {used} bytes of features in the embedded store; this \
+                     write needs {estimate} more and the limit is {} (--features-capacity)",
+                    key.tenant, self.capacity
+                )));
+            }
         }
-        state.remove(key);
-        *state.used.entry(key.tenant.clone()).or_default() += bytes;
         let expires = ttl.map(|t| now + t);
         if let Some(t) = expires {
-            let next = state.next_expiry.entry(key.tenant.clone()).or_insert(t);
+            let next = state.next_expiry.entry(budget.to_string()).or_insert(t);
             *next = (*next).min(t);
         }
-        state.entities.insert(
-            key.clone(),
-            Entry {
-                values: merged,
-                expires,
-                bytes,
-            },
-        );
+        let bytes = match state.entities.get_mut(key) {
+            Some(e) => {
+                e.values
+                    .extend(values.iter().map(|(n, v)| (n.clone(), v.clone())));
+                e.expires = expires;
+                e.bytes = entry_bytes(key, e.values.iter());
+                e.bytes
+            }
+            None => {
+                let values: HashMap<String, Value> = values.iter().cloned().collect();
+                let bytes = entry_bytes(key, values.iter());
+                state.entities.insert(
+                    key.clone(),
+                    Entry {
+                        values,
+                        expires,
+                        bytes,
+                    },
+                );
+                bytes
+            }
+        };
+        let used = state.used.entry(budget.into_owned()).or_default();
+        *used = used.saturating_sub(old_bytes) + bytes;
         Ok(())
     }
 

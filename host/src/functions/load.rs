@@ -91,11 +91,29 @@ impl Functions {
                 return Ok(d);
             }
             let started = Instant::now();
+            let generation = self.serving_generation.load(Ordering::Acquire);
             let loaded = self.load_uncached(record).await;
             if let Ok(mut loading) = self.loading.lock() {
                 loading.remove(&key);
             }
             let d = loaded?;
+            // A delete that landed while this loaded must not see its version come
+            // back: check the version is still there before keeping it.
+            if self.serving_generation.load(Ordering::Acquire) != generation {
+                let (t, n, v) = key.clone();
+                if self
+                    .registry_call(move |r| r.index().get(&t, &n, &v))
+                    .await?
+                    .is_none()
+                {
+                    return Err(DeployError::Registry(
+                        quiver_registry::RegistryError::NotFound(format!(
+                            "function `{}@{}` was deleted",
+                            key.1, key.2
+                        )),
+                    ));
+                }
+            }
             self.loaded
                 .lock()
                 .map_err(|_| DeployError::Internal(anyhow::anyhow!("poisoned")))?
@@ -259,9 +277,11 @@ impl Functions {
             };
             bound.push((info, model));
         }
+        let scaling = manifest.scaling().map_err(DeployError::Internal)?;
         Ok(Arc::new(BoundModels::new(
             inference.batching,
             self.models.pool(),
+            scaling.max_concurrency.min(scaling.max_instances) as usize,
             bound,
         )))
     }

@@ -399,6 +399,7 @@ impl Functions {
         body: &[u8],
     ) -> Result<Output, InvokeError> {
         let (batch, rejected) = self.run(d, Input::Body { content_type, body }).await?;
+        convert::check_response_size(&batch).map_err(InvokeError::BadOutput)?;
         let rows = convert::batch_to_rows(&batch).map_err(InvokeError::BadOutput)?;
         Ok(Output { rows, rejected })
     }

@@ -72,7 +72,11 @@ impl ModelCache {
             .or_default()
             .clone();
         let parsed = {
-            let _once = gate.lock().map_err(|_| poisoned())?;
+            // A parse that panicked poisons the gate, not the digest: the next caller
+            // tries again.
+            let _once = gate
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             match self.live(digest) {
                 Some(m) => Ok(m),
                 None => self.parse(digest, target, bytes),
@@ -137,16 +141,20 @@ pub struct BoundModels {
 }
 
 impl BoundModels {
+    /// `concurrency`: the deployment's, which bounds its unfinished pool runs.
     pub fn new(
         batching: Batching,
         pool: &Arc<InferencePool>,
+        concurrency: usize,
         bound: Vec<(BoundModel, Arc<OnnxModel>)>,
     ) -> Self {
         let mut graphs = HashMap::new();
         let mut executors = Vec::new();
         let mut models = Vec::new();
         for (info, model) in bound {
-            let exec = Arc::new(Executor::new(model, Some(pool.clone()), batching));
+            let exec = Arc::new(
+                Executor::new(model, Some(pool.clone()), batching).with_max_unfinished(concurrency),
+            );
             graphs.insert(info.alias.clone(), super::graph(exec.clone()));
             executors.push(exec);
             models.push(info);

@@ -30,8 +30,8 @@ pub struct InferencePool {
 }
 
 impl InferencePool {
-    /// `threads` workers (at least 1); at most `queue` jobs wait, further callers
-    /// block (on a blocking thread, never a runtime worker) until there is room.
+    /// `threads` workers (at least 1); at most `queue` jobs wait, and a caller that
+    /// finds the queue full is refused at once.
     pub fn new(threads: usize, queue: usize) -> anyhow::Result<Arc<Self>> {
         let threads = threads.max(1);
         let (tx, rx) = mpsc::sync_channel::<Job>(queue.max(1));
@@ -157,6 +157,20 @@ pub struct Executor<M> {
     backend_runs: AtomicU64,
     /// Recent run time in ns (moving average; 0 until the first run).
     typical_ns: AtomicU64,
+    /// Runs of this executor on the pool that have not finished, including runs
+    /// whose callers gave up at their deadline, and the most it may have: a function
+    /// whose calls time out cannot fill the shared pool with abandoned runs.
+    unfinished: Arc<AtomicU64>,
+    max_unfinished: u64,
+}
+
+/// Counts a run as unfinished until the pool job that owns it ends.
+struct Unfinished(Arc<AtomicU64>);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A model whose runs typically take less than this runs on the calling thread:
@@ -193,7 +207,28 @@ impl<M: Runnable> Executor<M> {
             calls: AtomicU64::new(0),
             backend_runs: AtomicU64::new(0),
             typical_ns: AtomicU64::new(0),
+            unfinished: Arc::new(AtomicU64::new(0)),
+            max_unfinished: u64::MAX,
         }
+    }
+
+    /// At most `n` runs of this executor on the pool at once, abandoned ones
+    /// included (a deployment passes its concurrency).
+    pub fn with_max_unfinished(mut self, n: usize) -> Self {
+        self.max_unfinished = n.max(1) as u64;
+        self
+    }
+
+    fn start_run(&self) -> Result<Unfinished, String> {
+        let before = self.unfinished.fetch_add(1, Ordering::AcqRel);
+        let guard = Unfinished(self.unfinished.clone());
+        if before >= self.max_unfinished {
+            return Err(format!(
+                "{before} runs of this model are still unfinished on the inference pool (earlier calls \
+                 timed out waiting for them), the most this function may have; try again later"
+            ));
+        }
+        Ok(guard)
     }
 
     /// Fold one run's duration into the moving average (1/8 weight).
@@ -247,9 +282,11 @@ impl<M: Runnable> Executor<M> {
             (Some(_), _) if small && self.fast() => self.run_now(inputs),
             (Some(pool), _) => {
                 let model = self.model.clone();
+                let unfinished = self.start_run()?;
                 let (out, took) = blocking(|| {
                     self.backend_runs.fetch_add(1, Ordering::Relaxed);
                     let rx = pool.submit(move || {
+                        let _unfinished = unfinished;
                         let started = Instant::now();
                         (run_model(&*model, inputs), started.elapsed())
                     })?;

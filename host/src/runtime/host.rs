@@ -144,6 +144,15 @@ impl base::quiver::ml::features::Host for HostState {
 }
 
 impl HostState {
+    /// Mark the store over its memory limit when its linear memory and the tensors
+    /// it holds pass it (the epoch callback turns the mark into a trap).
+    pub(super) fn check_tensor_memory(&mut self) {
+        let held = tensor_bytes(&mut self.table);
+        if self.limiter.linear.saturating_add(held) > self.limiter.limit {
+            self.limiter.exceeded = true;
+        }
+    }
+
     fn feature_scope(&self) -> Result<Arc<FeatureScope>, GuestError> {
         self.features.clone().ok_or_else(|| {
             GuestError::InvalidInput(format!(

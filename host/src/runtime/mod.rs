@@ -228,6 +228,10 @@ impl Runtime {
             // Every wasi-nn call passes here first, on the thread that will run it:
             // a model run it starts is bounded by this call's deadline.
             crate::nn::set_call_deadline(s.deadline);
+            // `compute` puts its outputs straight into the table, past the tensor
+            // constructor's check: a guest that keeps them is caught at its next
+            // wasi-nn call (the epoch callback then stops it).
+            s.check_tensor_memory();
             let ctx = s.nn.get_or_insert_with(BoundModels::none);
             wasmtime_wasi_nn::wit::WasiNnView::new(&mut s.table, ctx)
         })?;
@@ -381,8 +385,12 @@ impl Runtime {
             }
             let digest = name.split_once('-').map_or(name.as_ref(), |(d, _)| d);
             if !keep.contains(digest) {
-                std::fs::remove_file(entry.path())?;
-                removed += 1;
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => removed += 1,
+                    // Another collection took it first.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
         Ok(removed)
@@ -430,6 +438,9 @@ impl Runtime {
         // guest never holds a runtime thread for more than a tick, and traps once
         // past its deadline.
         store.epoch_deadline_callback(|ctx| {
+            if ctx.data().limiter.exceeded {
+                wasmtime::bail!("memory limit exceeded by host-side tensors");
+            }
             Ok(match Instant::now() >= ctx.data().deadline {
                 true => UpdateDeadline::Interrupt,
                 false => UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())),

@@ -1,9 +1,10 @@
 //! Admin API for features: backfill rows into one of a tenant's feature groups.
 
+use super::extract::Path;
 use super::{check_name, ApiError, AppState};
 use crate::features::{check_values, EntityKey, FeatureError, Value, MAX_ENTITY_LEN};
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde_json::json;
@@ -55,7 +56,8 @@ fn feature_error(row: Option<usize>, e: FeatureError) -> ApiError {
 
 /// Backfill: write rows of features into one group of the tenant (the admin API is
 /// trusted with all of a tenant's groups; functions only reach their declared ones).
-/// Every row is checked before anything is written; a refused request writes nothing.
+/// Every row is checked before anything is written: a request refused for its
+/// input writes nothing.
 pub(super) async fn load_features(
     State(state): State<Arc<AppState>>,
     Path((tenant, group)): Path<(String, String)>,
@@ -109,16 +111,23 @@ pub(super) async fn load_features(
     }
     let store = state.functions.feature_store();
     let ttl = req.ttl_ms.map(std::time::Duration::from_millis);
-    for (entity, values) in &parsed {
+    for (i, (entity, values)) in parsed.iter().enumerate() {
         let key = EntityKey {
             tenant: tenant.clone(),
             group: group.clone(),
             entity: entity.clone(),
         };
-        store
-            .put(&key, values, ttl)
-            .await
-            .map_err(|e| feature_error(None, e))?;
+        // Rows are written in order: one the store refuses (its budget, Redis down)
+        // stops the request, and the answer says how many rows before it were written.
+        store.put(&key, values, ttl).await.map_err(|e| {
+            let mut e = feature_error(None, e);
+            e.message = format!(
+                "row {}: {} ({i} rows before it were written)",
+                i + 1,
+                e.message
+            );
+            e
+        })?;
     }
     Ok(Json(json!({ "group": group, "written": parsed.len() })))
 }

@@ -8,16 +8,18 @@ use crate::metrics::Metrics;
 use crate::runtime::{GuestErrorKind, InvokeError, Prepared};
 use axum::body::{Body, Bytes};
 use axum::extract::multipart::MultipartRejection;
-use axum::extract::{DefaultBodyLimit, Multipart, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Multipart, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
+use extract::{Path, Query};
 use quiver_registry::{PublishOutcome, RegistryError};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
 
+mod extract;
 mod features;
 mod models;
 mod oip;
@@ -167,66 +169,24 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(models::routes())
         .merge(oip::routes())
         .fallback(|uri: axum::http::Uri| async move {
-            let e = ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route");
-            match uri.path().starts_with("/v2") {
-                true => oip::OipError(e).into_response(),
-                false => e.into_response(),
-            }
+            extract::reject(
+                uri.path(),
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such route".into(),
+            )
         })
         .layer(DefaultBodyLimit::disable())
-        .with_state(state)
-        .layer(axum::middleware::from_fn(json_errors));
+        .method_not_allowed_fallback(|req: Request| async move {
+            extract::reject(
+                req.uri().path(),
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{} is not allowed here", req.method()),
+            )
+        })
+        .with_state(state);
     catch_panics(router)
-}
-
-/// Marks a response a guest made (`/http`): passed through as the guest wrote it.
-#[derive(Clone, Copy)]
-struct GuestResponse;
-
-/// Every error the host answers is JSON, also those axum's extractors and router
-/// make themselves (a path that does not decode, a bad query, a body over a route's
-/// limit, a wrong method): they come as plain text and are rewritten here into
-/// `{"error": {"code", "message"}}` (the inference protocol's `{"error": "..."}`
-/// under `/v2`).
-async fn json_errors(req: Request, next: axum::middleware::Next) -> Response {
-    let oip = req.uri().path().starts_with("/v2");
-    let resp = next.run(req).await;
-    let status = resp.status();
-    let is_json = resp
-        .headers()
-        .get("content-type")
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if !(status.is_client_error() || status.is_server_error())
-        || is_json
-        || resp.extensions().get::<GuestResponse>().is_some()
-    {
-        return resp;
-    }
-    let (parts, body) = resp.into_parts();
-    let text = axum::body::to_bytes(body, 16 << 10)
-        .await
-        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
-        .unwrap_or_default();
-    let code = match status {
-        StatusCode::NOT_FOUND => "not_found",
-        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        s if s.is_client_error() => "bad_request",
-        _ => "internal",
-    };
-    let message = match text.is_empty() {
-        true => status.canonical_reason().unwrap_or("error").to_string(),
-        false => text,
-    };
-    let mut out = match oip {
-        true => oip::OipError(ApiError::new(status, code, message)).into_response(),
-        false => ApiError::new(status, code, message).into_response(),
-    };
-    if let Some(allow) = parts.headers.get("allow") {
-        out.headers_mut().insert("allow", allow.clone());
-    }
-    out
 }
 
 /// A handler that panics answers 500 `internal` (logged), and only that request
@@ -253,8 +213,7 @@ fn catch_panics(router: Router) -> Router {
 pub const MAX_COMPONENT_SIZE: usize = 64 << 20;
 /// A deploy's whole body: the component and room for the manifest.
 const UPLOAD_LIMIT: usize = MAX_COMPONENT_SIZE + (1 << 20);
-/// The largest response body a typed function's result may make.
-pub const MAX_RESPONSE: usize = 16 << 20;
+pub use crate::convert::MAX_RESPONSE;
 
 fn check_name(what: &str, s: &str) -> Result<(), ApiError> {
     let ok = !s.is_empty()
@@ -545,9 +504,7 @@ async fn http_proxy(
             .http(pre, Functions::invocation(&d), req, ticket)
             .await?;
         let (parts, body) = resp.into_parts();
-        let mut resp = Response::from_parts(parts, Body::new(body));
-        resp.extensions_mut().insert(GuestResponse);
-        Ok(resp)
+        Ok(Response::from_parts(parts, Body::new(body)))
     }
     .await;
     finish(&state, Route::Http, started, served, result)
@@ -805,7 +762,7 @@ pub(crate) fn check_version(v: &str) -> Result<(), ApiError> {
 async fn remove_version(
     State(state): State<Arc<AppState>>,
     Path((tenant, name, version)): Path<(String, String, String)>,
-    axum::extract::Query(q): axum::extract::Query<ForceQuery>,
+    Query(q): Query<ForceQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_name("tenant", &tenant)?;
     check_name("function", &name)?;
@@ -868,31 +825,43 @@ mod tests {
         assert_eq!(resp.status(), StatusCode::OK);
     }
 
-    /// Errors made by axum itself (a path that does not decode, a body over a
-    /// route's limit, a wrong method) come back as JSON too.
+    /// Errors of axum's own extractors and router (a path that does not decode, a
+    /// bad query, a wrong method) come back as JSON too.
     #[tokio::test]
     async fn extractor_rejections_are_json() {
-        async fn takes(Path(name): Path<String>, _body: Bytes) -> String {
+        #[derive(serde::Deserialize)]
+        struct Flag {
+            #[allow(dead_code)]
+            force: bool,
+        }
+        async fn takes(Path(name): Path<String>, Query(_): Query<Flag>) -> String {
             name
         }
         let router = Router::new()
-            .route("/x/{name}", post(takes).layer(DefaultBodyLimit::max(8)))
+            .route("/x/{name}", post(takes))
             .route("/v2/x/{name}", post(takes))
-            .layer(axum::middleware::from_fn(json_errors));
-        let send = |m: &str, p: &str, body: &'static str| {
+            .method_not_allowed_fallback(|req: Request| async move {
+                extract::reject(
+                    req.uri().path(),
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "no".into(),
+                )
+            });
+        let send = |m: &str, p: &str| {
             let r = Request::builder()
                 .method(m)
                 .uri(p)
-                .body(Body::from(body))
+                .body(Body::empty())
                 .unwrap();
             router.clone().oneshot(r)
         };
-        for (m, p, body, status) in [
-            ("POST", "/x/%FF", "", 400),
-            ("POST", "/x/a", "more than eight bytes", 413),
-            ("GET", "/x/a", "", 405),
+        for (m, p, status) in [
+            ("POST", "/x/%FF?force=true", 400),
+            ("POST", "/x/a?force=maybe", 400),
+            ("GET", "/x/a?force=true", 405),
         ] {
-            let resp = send(m, p, body).await.unwrap();
+            let resp = send(m, p).await.unwrap();
             assert_eq!(resp.status().as_u16(), status, "{m} {p}");
             let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
                 .await
@@ -900,7 +869,7 @@ mod tests {
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
             assert!(v["error"]["code"].is_string(), "{m} {p}: {v}");
         }
-        let resp = send("POST", "/v2/x/%FF", "").await.unwrap();
+        let resp = send("POST", "/v2/x/%FF?force=true").await.unwrap();
         let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
             .await
             .unwrap();

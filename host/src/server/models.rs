@@ -1,9 +1,10 @@
 //! Admin API for models: push (multipart `metadata` JSON + `model` bytes), list, versions.
 
+use super::extract::Path;
 use super::{check_name, read_part, upload_error, ApiError, AppState};
 use crate::functions::MAX_MODEL_SIZE;
 use axum::extract::multipart::MultipartRejection;
-use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
+use axum::extract::{DefaultBodyLimit, Multipart, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -129,7 +130,7 @@ async fn list(
 async fn remove(
     State(state): State<Arc<AppState>>,
     Path((tenant, name, version)): Path<(String, String, String)>,
-    axum::extract::Query(q): axum::extract::Query<super::ForceQuery>,
+    super::extract::Query(q): super::extract::Query<super::ForceQuery>,
 ) -> Result<Json<Value>, ApiError> {
     check_name("tenant", &tenant)?;
     check_model_name(&name)?;

@@ -8,12 +8,13 @@
 //! The tenant is the `x-quiver-tenant` header (default `default`).
 //! Errors are the protocol's `{"error": "<message>"}` with an HTTP status.
 
+use super::extract::Path;
 use super::{check_name, finish_as, ApiError, AppState, Route};
 use crate::bindings::{Batch, Column, Field};
 use crate::functions::{Deployment, Input};
 use crate::manifest::Manifest;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -236,6 +237,8 @@ async fn infer(
         let batch = request_batch(&req.inputs)?;
         let _ticket = state.functions.admit(&d).await?;
         let (out, _) = state.functions.run(&d, Input::Batch(batch)).await?;
+        crate::convert::check_response_size(&out)
+            .map_err(|m| ApiError::from(crate::runtime::InvokeError::BadOutput(m)))?;
         let outputs = response_tensors(&out, &req.outputs)?;
         let mut resp = json!({
             "model_name": name,
