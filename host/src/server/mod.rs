@@ -191,23 +191,60 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// A handler that panics answers 500 `internal` (logged), and only that request
 /// fails: the process, its other connections and every other tenant keep serving.
+/// (A layer of its own rather than tower-http's `CatchPanicLayer`, which boxes every
+/// response body: this one leaves the response as the handler made it.)
 fn catch_panics(router: Router) -> Router {
-    router.layer(tower_http::catch_panic::CatchPanicLayer::custom(
-        |panic: Box<dyn std::any::Any + Send + 'static>| {
-            let what = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("(no message)");
-            tracing::error!(panic = what, "a request handler panicked; answered 500");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "the host failed while handling this request (a bug; it is logged); other requests are unaffected",
-            )
-            .into_response()
-        },
-    ))
+    router.layer(tower::layer::layer_fn(CatchPanic))
+}
+
+#[derive(Clone)]
+struct CatchPanic<S>(S);
+
+type Answer = Result<Response, std::convert::Infallible>;
+
+impl<S> tower::Service<Request> for CatchPanic<S>
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::Map<
+        futures::future::CatchUnwind<std::panic::AssertUnwindSafe<S::Future>>,
+        fn(std::thread::Result<Answer>) -> Answer,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        use futures::FutureExt as _;
+        std::panic::AssertUnwindSafe(self.0.call(req))
+            .catch_unwind()
+            .map(answer_panic as fn(std::thread::Result<Answer>) -> Answer)
+    }
+}
+
+fn answer_panic(result: std::thread::Result<Answer>) -> Answer {
+    let panic = match result {
+        Ok(answer) => return answer,
+        Err(panic) => panic,
+    };
+    let what = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    tracing::error!(panic = what, "a request handler panicked; answered 500");
+    Ok(ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "the host failed while handling this request (a bug; it is logged); other requests are unaffected",
+    )
+    .into_response())
 }
 
 pub const MAX_COMPONENT_SIZE: usize = 64 << 20;
