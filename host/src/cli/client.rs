@@ -74,8 +74,26 @@ impl Client {
         Ok(self.json(self.http.get(self.admin(path))).await?.1)
     }
 
-    pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
-        Ok(self.json(self.http.delete(self.admin(path))).await?.1)
+    /// Delete `NAME@VERSION` of a collection (`functions`, `models`); the name and
+    /// version it deleted, and the server's answer. `command` names the CLI verb
+    /// for the error when no version is given.
+    pub async fn delete_version(
+        &self,
+        collection: &str,
+        reference: &str,
+        force: bool,
+        command: &str,
+    ) -> anyhow::Result<(String, String, Value)> {
+        let (name, version) = crate::functions::split_ref(reference);
+        let version = version.with_context(|| {
+            format!("name the version to delete: `quiver {command} {name}@VERSION`")
+        })?;
+        let mut path = format!("{collection}/{name}/versions/{version}");
+        if force {
+            path.push_str("?force=true");
+        }
+        let out = self.json(self.http.delete(self.admin(&path))).await?.1;
+        Ok((name.to_string(), version.to_string(), out))
     }
 
     /// POST to a platform-wide admin route (`/admin/v1/{path}`, no tenant).

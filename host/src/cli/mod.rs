@@ -377,15 +377,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Rm { function, force } => {
-            let (name, version) = crate::functions::split_ref(&function);
-            let version = version.with_context(|| {
-                format!("name the version to delete: `quiver rm {name}@VERSION`")
-            })?;
-            let mut path = format!("functions/{name}/versions/{version}");
-            if force {
-                path.push_str("?force=true");
-            }
-            let out = client.delete(&path).await?;
+            let (name, version, out) = client
+                .delete_version("functions", &function, force, "rm")
+                .await?;
             match cli.json {
                 true => println!("{out}"),
                 false => match out["serving"].as_str() {

@@ -131,15 +131,9 @@ pub async fn run(client: &Client, cmd: ModelsCommand, json_out: bool) -> anyhow:
         ModelsCommand::Ls => client.get("models").await?,
         ModelsCommand::Versions { name } => client.get(&format!("models/{name}/versions")).await?,
         ModelsCommand::Rm { model, force } => {
-            let (name, version) = crate::functions::split_ref(&model);
-            let version = version.with_context(|| {
-                format!("name the version to delete: `quiver models rm {name}@VERSION`")
-            })?;
-            let mut path = format!("models/{name}/versions/{version}");
-            if force {
-                path.push_str("?force=true");
-            }
-            let out = client.delete(&path).await?;
+            let (name, version, out) = client
+                .delete_version("models", &model, force, "models rm")
+                .await?;
             if !json_out {
                 println!("deleted model {name}@{version}");
                 return Ok(());

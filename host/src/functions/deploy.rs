@@ -36,9 +36,8 @@ impl Functions {
             let mut pinned = Vec::new();
             for (i, stage) in stages.iter().enumerate() {
                 let (name, v) = split_ref(stage);
-                let (t, n, v) = (tenant.to_string(), name.to_string(), v.map(str::to_string));
                 let rec = self
-                    .registry_call(move |r| r.resolve(&t, &n, v.as_deref()))
+                    .resolve(tenant, name, v)
                     .await
                     .map_err(|e| DeployError::Invalid(format!("pipeline stage `{stage}`: {e}")))?;
                 check_stage_kind(i, &rec)?;
@@ -117,9 +116,8 @@ impl Functions {
         let invalid = |e: anyhow::Error| DeployError::Invalid(format!("{e:#}"));
         let inference = manifest.inference().map_err(invalid)?;
         for r in manifest.model_refs().map_err(invalid)? {
-            let (t, n, range) = (tenant.to_string(), r.name.clone(), r.range.clone());
             let rec = self
-                .registry_call(move |reg| reg.resolve_model(&t, &n, &range))
+                .resolve_model(tenant, &r.name, &r.range)
                 .await
                 .map_err(|e| DeployError::Invalid(format!("[models] {}: {e}", r.alias)))?;
             manifest

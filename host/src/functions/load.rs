@@ -34,8 +34,7 @@ impl Functions {
                 // serves this request (it was serving when asked) but is not cached
                 // as serving; the next request resolves afresh.
                 let generation = self.serving_generation.load(Ordering::Acquire);
-                let (t, n) = (tenant.to_string(), name.to_string());
-                let record = self.registry_call(move |r| r.resolve(&t, &n, None)).await?;
+                let record = self.resolve(tenant, name, None).await?;
                 let d = self.load(record).await?;
                 let mut serving = self.serving.write().map_err(|_| poisoned())?;
                 if self.serving_generation.load(Ordering::Acquire) == generation {
@@ -48,10 +47,7 @@ impl Functions {
                 if let Some(d) = self.loaded.lock().map_err(|_| poisoned())?.get(&key) {
                     return Ok(d.clone());
                 }
-                let (t, n, v) = (tenant.to_string(), name.to_string(), v.to_string());
-                let record = self
-                    .registry_call(move |r| r.resolve(&t, &n, Some(&v)))
-                    .await?;
+                let record = self.resolve(tenant, name, Some(v)).await?;
                 self.load(record).await
             }
         }
@@ -177,14 +173,7 @@ impl Functions {
             let mut stages = Vec::new();
             for stage in manifest.pipeline.map(|p| p.stages).unwrap_or_default() {
                 let (name, v) = split_ref(&stage);
-                let (t, n, v) = (
-                    record.tenant.clone(),
-                    name.to_string(),
-                    v.map(str::to_string),
-                );
-                let rec = self
-                    .registry_call(move |r| r.resolve(&t, &n, v.as_deref()))
-                    .await?;
+                let rec = self.resolve(&record.tenant, name, v).await?;
                 stages.push(self.load(rec).await?);
             }
             DeploymentBody::Pipeline(stages)
@@ -248,10 +237,7 @@ impl Functions {
         let inference = manifest.inference().map_err(DeployError::Internal)?;
         let mut bound = Vec::new();
         for r in manifest.model_refs().map_err(DeployError::Internal)? {
-            let (t, n, range) = (tenant.to_string(), r.name.clone(), r.range.clone());
-            let rec = self
-                .registry_call(move |reg| reg.resolve_model(&t, &n, &range))
-                .await?;
+            let rec = self.resolve_model(tenant, &r.name, &r.range).await?;
             let this = self.clone();
             let digest = rec.digest()?;
             let target = inference.target.clone();

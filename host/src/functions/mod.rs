@@ -373,6 +373,34 @@ impl Functions {
         }
     }
 
+    /// The version serving `name` (or `name@version`), read on a blocking thread.
+    pub async fn resolve(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<VersionRecord, DeployError> {
+        let (t, n, v) = (
+            tenant.to_string(),
+            name.to_string(),
+            version.map(str::to_string),
+        );
+        self.registry_call(move |r| r.resolve(&t, &n, v.as_deref()))
+            .await
+    }
+
+    /// The highest version of model `name` that `range` accepts.
+    pub async fn resolve_model(
+        &self,
+        tenant: &str,
+        name: &str,
+        range: &semver::VersionReq,
+    ) -> Result<VersionRecord, DeployError> {
+        let (t, n, range) = (tenant.to_string(), name.to_string(), range.clone());
+        self.registry_call(move |r| r.resolve_model(&t, &n, &range))
+            .await
+    }
+
     /// Run a registry call on a blocking thread (SQLite, hashing, fsync): never on an
     /// async worker, which would stall every request it polls.
     pub async fn registry_call<T: Send + 'static>(

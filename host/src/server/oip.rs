@@ -275,28 +275,21 @@ fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
 }
 
 /// The rows a tensor of `shape` holds, for shapes this mapping takes (`[N]`,
-/// `[N, 1]`); every dimension is checked (negative, overflowing) before anything is
-/// sized from it.
+/// `[N, 1]`), checked (a negative `N`) before anything is sized from it.
 fn tensor_rows(name: &str, shape: &[i64]) -> Result<usize, ApiError> {
-    let mut elements: usize = 1;
-    for d in shape {
-        let d = usize::try_from(*d).map_err(|_| {
-            bad(format!(
-                "input `{name}` has shape {shape:?}: a dimension is negative"
-            ))
-        })?;
-        elements = elements.checked_mul(d).ok_or_else(|| {
-            bad(format!(
-                "input `{name}` has shape {shape:?}: its element count overflows"
-            ))
-        })?;
-    }
-    match shape {
-        [_] | [_, 1] => Ok(elements),
-        other => Err(bad(format!(
-            "input `{name}` has shape {other:?}; this function takes one column per tensor: [N] or [N, 1]"
-        ))),
-    }
+    let n = match shape {
+        [n] | [n, 1] => *n,
+        other => {
+            return Err(bad(format!(
+                "input `{name}` has shape {other:?}; this function takes one column per tensor: [N] or [N, 1]"
+            )))
+        }
+    };
+    usize::try_from(n).map_err(|_| {
+        bad(format!(
+            "input `{name}` has shape {shape:?}: a dimension is negative"
+        ))
+    })
 }
 
 pub(crate) fn request_batch(inputs: &[InputTensor]) -> Result<Batch, ApiError> {
