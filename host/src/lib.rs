@@ -5,6 +5,7 @@ pub mod admission;
 pub mod bindings;
 pub mod cli;
 pub mod convert;
+pub mod egress;
 pub mod features;
 pub mod functions;
 pub mod manifest;
@@ -13,6 +14,7 @@ pub mod nn;
 pub mod runtime;
 pub mod scaler;
 pub mod server;
+pub mod tenancy;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
