@@ -30,11 +30,16 @@ start() {
   pids+=($!)
   for _ in $(seq 100); do curl -s -o /dev/null "127.0.0.1:$3/healthz" && break; sleep 0.1; done
   export QUIVER_SERVER="http://127.0.0.1:$3"
+  # A binary with tenancy writes an admin token at first start; an older one has none.
+  if [ -s "$data/$1/admin-token" ] || sleep 0.5 && [ -s "$data/$1/admin-token" ]; then
+    use_token "$data/$1"
+    INVOKE=$("$2" --json tokens create --scope invoke | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+  fi
   "$2" deploy functions/hello-http >/dev/null
   "$2" deploy functions/txn-features >/dev/null
   "$2" models push functions/fraud-score/model/fraud.onnx --name fraud-model --version 1.0.0 >/dev/null
   "$2" deploy functions/fraud-score >/dev/null
-  curl -sf "127.0.0.1:$3/http/default/hello-http/bench" >/dev/null
+  curl -sf -H "Authorization: Bearer ${INVOKE:-none}" "127.0.0.1:$3/http/default/hello-http/bench" >/dev/null
 }
 start base "$base" 18180
 start new "$new" 18181
@@ -43,7 +48,9 @@ start new "$new" 18181
 row() {
   local url=$1; shift
   local out
-  out=$(wrk -t2 -c"$conns" -d"${secs}s" --latency "$@" "$url")
+  # Both binaries get the same request bytes: an invoke token of the new one's
+  # `default` tenant (a binary without tenancy ignores the header).
+  out=$(wrk -t2 -c"$conns" -d"${secs}s" --latency -H "Authorization: Bearer $INVOKE" "$@" "$url")
   echo "$(echo "$out" | awk '/Requests\/sec/ {print $2}') $(echo "$out" | awk '$1=="50%" {print $2}') $(echo "$out" | awk '$1=="99%" {print $2}') $(echo "$out" | awk '/Non-2xx/ {print $NF}')"
 }
 

@@ -36,11 +36,13 @@ end
 LUA
 for port in 18096 18097; do
   export QUIVER_SERVER=http://127.0.0.1:$port
+  [ "$port" = 18096 ] && use_token "$data/embedded" || use_token "$data/redis"
   "$Q" deploy functions/features-probe >/dev/null
   "$Q" features load --group merchant "$data/merchants.csv" >/dev/null
 done
 echo "backend req/s p50 p99 (features-probe get of 16 features, $conns connections, ${secs}s)"
 for b in embedded:18096 redis:18097; do
-  out=$(wrk -t2 -c"$conns" -d"${secs}s" --latency -s "$data/get.lua" "http://127.0.0.1:${b#*:}/fn/default/features-probe")
+  use_token "$data/${b%%:*}"
+  out=$(wrk -t2 -c"$conns" -d"${secs}s" --latency -H "$AUTH" -s "$data/get.lua" "http://127.0.0.1:${b#*:}/fn/default/features-probe")
   echo "${b%%:*} $(echo "$out" | awk '/Requests\/sec/ {print $2}') $(echo "$out" | awk '$1=="50%" {print $2}') $(echo "$out" | awk '$1=="99%" {print $2}') $(echo "$out" | grep -o 'Non-2xx.*' || true)"
 done

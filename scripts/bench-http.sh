@@ -21,15 +21,17 @@ for port in 18080 18081; do
   for _ in $(seq 100); do curl -s -o /dev/null "127.0.0.1:$port/" && break; sleep 0.1; done
 done
 export QUIVER_SERVER=http://127.0.0.1:18080
+use_token "$data"
 "$Q" deploy functions/hello-http >/dev/null
 # The same component again, opted in to instance reuse (it keeps no state).
 "$Q" deploy functions/hello-http --name hello-reuse \
   --set scaling.instance_reuse=true >/dev/null
-curl -sf 127.0.0.1:18080/http/default/hello-http/bench >/dev/null
-curl -sf 127.0.0.1:18080/http/default/hello-reuse/bench >/dev/null
+curl -sf -H "$AUTH" 127.0.0.1:18080/http/default/hello-http/bench >/dev/null
+curl -sf -H "$AUTH" 127.0.0.1:18080/http/default/hello-reuse/bench >/dev/null
 curl -sf 127.0.0.1:18081/bench >/dev/null
 
-rps() { wrk -t2 -c"$conns" -d"${secs}s" --latency "$1" | tee -a "$data/wrk.log" | awk '/Requests\/sec/ {print $2}'; }
+# Every request carries the token (wasmtime serve ignores it: the same bytes go to both).
+rps() { wrk -t2 -c"$conns" -d"${secs}s" --latency -H "$AUTH" "$1" | tee -a "$data/wrk.log" | awk '/Requests\/sec/ {print $2}'; }
 echo "round quiver_fresh_rps quiver_reuse_rps wasmtime_rps ratio_fresh ratio_reuse"
 for r in $(seq "$rounds"); do
   q=$(rps http://127.0.0.1:18080/http/default/hello-http/bench)
@@ -47,5 +49,5 @@ wrk.headers["content-type"] = "application/json"
 wrk.body = [==[$(tr -d '\n' < functions/txn-features/sample.json)]==]
 LUA
 echo "txn-features over POST /fn (2 rows per request):"
-wrk -t2 -c"$conns" -d"${secs}s" --latency -s "$data/post.lua" http://127.0.0.1:18080/fn/default/txn-features \
+wrk -t2 -c"$conns" -d"${secs}s" --latency -H "$AUTH" -s "$data/post.lua" http://127.0.0.1:18080/fn/default/txn-features \
   | grep -E "Requests/sec|50%|99%|Non-2xx" | sed 's/^/  /'

@@ -14,6 +14,7 @@ bench_setup
 pids+=($!)
 sleep 1
 export QUIVER_SERVER=http://127.0.0.1:18098
+use_token "$data/q"
 "$Q" models push functions/fraud-score/model/fraud.onnx --name fraud-model --version 1.0.0 >/dev/null
 "$Q" models push tests/fixtures/models/medium.onnx --name medium-model --version 1.0.0 >/dev/null
 "$Q" deploy functions/fraud-score >/dev/null
@@ -25,4 +26,4 @@ echo "function req/s p50 p99 (OIP v2 infer, 1 row, $conns connections, ${secs}s,
 for name in fraud-score medium-plain medium-batched; do
   oip_row http://127.0.0.1:18098 "$name" "$conns" "$secs"
 done
-curl -s http://127.0.0.1:18098/metrics | grep -E '^quiver_inference_(computes|backend_runs)\{function="medium' || true
+curl -s -H "$AUTH" http://127.0.0.1:18098/metrics | grep -E '^quiver_inference_(computes|backend_runs)\{function="medium' || true

@@ -23,6 +23,14 @@ build_host() {
   cargo build --locked --bin quiver "$@"
 }
 
+# use_token DATA_DIR: wait for the admin token a first start writes there and export
+# it as QUIVER_TOKEN (the CLI reads it); `$AUTH` is the matching curl/wrk header.
+use_token() {
+  for _ in $(seq 100); do [ -s "$1/admin-token" ] && break; sleep 0.1; done
+  export QUIVER_TOKEN; QUIVER_TOKEN=$(cat "$1/admin-token")
+  AUTH="Authorization: Bearer $QUIVER_TOKEN"
+}
+
 # For the benchmark scripts: release builds, `$Q` (the quiver binary), a scratch dir
 # `$data`, and `$pids`: servers started there are killed, and `$data` removed, on exit.
 bench_setup() {

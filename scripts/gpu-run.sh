@@ -73,6 +73,9 @@ rm -rf "$home/data"
 server=$!
 trap 'kill $server 2>/dev/null' EXIT
 for _ in $(seq 100); do curl -sf -o /dev/null "$QUIVER_SERVER/v2/health/live" && break; sleep 0.1; done
+# The admin token the first start wrote (the CLI and the requests below use it).
+export QUIVER_TOKEN; for _ in $(seq 100); do [ -s "$home/data/admin-token" ] && break; sleep 0.1; done
+QUIVER_TOKEN=$(cat "$home/data/admin-token"); AUTH="Authorization: Bearer $QUIVER_TOKEN"
 "$Q" models push functions/fraud-score/model/fraud.onnx --name fraud-model --version 1.0.0 >/dev/null
 "$Q" models push tests/fixtures/models/medium.onnx --name medium-model --version 1.0.0 >/dev/null
 wasm="$b/wasm32-wasip2/release/fraud_score.wasm"
@@ -81,7 +84,7 @@ deploy() { "$Q" deploy "$wasm" --kind inference --version 1.0.0 --name "$@"; }
 echo "== 1. fraud-score on the GPU against scikit-learn"
 deploy fraud-gpu --set 'models.fraud=fraud-model@^1' --set inference.target=gpu
 python3 - "$QUIVER_SERVER" <<'PY'
-import json, sys, urllib.request
+import json, os, sys, urllib.request
 server = sys.argv[1]
 ref = json.load(open("functions/fraud-score/model/reference.json"))
 rows = ref["rows"]
@@ -92,8 +95,8 @@ body = {"inputs": [
     {"name": "merchant_z", "shape": [len(rows)], "datatype": "FP64", "data": list(cols[2])},
     {"name": "merchant_known", "shape": [len(rows)], "datatype": "BOOL", "data": [k == 1.0 for k in cols[3]]},
 ]}
-req = urllib.request.Request(f"{server}/v2/models/fraud-gpu/infer", json.dumps(body).encode(),
-                             {"content-type": "application/json"})
+req = urllib.request.Request(f"{server}/v2/tenants/default/models/fraud-gpu/infer", json.dumps(body).encode(),
+                             {"content-type": "application/json", "authorization": "Bearer " + os.environ["QUIVER_TOKEN"]})
 try:
     out = json.load(urllib.request.urlopen(req))
 except OSError as e:
@@ -106,7 +109,7 @@ PY
 
 echo "== 2. batching on by default on the GPU"
 python3 - "$QUIVER_SERVER" <<'PY'
-import json, sys, urllib.request
+import json, os, sys, urllib.request
 from concurrent.futures import ThreadPoolExecutor
 server = sys.argv[1]
 body = json.dumps({"inputs": [
@@ -115,7 +118,7 @@ body = json.dumps({"inputs": [
     {"name": "merchant_z", "shape": [1], "datatype": "FP64", "data": [1.7]},
     {"name": "merchant_known", "shape": [1], "datatype": "BOOL", "data": [False]}]}).encode()
 def call(_):
-    req = urllib.request.Request(f"{server}/v2/models/fraud-gpu/infer", body, {"content-type": "application/json"})
+    req = urllib.request.Request(f"{server}/v2/tenants/default/models/fraud-gpu/infer", body, {"content-type": "application/json", "authorization": "Bearer " + os.environ["QUIVER_TOKEN"]})
     return json.load(urllib.request.urlopen(req))["outputs"][0]["data"][0]
 try:
     with ThreadPoolExecutor(32) as pool:
@@ -124,7 +127,7 @@ except OSError as e:
     raise SystemExit(f"FAIL: {e}")
 print("same score for the same row every time:", "PASS" if len(set(scores)) == 1 else "FAIL")
 PY
-curl -s "$QUIVER_SERVER/metrics" | grep -E '^quiver_inference_(computes|backend_runs)\{function="fraud-gpu"' || true
+curl -s -H "$AUTH" "$QUIVER_SERVER/metrics" | grep -E '^quiver_inference_(computes|backend_runs)\{function="fraud-gpu"' || true
 
 echo "== 3. nn bench (CPU and GPU rows)"
 CARGO_MANIFEST_DIR="$PWD/host" CARGO_TARGET_DIR="$b" QUIVER_BENCH_GPU=1 "$b/bin/nn-bench" || echo "nn bench failed"
@@ -138,7 +141,7 @@ source scripts/oip-load.sh
 for name in fraud-gpu medium-cpu medium-gpu-plain medium-gpu-batched; do
   WRK="$b/bin/wrk" WRK_THREADS=4 oip_row "$QUIVER_SERVER" "$name" 32 "$secs"
 done
-curl -s "$QUIVER_SERVER/metrics" | grep -E '^quiver_inference_(computes|backend_runs)\{function="medium' || true
+curl -s -H "$AUTH" "$QUIVER_SERVER/metrics" | grep -E '^quiver_inference_(computes|backend_runs)\{function="medium' || true
 echo "== server log (last lines)"
 tail -5 "$home/serve.log"
 kill $server 2>/dev/null

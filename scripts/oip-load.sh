@@ -5,6 +5,7 @@
 oip_row() {
   local out
   out=$("${WRK:-wrk}" -t"${WRK_THREADS:-2}" -c"$3" -d"$4s" --latency \
-    -s "$(dirname "${BASH_SOURCE[0]}")/oip.lua" "$1/v2/models/$2/infer")
+    -H "Authorization: Bearer ${QUIVER_TOKEN:-}" \
+    -s "$(dirname "${BASH_SOURCE[0]}")/oip.lua" "$1/v2/tenants/default/models/$2/infer")
   echo "$2 $(echo "$out" | awk '/Requests\/sec/ {print $2}') $(echo "$out" | awk '$1=="50%" {print $2}') $(echo "$out" | awk '$1=="99%" {print $2}') $(echo "$out" | grep -o 'Non-2xx.*' || true)"
 }

@@ -32,6 +32,8 @@ pub struct ServerConfig {
     pub inference_threads: usize,
     /// Which library runs `cpu` models.
     pub onnx_backend: nn::OnnxBackend,
+    /// Serve HTTPS with this PEM certificate chain and private key.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// Where `quiver:ml/features` keeps its data.
@@ -70,7 +72,12 @@ pub struct RunningServer {
 
 /// Open the data dir, build the runtime and start serving in the background.
 pub async fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(server::tls::acceptor(cert, key)?),
+        None => None,
+    };
     let registry = Arc::new(open_registry(&config.data_dir)?);
+    let tenancy = Arc::new(open_tenancy(&config.data_dir)?);
     let runtime = runtime::Runtime::new(&config.data_dir, config.allocator)?;
     tracing::info!(pooling = runtime.pooling(), data_dir = %config.data_dir.display(), "runtime ready");
     let feature_store = config.features.open()?;
@@ -88,14 +95,21 @@ pub async fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         runtime,
         feature_store,
         models,
+        tenancy.clone(),
         server::MAX_COMPONENT_SIZE,
     )?);
+    for t in tenancy.tenants() {
+        functions
+            .feature_store()
+            .set_tenant_capacity(t.id.as_str(), t.quota.feature_bytes);
+    }
     let metrics = metrics::Metrics::new()?;
     for collector in functions.collectors() {
         metrics.register(collector)?;
     }
     let state = Arc::new(server::AppState {
         functions,
+        tenancy,
         metrics,
         max_body: config.max_body,
     });
@@ -103,7 +117,7 @@ pub async fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         .await
         .map_err(|e| anyhow::anyhow!("binding {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
-    let handle = tokio::spawn(server::serve(listener, state.clone()));
+    let handle = tokio::spawn(server::serve(listener, state.clone(), tls));
     // The scaler's clock: idle deployments go back to Cold.
     let reaper = Arc::downgrade(&state.functions);
     tokio::spawn(async move {
@@ -121,6 +135,41 @@ pub async fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         handle,
         state,
     })
+}
+
+/// Open the tenancy store. On the first start, the platform admin token is printed
+/// once (to stderr) and written to `<data-dir>/admin-token`, readable by its owner only.
+fn open_tenancy(data_dir: &Path) -> anyhow::Result<tenancy::Tenancy> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", data_dir.display()))?;
+    let (tenancy, first) = tenancy::Tenancy::open(data_dir)
+        .map_err(|e| anyhow::anyhow!("opening the tenancy store: {e}"))?;
+    if let Some(first) = first {
+        let path = data_dir.join("admin-token");
+        write_secret(&path, &first.admin_token)?;
+        eprintln!(
+            "quiver: created tenant `default` and the platform admin token (shown once; also in {}):
+{}",
+            path.display(),
+            first.admin_token
+        );
+    }
+    Ok(tenancy)
+}
+
+fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    f.write_all(format!("{secret}\n").as_bytes())?;
+    f.sync_all()?;
+    Ok(())
 }
 
 fn open_registry(data_dir: &Path) -> anyhow::Result<quiver_registry::Registry> {

@@ -26,6 +26,33 @@ pub struct Manifest {
     pub cache: Option<CacheSection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inference: Option<InferenceSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Capabilities>,
+}
+
+/// `[capabilities]`: what a function may reach beyond its host interfaces.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    /// Outbound HTTP: `scheme://host[:port]` patterns (`https://*.example.com`),
+    /// each within the tenant's grants. Anything else is denied in the guest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbound: Vec<String>,
+}
+
+/// `[triggers] http`: `true` (default; callers need a token), `false` (not served
+/// over HTTP) or `"public"` (anyone may call it, no token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum HttpTrigger {
+    On(bool),
+    Mode(HttpMode),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpMode {
+    Public,
 }
 
 /// `[inference]`: how an inference function's models run.
@@ -144,7 +171,7 @@ pub struct Limits {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Triggers {
-    pub http: Option<bool>,
+    pub http: Option<HttpTrigger>,
     #[serde(default)]
     pub events: Vec<String>,
     pub schedule: Option<String>,
@@ -229,6 +256,7 @@ impl Manifest {
             }
         }
         self.limits()?;
+        self.outbound()?;
         self.scaling()?;
         self.cache_ttl()?;
         self.near_cache_ttls()?;
@@ -251,7 +279,27 @@ impl Manifest {
     /// `[triggers] http` (default true): whether the HTTP routes (`/fn`, `/http`,
     /// the inference protocol) serve this function. Off, it runs only as a stage.
     pub fn http_trigger(&self) -> bool {
-        self.triggers.as_ref().and_then(|t| t.http).unwrap_or(true)
+        !matches!(
+            self.triggers.as_ref().and_then(|t| t.http),
+            Some(HttpTrigger::On(false))
+        )
+    }
+
+    /// `[triggers] http = "public"`: served to callers without a token.
+    pub fn http_public(&self) -> bool {
+        matches!(
+            self.triggers.as_ref().and_then(|t| t.http),
+            Some(HttpTrigger::Mode(HttpMode::Public))
+        )
+    }
+
+    /// `[capabilities] outbound`, each checked for shape.
+    pub fn outbound(&self) -> anyhow::Result<Vec<crate::egress::Pattern>> {
+        self.capabilities
+            .iter()
+            .flat_map(|c| &c.outbound)
+            .map(|p| crate::egress::Pattern::parse(p).map_err(anyhow::Error::msg))
+            .collect()
     }
 
     /// `[scaling]`: idle_timeout 30 s, min_instances 0, max_instances 64,

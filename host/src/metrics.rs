@@ -12,6 +12,8 @@ pub struct Metrics {
     /// Requests that named no deployed function, by route and error code: bounded
     /// labels, so requests for made-up names add no series.
     pub unresolved: IntCounterVec,
+    /// Per tenant, what it used since this host started and what it stores.
+    pub usage: prometheus::GaugeVec,
 }
 
 impl Metrics {
@@ -46,6 +48,14 @@ impl Metrics {
             ),
             &["route", "code"],
         )?;
+        let usage = prometheus::GaugeVec::new(
+            Opts::new(
+                "quiver_tenant_usage",
+                "Per tenant: invocations, cpu_ms (instance busy time), memory_gb_seconds (memory limit x busy time), inference_calls, egress_calls, egress_denied since start; registry_bytes and feature_bytes stored now",
+            ),
+            &["tenant", "measure"],
+        )?;
+        registry.register(Box::new(usage.clone()))?;
         registry.register(Box::new(unresolved.clone()))?;
         registry.register(Box::new(invocations.clone()))?;
         registry.register(Box::new(errors.clone()))?;
@@ -56,12 +66,34 @@ impl Metrics {
             errors,
             latency,
             unresolved,
+            usage,
         })
     }
 
     /// Add metrics owned elsewhere (the scaler's, for example).
     pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) -> anyhow::Result<()> {
         Ok(self.registry.register(collector)?)
+    }
+
+    /// Only the series labelled `tenant="<tenant>"`.
+    pub fn render_tenant(&self, tenant: &str) -> String {
+        let mut families = self.registry.gather();
+        for f in &mut families {
+            let kept: Vec<_> = f
+                .take_metric()
+                .into_iter()
+                .filter(|m| {
+                    m.get_label()
+                        .iter()
+                        .any(|l| l.name() == "tenant" && l.value() == tenant)
+                })
+                .collect();
+            f.set_metric(kept);
+        }
+        families.retain(|f| !f.get_metric().is_empty());
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&families, &mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
     }
 
     pub fn render(&self) -> String {

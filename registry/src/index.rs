@@ -306,8 +306,20 @@ impl Index {
         versions_on(&*self.reader()?, tenant, name)
     }
 
+    /// Bytes a tenant's versions hold (components and models, every version).
+    pub fn tenant_bytes(&self, tenant: &str) -> Result<u64> {
+        let conn = self.reader()?;
+        let n: i64 = conn.query_row(
+            "SELECT COALESCE(SUM(size), 0) FROM versions WHERE tenant = ?1",
+            [tenant],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
     /// Every row of a tenant, any kind (functions, pipelines, models under their
     /// stored `model:` names), by name, then oldest semver first.
+
     pub fn all_versions(&self, tenant: &str) -> Result<Vec<VersionRecord>> {
         let conn = self.reader()?;
         let mut stmt = conn.prepare(&format!(

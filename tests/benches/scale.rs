@@ -37,9 +37,9 @@ fn variant(component: &[u8], i: usize) -> Vec<u8> {
 
 /// One POST on a kept-alive connection; returns time to the first response byte and
 /// reads the whole response (Content-Length bodies only, which is what quiver sends).
-fn timed_post(conn: &mut TcpStream, path: &str, body: &[u8]) -> Duration {
+fn timed_post(conn: &mut TcpStream, token: &str, path: &str, body: &[u8]) -> Duration {
     let head = format!(
-        "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
         body.len()
     );
     let mut req = head.into_bytes();
@@ -136,12 +136,12 @@ fn cold_start(n: usize) {
     let mut conn = TcpStream::connect(&addr).expect("connect");
     conn.set_nodelay(true).expect("nodelay");
     // Warm the connection and the server's request path on a function we won't time.
-    timed_post(&mut conn, "/fn/default/txn-features", &body);
+    timed_post(&mut conn, &server.admin_token, "/fn/default/txn-features", &body);
     let cold: Vec<Duration> = (0..n)
-        .map(|i| timed_post(&mut conn, &format!("/fn/default/c-{i}"), &body))
+        .map(|i| timed_post(&mut conn, &server.admin_token, &format!("/fn/default/c-{i}"), &body))
         .collect();
     let warm: Vec<Duration> = (0..n)
-        .map(|i| timed_post(&mut conn, &format!("/fn/default/c-{i}"), &body))
+        .map(|i| timed_post(&mut conn, &server.admin_token, &format!("/fn/default/c-{i}"), &body))
         .collect();
     assert_eq!(
         server.metric("quiver_compilations_total").unwrap_or(0.0),

@@ -42,6 +42,9 @@ pub struct Server {
     child: Child,
     pub url: String,
     pub data_dir: PathBuf,
+    /// The platform admin token the first start wrote to `<data-dir>/admin-token`;
+    /// `http()` and `cli()` send it.
+    pub admin_token: String,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -87,10 +90,15 @@ impl Server {
             .strip_prefix("quiver listening on ")
             .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
             .to_string();
+        let admin_token = std::fs::read_to_string(data_dir.join("admin-token"))
+            .expect("the first start writes <data-dir>/admin-token")
+            .trim()
+            .to_string();
         Server {
             child,
             url,
             data_dir: data_dir.to_path_buf(),
+            admin_token,
             _tmp: None,
         }
     }
@@ -100,6 +108,7 @@ impl Server {
         Command::new(quiver_bin())
             .current_dir(repo())
             .env("QUIVER_SERVER", &self.url)
+            .env("QUIVER_TOKEN", &self.admin_token)
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -127,6 +136,16 @@ impl Server {
             String::from_utf8_lossy(&out.stdout)
         );
         String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Create tenant `name` (the platform admin's call); fine if it exists.
+    pub fn ensure_tenant(&self, name: &str) {
+        let out = self.cli(&["tenants", "create", name]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() || err.contains("exists"),
+            "tenants create {name}: {err}"
+        );
     }
 
     pub fn deploy(&self, function: &str) -> String {
@@ -206,11 +225,37 @@ impl Server {
             .and_then(|v| v.parse().ok())
     }
 
+    /// A client that sends the platform admin token.
     pub fn http(&self) -> reqwest::blocking::Client {
+        self.http_as(Some(&self.admin_token))
+    }
+
+    /// A client that sends `token` (`None`: no Authorization header).
+    pub fn http_as(&self, token: Option<&str>) -> reqwest::blocking::Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = token {
+            headers.insert(
+                "authorization",
+                format!("Bearer {t}").parse().expect("a token is a header value"),
+            );
+        }
         reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(60))
+            .default_headers(headers)
             .build()
             .expect("client")
+    }
+
+    /// Run the CLI with `token` instead of the admin's.
+    pub fn cli_as(&self, token: &str, args: &[&str]) -> Output {
+        Command::new(quiver_bin())
+            .current_dir(repo())
+            .env("QUIVER_SERVER", &self.url)
+            .env("QUIVER_TOKEN", token)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run quiver")
     }
 
     pub fn post(

@@ -193,7 +193,8 @@ fn bad_requests_get_json_errors() {
     std::io::Write::write_all(
         &mut conn,
         format!(
-            "POST /fn/default/txn-features HTTP/1.1\r\nhost: quiver\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            "POST /fn/default/txn-features HTTP/1.1\r\nhost: quiver\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            server.admin_token,
             big.len()
         )
         .as_bytes(),
@@ -247,7 +248,7 @@ fn misbehaving_guests_are_contained_with_the_on_demand_allocator() {
 
 fn assert_misbehaving_guests_are_contained(server: &Server) {
     let out = server.deploy("chaos");
-    assert!(out.contains("chaos@1.1.0"), "{out}");
+    assert!(out.contains("chaos@1.2.0"), "{out}");
     let call = |mode: &str| {
         server.post(
             "/fn/default/chaos",

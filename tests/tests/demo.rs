@@ -36,7 +36,7 @@ fn demo_deploys_and_runs_the_pipeline() {
         "merchant_txns",
         "feature store (embedded)",
         "hello from Quiver: GET /demo",
-        "/v2/models/fraud-score/infer",
+        "/v2/tenants/default/models/fraud-score/infer",
     ] {
         assert!(
             stdout.contains(expected),

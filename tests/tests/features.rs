@@ -40,6 +40,7 @@ fn put_until_served(server: &Server, tenant: &str, what: &str, within: Duration)
 }
 
 fn deploy_probe(server: &Server, tenant: &str) {
+    server.ensure_tenant(tenant);
     server.cli_ok(&["--tenant", tenant, "deploy", "functions/features-probe"]);
 }
 

@@ -51,7 +51,8 @@ impl<'a> Suite<'a> {
             .unwrap();
         write!(
             tcp,
-            "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: {ctype}\r\ncontent-length: {length}\r\nconnection: close\r\n\r\n"
+            "POST {path} HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\ncontent-type: {ctype}\r\ncontent-length: {length}\r\nconnection: close\r\n\r\n",
+            self.server.admin_token
         )
         .unwrap();
         let mut answer = Vec::new();
@@ -323,7 +324,7 @@ fn every_route_refuses_bad_input_and_keeps_serving() {
     );
 
     // ---- Open Inference Protocol
-    let oip = "/v2/models/fraud-score/infer";
+    let oip = "/v2/tenants/default/models/fraud-score/infer";
     for (what, shape) in [
         ("i64::MAX rows", json!([i64::MAX])),
         ("negative dimension", json!([-1])),
@@ -356,36 +357,34 @@ fn every_route_refuses_bad_input_and_keeps_serving() {
     let valid = infer(tensor(json!([1]), "FP64", json!([1.0]))).to_string();
     s.expect_oip(
         "unknown model",
-        s.post("/v2/models/nope/infer", valid.clone()),
+        s.post("/v2/tenants/default/models/nope/infer", valid.clone()),
         404,
     );
     s.expect_oip(
         "dot-dot model",
-        s.post("/v2/models/..%2Fetc/infer", "{}"),
+        s.post("/v2/tenants/default/models/..%2Fetc/infer", "{}"),
         400,
     );
-    let resp = s
-        .req(reqwest::Method::POST, oip)
-        .header("x-quiver-tenant", "../../etc")
-        .body("{}")
-        .send()
-        .unwrap();
-    s.expect_oip("bad tenant header", resp, 400);
+    s.expect_oip(
+        "dot-dot tenant in the path",
+        s.post("/v2/tenants/..%2F..%2Fetc/models/fraud-score/infer", "{}"),
+        400,
+    );
     s.expect_oip("OIP body over --max-body", s.post(oip, big.clone()), 413);
     let resp = s
-        .req(reqwest::Method::GET, "/v2/models/nope")
+        .req(reqwest::Method::GET, "/v2/tenants/default/models/nope")
         .send()
         .unwrap();
     s.expect_oip("metadata of an unknown model", resp, 404);
-    let resp = s.post("/v2/models/txn-features/infer", valid.clone());
+    let resp = s.post("/v2/tenants/default/models/txn-features/infer", valid.clone());
     s.expect_oip("a transform over the inference protocol", resp, 400);
     let resp = s
-        .req(reqwest::Method::GET, "/v2/models/nope/ready")
+        .req(reqwest::Method::GET, "/v2/tenants/default/models/nope/ready")
         .send()
         .unwrap();
     s.expect_oip("readiness of an unknown model", resp, 404);
     let resp = s
-        .req(reqwest::Method::GET, "/v2/models/%FF")
+        .req(reqwest::Method::GET, "/v2/tenants/default/models/%FF")
         .send()
         .unwrap();
     s.expect_oip("undecodable model name", resp, 400);
@@ -828,12 +827,12 @@ fn unknown_names_add_no_metric_series() {
         assert_eq!(r.status(), 404);
         let infer = r#"{"inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [1]}]}"#;
         let r = server.post(
-            &format!("/v2/models/ghost-{i}/infer"),
+            &format!("/v2/tenants/default/models/ghost-{i}/infer"),
             "application/json",
             infer,
         );
         assert_eq!(r.status(), 404);
-        let r = server.post(&format!("/fn/t-{i}/BAD"), "application/json", "{}");
+        let r = server.post(&format!("/fn/default/BAD-{i}"), "application/json", "{}");
         assert_eq!(r.status(), 400);
     }
     let after = server.get("/metrics").text().unwrap();

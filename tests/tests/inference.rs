@@ -116,15 +116,15 @@ fn deploy_resolves_the_model_range_and_records_the_version() {
     server.push_model(FRAUD, "fraud-model", "1.0.0");
     server.push_model(FRAUD, "fraud-model", "1.1.0");
     server.deploy("fraud-score");
-    let meta: Value = server.get("/v2/models/fraud-score").json().unwrap();
+    let meta: Value = server.get("/v2/tenants/default/models/fraud-score").json().unwrap();
     assert_eq!(meta["parameters"]["models"]["fraud"], "fraud-model@=1.1.0");
 
     // A newer model does not change what a deployed version bound; a new deploy binds it.
     server.push_model(FRAUD, "fraud-model", "1.2.0");
-    let meta: Value = server.get("/v2/models/fraud-score").json().unwrap();
+    let meta: Value = server.get("/v2/tenants/default/models/fraud-score").json().unwrap();
     assert_eq!(meta["parameters"]["models"]["fraud"], "fraud-model@=1.1.0");
     server.deploy_with("fraud-score", &["--version", "1.2.1"]);
-    let meta: Value = server.get("/v2/models/fraud-score").json().unwrap();
+    let meta: Value = server.get("/v2/tenants/default/models/fraud-score").json().unwrap();
     assert_eq!(meta["parameters"]["models"]["fraud"], "fraud-model@=1.2.0");
     assert_eq!(meta["versions"], json!(["1.2.0", "1.2.1"]));
 
@@ -260,7 +260,7 @@ fn open_inference_protocol_v2() {
         server.get("/v2/health/ready").json::<Value>().unwrap()["ready"],
         true
     );
-    let meta: Value = server.get("/v2/models/fraud-score").json().unwrap();
+    let meta: Value = server.get("/v2/tenants/default/models/fraud-score").json().unwrap();
     assert_eq!(meta["name"], "fraud-score");
     assert_eq!(meta["platform"], "quiver-inference");
     assert_eq!(
@@ -268,7 +268,7 @@ fn open_inference_protocol_v2() {
         json!({"name": "log_amount", "datatype": "FP64", "shape": [-1]})
     );
     assert_eq!(meta["outputs"][1]["name"], "label");
-    let ready: Value = server.get("/v2/models/fraud-score/ready").json().unwrap();
+    let ready: Value = server.get("/v2/tenants/default/models/fraud-score/ready").json().unwrap();
     assert_eq!(ready["ready"], true);
 
     let r = reference();
@@ -288,8 +288,8 @@ fn open_inference_protocol_v2() {
         "outputs": [{ "name": "score" }],
     });
     for path in [
-        "/v2/models/fraud-score/infer",
-        "/v2/models/fraud-score/versions/1.2.0/infer",
+        "/v2/tenants/default/models/fraud-score/infer",
+        "/v2/tenants/default/models/fraud-score/versions/1.2.0/infer",
     ] {
         let resp = post_json(&server, path, &request);
         assert_eq!(resp.status(), 200);
@@ -322,7 +322,7 @@ fn open_inference_protocol_v2() {
     };
     let one = |name: &str, datatype: &str, data: Value| json!({ "inputs": [{ "name": name, "shape": [1], "datatype": datatype, "data": data }] });
     let (s, e) = error(
-        "/v2/models/fraud-score/infer",
+        "/v2/tenants/default/models/fraud-score/infer",
         one("log_amount", "FP64", json!(["x"])),
     );
     assert_eq!(s, 400);
@@ -331,42 +331,42 @@ fn open_inference_protocol_v2() {
         "{e}"
     );
     let (s, e) = error(
-        "/v2/models/fraud-score/infer",
+        "/v2/tenants/default/models/fraud-score/infer",
         one("log_amount", "FP64", json!([1, 2])),
     );
     assert!(s == 400 && e.contains("needs 1 values"), "{e}");
     let (s, e) = error(
-        "/v2/models/fraud-score/infer",
+        "/v2/tenants/default/models/fraud-score/infer",
         one("log_amount", "COMPLEX", json!([1])),
     );
     assert!(s == 400 && e.contains("unknown datatype"), "{e}");
-    let (s, e) = error("/v2/models/fraud-score/infer", json!({ "inputs": "nope" }));
+    let (s, e) = error("/v2/tenants/default/models/fraud-score/infer", json!({ "inputs": "nope" }));
     assert!(s == 400 && e.contains("not an inference request"), "{e}");
     let (s, e) = error(
-        "/v2/models/fraud-score/infer",
+        "/v2/tenants/default/models/fraud-score/infer",
         json!({ "inputs": [{ "name": "x", "shape": [2, 2], "datatype": "FP64", "data": [1, 2, 3, 4] }] }),
     );
     assert!(s == 400 && e.contains("[N, 1]"), "{e}");
     // The function's own validation, passed through.
     let (s, e) = error(
-        "/v2/models/fraud-score/infer",
+        "/v2/tenants/default/models/fraud-score/infer",
         one("log_amount", "FP64", json!([1.0])),
     );
     assert!(s == 400 && e.contains("hour_of_day"), "{e}");
     let mut wrong_output = request.clone();
     wrong_output["outputs"] = json!([{ "name": "nope" }]);
-    let (s, e) = error("/v2/models/fraud-score/infer", wrong_output);
+    let (s, e) = error("/v2/tenants/default/models/fraud-score/infer", wrong_output);
     assert!(s == 400 && e.contains("no output `nope`"), "{e}");
-    let (s, e) = error("/v2/models/no-such/infer", request.clone());
+    let (s, e) = error("/v2/tenants/default/models/no-such/infer", request.clone());
     assert!(s == 404 && e.contains("no-such"), "{e}");
     let (s, e) = error(
-        "/v2/models/fraud-score/versions/9.9.9/infer",
+        "/v2/tenants/default/models/fraud-score/versions/9.9.9/infer",
         request.clone(),
     );
     assert!(s == 404 && e.contains("9.9.9"), "{e}");
-    let (s, e) = error("/v2/models/txn-features/infer", request.clone());
+    let (s, e) = error("/v2/tenants/default/models/txn-features/infer", request.clone());
     assert!(s == 400 && e.contains("transform"), "{e}");
-    let resp = server.get("/v2/models/no-such");
+    let resp = server.get("/v2/tenants/default/models/no-such");
     assert_eq!(resp.status(), 404);
     assert!(resp.json::<Value>().unwrap()["error"].is_string());
     server.assert_healthy();

@@ -103,7 +103,7 @@ fn wasi_http_component_is_served_unchanged() {
     assert!(out.contains("(http)"), "{out}");
     let resp = server.get("/http/default/hello-http/some/path?x=1");
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["x-quiver-version"], "1.1.0");
+    assert_eq!(resp.headers()["x-quiver-version"], "1.2.0");
     assert_eq!(resp.headers()["content-type"], "text/plain");
     assert_eq!(
         resp.text().unwrap(),

@@ -69,7 +69,7 @@ fn rm_refuses_what_serves_and_gc_removes_what_nothing_references() {
     assert_eq!(resp.status(), 200);
     assert!(blob_path(&server.data_dir, &digest).is_file());
     let before = artifacts(&server.data_dir);
-    let out = server.cli_ok(&["rm", "--force", "chaos@1.1.0"]);
+    let out = server.cli_ok(&["rm", "--force", "chaos@1.2.0"]);
     assert!(out.contains("no version of chaos is left"), "{out}");
     let resp = server.post(
         "/fn/default/chaos",

@@ -20,6 +20,11 @@
 //!   pollable per iteration, at most 10 000 000) until the host refuses; if the loop
 //!   ends, one row with int64 `made`.
 //! - `big-output`: returns one row with a text field `blob` of 24 MiB.
+//! - `read-file`: reads `/etc/passwd` (and lists `/`); one row with text `outcome`:
+//!   `read N bytes` if it could, else `denied: ...`.
+//! - `env`: one row with int64 `vars`, how many environment variables it sees.
+//! - `socket`: opens a TCP connection to the first row's text `target`
+//!   (`127.0.0.1:PORT`); text `outcome`: `connected` or `denied: ...`.
 //! - anything else (e.g. `echo`): echoes the batch back.
 use quiver_sdk::features::{self, Value};
 use quiver_sdk::{Batch, Error};
@@ -103,6 +108,25 @@ fn chaos(input: Batch) -> Result<Batch, Error> {
                 made += 1;
             }
             Batch::new().with_i64("made", vec![made])
+        }
+        "read-file" => {
+            let outcome = match std::fs::read("/etc/passwd") {
+                Ok(b) => format!("read {} bytes", b.len()),
+                Err(e) => match std::fs::read_dir("/") {
+                    Ok(d) => format!("listed {} entries of /", d.count()),
+                    Err(e2) => format!("denied: {e}; {e2}"),
+                },
+            };
+            Batch::new().with_text("outcome", vec![outcome])
+        }
+        "env" => Batch::new().with_i64("vars", vec![std::env::vars().count() as i64]),
+        "socket" => {
+            let target = input.texts("target")?.first().cloned().unwrap_or_default();
+            let outcome = match std::net::TcpStream::connect(target.as_str()) {
+                Ok(_) => "connected".to_string(),
+                Err(e) => format!("denied: {e}"),
+            };
+            Batch::new().with_text("outcome", vec![outcome])
         }
         "big-output" => Batch::new().with_text("blob", vec![blob(24 << 20)]),
         _ => Ok(input),

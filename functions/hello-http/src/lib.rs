@@ -2,6 +2,9 @@
 //! Spin and Quiver. Answers `hello from Quiver` with the method and path it saw, and
 //! echoes a request body back. `/spin/{ms}` busy-waits `ms` milliseconds (at most
 //! 60000) first and answers `spun {ms} ms` instead: a request that holds a CPU.
+//! `/fetch/{host:port}` makes an outbound `GET http://{host:port}/` through
+//! `wasi:http/outgoing-handler` and answers `fetched {status}` or `refused {error}`
+//! (so the component imports the whole proxy world, as other toolchains' do).
 use std::io::{Read as _, Write as _};
 use wasip2::http::types::{
     Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
@@ -24,6 +27,29 @@ fn spin(path: &str) -> Option<u64> {
         std::hint::spin_loop();
     }
     Some(ms)
+}
+
+/// `/fetch/{authority}`: one outbound GET, and what came of it.
+fn fetch(path: &str) -> Option<String> {
+    use wasip2::http::outgoing_handler::{handle, OutgoingRequest};
+    use wasip2::http::types::Scheme;
+    let authority = path.split('?').next()?.strip_prefix("/fetch/")?;
+    let req = OutgoingRequest::new(Fields::new());
+    let _ = req.set_scheme(Some(&Scheme::Http));
+    let _ = req.set_authority(Some(authority));
+    let _ = req.set_path_with_query(Some("/"));
+    let outcome = match handle(req, None) {
+        Err(e) => format!("refused {e:?}"),
+        Ok(future) => {
+            future.subscribe().block();
+            match future.get() {
+                Some(Ok(Ok(resp))) => format!("fetched {}", resp.status()),
+                Some(Ok(Err(e))) => format!("refused {e:?}"),
+                other => format!("refused {other:?}"),
+            }
+        }
+    };
+    Some(format!("{outcome}\n"))
 }
 
 wasip2::http::proxy::export!(Hello);
@@ -53,6 +79,8 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
         }
         let text = if let Some(ms) = spin(&path) {
             format!("spun {ms} ms\n")
+        } else if let Some(outcome) = fetch(&path) {
+            outcome
         } else if body.is_empty() {
             format!("hello from Quiver: {method} {path}\n")
         } else {

@@ -10,9 +10,17 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(server: &str, tenant: &str) -> anyhow::Result<Self> {
+    /// `token`: sent as `Authorization: Bearer` on every request.
+    pub fn new(server: &str, tenant: &str, token: Option<&str>) -> anyhow::Result<Self> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = token {
+            let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", t.trim()))
+                .context("the token is not a valid header value")?;
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
         Ok(Client {
-            http: reqwest::Client::builder().build()?,
+            http: reqwest::Client::builder().default_headers(headers).build()?,
             base: server.trim_end_matches('/').to_string(),
             tenant: tenant.to_string(),
         })
@@ -68,6 +76,26 @@ impl Client {
             .post(format!("{}/fn/{}/{function}", self.base, self.tenant))
             .header("content-type", content_type)
             .body(body)
+    }
+
+    /// Any admin call below `/admin/v1/` (`path` without the prefix).
+    pub async fn admin_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
+        let mut req = self
+            .http
+            .request(method, format!("{}/admin/v1/{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        Ok(self.json(req).await?.1)
+    }
+
+    pub fn tenant(&self) -> &str {
+        &self.tenant
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
@@ -182,8 +210,10 @@ impl Client {
     pub async fn oip_infer(&self, model: &str, body: &Value) -> anyhow::Result<Value> {
         let req = self
             .http
-            .post(format!("{}/v2/models/{model}/infer", self.base))
-            .header("x-quiver-tenant", &self.tenant)
+            .post(format!(
+                "{}/v2/tenants/{}/models/{model}/infer",
+                self.base, self.tenant
+            ))
             .json(body);
         Ok(self.json(req).await?.1)
     }

@@ -69,7 +69,14 @@ pub async fn run(
         "▶ quiver host on {base} (data in {})",
         config.data_dir.display()
     ));
-    let client = Client::new(&base, tenant)?;
+    // The demo acts as the platform admin, with the token the first start wrote.
+    let token = std::fs::read_to_string(config.data_dir.join("admin-token")).map_err(|e| {
+        anyhow::anyhow!(
+            "reading {}: {e}",
+            config.data_dir.join("admin-token").display()
+        )
+    })?;
+    let client = Client::new(&base, tenant, Some(token.trim()))?;
 
     let model = push_model(&client, functions)
         .await
@@ -155,7 +162,7 @@ pub async fn run(
             { "name": "merchant_known", "shape": [2], "datatype": "BOOL", "data": [true, false] },
         ],
     });
-    n.say("\n▶ POST /v2/models/fraud-score/infer (Open Inference Protocol v2)");
+    n.say(&format!("\n▶ POST /v2/tenants/{tenant}/models/fraud-score/infer (Open Inference Protocol v2)"));
     let inferred = client.oip_infer("fraud-score", &oip).await?;
     for o in inferred["outputs"].as_array().into_iter().flatten() {
         n.say(&format!(

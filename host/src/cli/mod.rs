@@ -6,6 +6,7 @@ mod client;
 mod demo;
 mod features_load;
 mod models;
+mod tenancy;
 
 use crate::manifest::Manifest;
 use crate::ServerConfig;
@@ -33,6 +34,10 @@ pub struct Cli {
     /// Tenant whose functions to act on.
     #[arg(long, global = true, env = "QUIVER_TENANT", default_value = "default")]
     tenant: String,
+    /// Bearer token for the server (a platform admin token is written to
+    /// `<data-dir>/admin-token` at first start).
+    #[arg(long, global = true, env = "QUIVER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -71,6 +76,12 @@ struct ServeArgs {
     /// ORT_DYLIB_PATH; a build with `--features ort`). `gpu` models always use ort.
     #[arg(long, env = "QUIVER_ONNX_BACKEND", value_enum, default_value = "tract")]
     onnx_backend: crate::nn::OnnxBackend,
+    /// Serve HTTPS: a PEM certificate chain (with --tls-key).
+    #[arg(long, env = "QUIVER_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "QUIVER_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -82,6 +93,7 @@ impl ServeArgs {
             allocator: self.allocator,
             inference_threads: self.inference_threads,
             onnx_backend: self.onnx_backend,
+            tls: self.tls_cert.clone().zip(self.tls_key.clone()),
             features: match &self.redis {
                 Some(url) => crate::FeatureStoreConfig::Redis {
                     url: url.clone(),
@@ -167,6 +179,22 @@ enum Command {
     /// Models in the registry (ONNX), bound by inference functions in `[models]`.
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// Tenants, their quotas and grants (platform admin).
+    #[command(subcommand)]
+    Tenants(tenancy::TenantsCommand),
+    /// Bearer tokens of `--tenant`.
+    #[command(subcommand)]
+    Tokens(tenancy::TokensCommand),
+    /// The audit log of admin actions (`--tenant`'s, or `--all`); `verify` checks its chain.
+    Audit {
+        #[command(subcommand)]
+        command: Option<tenancy::AuditCommand>,
+        /// Every tenant's entries and the platform's (platform admin).
+        #[arg(long)]
+        all: bool,
+    },
+    /// What `--tenant` used since the server started, and what it stores.
+    Usage,
 }
 
 #[derive(Subcommand, Debug)]
@@ -192,16 +220,20 @@ enum FeaturesCommand {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = Client::new(&cli.server, &cli.tenant)?;
+    let client = Client::new(&cli.server, &cli.tenant, cli.token.as_deref())?;
     match cli.command {
         Command::Serve(args) => {
             let server = crate::start(&args.config()).await?;
+            let scheme = match args.tls_cert {
+                Some(_) => "https",
+                None => "http",
+            };
             match cli.json {
                 true => println!(
                     "{}",
-                    serde_json::json!({ "listening": format!("http://{}", server.addr) })
+                    serde_json::json!({ "listening": format!("{scheme}://{}", server.addr) })
                 ),
-                false => println!("quiver listening on http://{}", server.addr),
+                false => println!("quiver listening on {scheme}://{}", server.addr),
             }
             tokio::select! {
                 r = server.handle => r?,
@@ -276,6 +308,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Models(cmd) => models::run(&client, cmd, cli.json).await,
+        Command::Tenants(cmd) => tenancy::tenants(&client, cmd, cli.json).await,
+        Command::Tokens(cmd) => tenancy::tokens(&client, cmd, cli.json).await,
+        Command::Audit { command, all } => tenancy::audit(&client, command, all, cli.json).await,
+        Command::Usage => tenancy::usage(&client, cli.json).await,
         Command::Batch(job) => {
             let done = batch::run(&client, &job, !cli.json).await?;
             let summary = serde_json::json!({
@@ -496,6 +532,7 @@ pub(crate) async fn deploy(
             features: None,
             cache: None,
             inference: None,
+            capabilities: None,
         };
         (manifest.with_overrides(sets)?, Some(path.to_path_buf()))
     } else {

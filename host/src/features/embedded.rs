@@ -68,6 +68,8 @@ struct State {
     /// budget is swept for expired entities only once that time has come, so
     /// refused writes do not rescan the store.
     next_expiry: HashMap<String, Instant>,
+    /// Per-tenant budgets set by a tenant's `feature_bytes` quota (over `capacity`).
+    quotas: HashMap<String, usize>,
 }
 
 impl State {
@@ -122,6 +124,7 @@ impl Embedded {
                 entities: HashMap::new(),
                 used: HashMap::new(),
                 next_expiry: HashMap::new(),
+                quotas: HashMap::new(),
             }),
             capacity,
         }
@@ -151,6 +154,21 @@ impl Embedded {
 impl FeatureBackend for Embedded {
     fn name(&self) -> &'static str {
         "embedded"
+    }
+
+    fn set_tenant_capacity(&self, tenant: &str, bytes: Option<u64>) {
+        if let Ok(mut s) = self.state.lock() {
+            match bytes {
+                Some(b) => s
+                    .quotas
+                    .insert(tenant.to_string(), usize::try_from(b).unwrap_or(usize::MAX)),
+                None => s.quotas.remove(tenant),
+            };
+        }
+    }
+
+    fn tenant_bytes(&self, tenant: &str) -> Option<u64> {
+        self.state.lock().ok().map(|s| s.used(tenant) as u64)
     }
 
     async fn get_many(
@@ -226,14 +244,18 @@ impl FeatureBackend for Embedded {
             None => (0, entry_bytes(key, values.iter().map(|(n, v)| (n, v)))),
         };
         let budget = bucket(key);
-        if state.used(&budget).saturating_sub(old_bytes) + estimate > self.capacity {
+        let (capacity, named) = match state.quotas.get(budget.as_ref()) {
+            Some(q) => (*q, "the tenant's feature_bytes quota"),
+            None => (self.capacity, "--features-capacity"),
+        };
+        if state.used(&budget).saturating_sub(old_bytes) + estimate > capacity {
             state.sweep(&budget, now);
             let used = state.used(&budget).saturating_sub(old_bytes);
-            if used + estimate > self.capacity {
+            if used + estimate > capacity {
                 return Err(FeatureError::LimitExceeded(format!(
                     "tenant `{}` keeps {used} bytes of features in the embedded store; this \
-                     write needs {estimate} more and the limit is {} (--features-capacity)",
-                    key.tenant, self.capacity
+                     write needs {estimate} more and the limit is {capacity} ({named})",
+                    key.tenant
                 )));
             }
         }

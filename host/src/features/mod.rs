@@ -56,6 +56,13 @@ impl EntityKey {
 #[async_trait]
 pub trait FeatureBackend: Send + Sync {
     fn name(&self) -> &'static str;
+    /// A tenant's own budget (its `feature_bytes` quota; `None`: the store's default).
+    /// Only the embedded store keeps budgets; the quota route refuses the others.
+    fn set_tenant_capacity(&self, _tenant: &str, _bytes: Option<u64>) {}
+    /// Bytes a tenant keeps, where the store counts them.
+    fn tenant_bytes(&self, _tenant: &str) -> Option<u64> {
+        None
+    }
     /// For each key, the named features in order (`None` where missing).
     async fn get_many(
         &self,

@@ -132,6 +132,7 @@ impl Functions {
         let scaling = manifest.scaling().map_err(DeployError::Internal)?;
         let cache_ttl = manifest.cache_ttl().map_err(DeployError::Internal)?;
         let http_trigger = manifest.http_trigger();
+        let public = manifest.http_public();
         let lifecycle = Mutex::new(Lifecycle::new(
             scaling.idle_timeout,
             scaling.min_instances,
@@ -147,6 +148,11 @@ impl Functions {
                 false => 0,
             },
         );
+        // The policy was checked against the tenant's grants at deploy.
+        invocation.egress = crate::egress::Egress(Arc::new(crate::egress::EgressPolicy {
+            allowed: manifest.outbound().map_err(DeployError::Internal)?,
+            usage: self.usage_of(&record.tenant),
+        }));
         if let Some(f) = &manifest.features {
             let mut scope = FeatureScope::new(
                 self.feature_store.clone(),
@@ -217,6 +223,7 @@ impl Functions {
         }
         Ok(Arc::new(Deployment {
             http_trigger,
+            public,
             record,
             body,
             invocation,

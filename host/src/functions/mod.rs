@@ -35,6 +35,18 @@ pub struct Deployment {
     cache_identity: Vec<String>,
     /// `[triggers] http`: the HTTP routes serve it (else only pipelines run it).
     pub http_trigger: bool,
+    /// `[triggers] http = "public"`: callers need no token.
+    pub public: bool,
+}
+
+impl Deployment {
+    /// Does a call of it run models (an inference function, or a pipeline with one)?
+    pub fn runs_models(&self) -> bool {
+        match &self.body {
+            DeploymentBody::Pipeline(stages) => stages.iter().any(|s| s.runs_models()),
+            DeploymentBody::Component(_) => self.invocation.models.is_some(),
+        }
+    }
 }
 
 /// Marks a request in flight on a deployment (and a pipeline's stages) until dropped,
@@ -132,6 +144,7 @@ pub struct Functions {
     inference_calls: IntGaugeVec,
     inference_runs: IntGaugeVec,
     max_component_size: usize,
+    tenancy: Arc<crate::tenancy::Tenancy>,
 }
 
 impl Functions {
@@ -140,6 +153,7 @@ impl Functions {
         runtime: Arc<Runtime>,
         feature_store: Arc<dyn FeatureBackend>,
         models: Arc<ModelCache>,
+        tenancy: Arc<crate::tenancy::Tenancy>,
         max_component_size: usize,
     ) -> anyhow::Result<Self> {
         let cold_starts = IntCounterVec::new(
@@ -207,7 +221,13 @@ impl Functions {
                 &["tenant", "function", "version"],
             )?,
             max_component_size,
+            tenancy,
         })
+    }
+
+    /// Where a tenant's usage is counted (its counters outlive quota changes).
+    pub fn usage_of(&self, tenant: &str) -> Option<crate::tenancy::Usage> {
+        self.tenancy.find(tenant).map(|t| t.usage.clone())
     }
 
     /// The scaler's metrics, for the server's Prometheus registry.

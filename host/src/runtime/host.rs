@@ -28,6 +28,7 @@ pub struct HostState {
     /// linked for every store, but only an inference component may import it).
     pub(super) nn: Option<wasmtime_wasi_nn::wit::WasiNnCtx>,
     pub(super) models: Option<Arc<BoundModels>>,
+    pub(super) egress: crate::egress::Egress,
 }
 
 impl WasiView for HostState {
@@ -44,7 +45,7 @@ impl WasiHttpView for HostState {
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: Default::default(),
+            hooks: &mut self.egress,
         }
     }
 }

@@ -57,11 +57,11 @@ pub fn provided_imports(kind: &str) -> Vec<&'static str> {
         v.push("wasi:nn/*");
         v.push("quiver:ml/models");
     }
-    if kind == "http" {
-        // Only the types: outbound requests (`outgoing-handler`) are not linked, so
-        // a component cannot reach the network.
-        v.push("wasi:http/types");
-    }
+    // Outbound HTTP is linked for every kind (the standard proxy world imports it
+    // even where a component never calls out), behind a deny-by-default policy:
+    // only what `[capabilities] outbound` names, within the tenant's grants.
+    v.push("wasi:http/types");
+    v.push("wasi:http/outgoing-handler");
     v
 }
 
@@ -127,6 +127,8 @@ pub struct Invocation {
     pub features: Option<Arc<FeatureScope>>,
     /// The models it bound in `[models]`, loaded (`None`: it binds none).
     pub models: Option<Arc<BoundModels>>,
+    /// Where it may send outbound HTTP (default: nowhere).
+    pub egress: crate::egress::Egress,
 }
 
 impl Invocation {
@@ -158,6 +160,7 @@ impl Invocation {
             }),
             features: None,
             models: None,
+            egress: Default::default(),
         }
     }
 }
@@ -211,6 +214,10 @@ impl Runtime {
             &wasmtime_wasi_http::p2::bindings::LinkOptions::default().into(),
             |s: &mut HostState| s.http(),
         )?;
+        wasmtime_wasi_http::p2::bindings::http::outgoing_handler::add_to_linker::<
+            HostState,
+            wasmtime_wasi_http::WasiHttp,
+        >(&mut linker, |s: &mut HostState| s.http())?;
         base::quiver::ml::log::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
         base::quiver::ml::config::add_to_linker::<HostState, HasSelf<HostState>>(
             &mut linker,
@@ -431,6 +438,7 @@ impl Runtime {
             features: inv.features.clone(),
             nn: inv.models.as_ref().map(|m| m.wasi_nn()),
             models: inv.models.clone(),
+            egress: inv.egress.clone(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);

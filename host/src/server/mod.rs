@@ -19,13 +19,19 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
 
+mod auth;
 mod extract;
 mod features;
 mod models;
 mod oip;
+mod tenants;
+pub mod tls;
+
+pub use auth::Access;
 
 pub struct AppState {
     pub functions: Arc<Functions>,
+    pub tenancy: Arc<crate::tenancy::Tenancy>,
     pub metrics: Metrics,
     pub max_body: usize,
 }
@@ -37,6 +43,8 @@ pub struct ApiError {
     message: String,
     /// Seconds, for `Retry-After` on 429 and 503.
     retry_after: Option<u64>,
+    /// 401: answer `WWW-Authenticate: Bearer`.
+    www_authenticate: bool,
 }
 
 impl ApiError {
@@ -46,6 +54,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            www_authenticate: false,
         }
     }
 }
@@ -63,6 +72,10 @@ impl IntoResponse for ApiError {
         if let Some(secs) = self.retry_after {
             resp.headers_mut()
                 .insert("retry-after", HeaderValue::from(secs));
+        }
+        if self.www_authenticate {
+            resp.headers_mut()
+                .insert("www-authenticate", HeaderValue::from_static("Bearer"));
         }
         resp
     }
@@ -168,6 +181,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .nest("/admin/v1", admin)
         .merge(models::routes())
         .merge(oip::routes())
+        .merge(tenants::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ))
         .fallback(|uri: axum::http::Uri| async move {
             extract::reject(
                 uri.path(),
@@ -316,15 +334,35 @@ fn version_header(d: &Deployment) -> HeaderValue {
     HeaderValue::from_str(&d.record.version).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
-async fn resolve(
+/// The deployment a data-plane call names, admitted by its tenant's rate and
+/// concurrency quotas (the guard counts it running until dropped). A call without
+/// a token reaches only a public function (`[triggers] http = "public"`); for
+/// anything else, existing or not, it is 401.
+pub(crate) async fn resolve(
     state: &AppState,
-    tenant: &str,
-    name_ref: &str,
-) -> Result<Arc<Deployment>, ApiError> {
-    check_name("tenant", tenant)?;
-    let (name, version) = split_ref(name_ref);
-    check_name("function", name)?;
-    exposed(state.functions.get(tenant, name, version).await?)
+    access: &Access,
+    name: &str,
+    version: Option<&str>,
+) -> Result<(Arc<Deployment>, crate::tenancy::Running), ApiError> {
+    let tenant = access.tenant()?;
+    let found = async {
+        check_name("function", name)?;
+        exposed(state.functions.get(tenant.as_str(), name, version).await?)
+    }
+    .await;
+    let d = match (&access.principal, found) {
+        (Some(_), found) => found?,
+        (None, Ok(d)) if d.public => d,
+        (None, _) => return Err(auth::unauthorized(crate::tenancy::AuthError::Missing)),
+    };
+    let running = match state.tenancy.tenant(tenant) {
+        Some(t) => t.limiter.admit().map_err(|e| ApiError {
+            retry_after: Some(e.retry_after_secs()),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", e.to_string())
+        })?,
+        None => return Err(auth::hidden(tenant.as_str())),
+    };
+    Ok((d, running))
 }
 
 /// A function whose manifest says `[triggers] http = false` is not served over HTTP.
@@ -344,6 +382,7 @@ pub(crate) fn exposed(d: Arc<Deployment>) -> Result<Arc<Deployment>, ApiError> {
 
 async fn invoke(
     State(state): State<Arc<AppState>>,
+    access: Access,
     Path((tenant, name_ref)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
@@ -351,7 +390,8 @@ async fn invoke(
     let started = Instant::now();
     let mut served = None;
     let result: Result<Response, ApiError> = async {
-        let d = resolve(&state, &tenant, &name_ref).await?;
+        let (name, version) = split_ref(&name_ref);
+        let (d, _running) = resolve(&state, &access, name, version).await?;
         served = Some(d.clone());
         let body = read_body(&headers, body, state.max_body).await?;
         if let DeploymentBody::Component(Prepared::Http(_)) = &d.body {
@@ -483,16 +523,27 @@ fn finish_as(
         .invocations
         .with_label_values(&[tenant, name, &d.record.version, resp.status().as_str()])
         .inc();
+    let elapsed = started.elapsed();
     state
         .metrics
         .latency
         .with_label_values(&[tenant, name])
-        .observe(started.elapsed().as_secs_f64());
+        .observe(elapsed.as_secs_f64());
+    if let Some(t) = state.tenancy.find(tenant) {
+        t.usage
+            .invoked(elapsed, Functions::invocation(&d).limits.memory_bytes);
+        if d.runs_models() {
+            t.usage
+                .inference_calls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
     resp
 }
 
 async fn http_proxy(
     State(state): State<Arc<AppState>>,
+    access: Access,
     Path(params): Path<Vec<(String, String)>>,
     req: Request,
 ) -> Response {
@@ -507,7 +558,8 @@ async fn http_proxy(
     let (tenant, name_ref) = (get("tenant"), get("name"));
     let mut served = None;
     let result: Result<Response, ApiError> = async {
-        let d = resolve(&state, &tenant, &name_ref).await?;
+        let (name, version) = split_ref(&name_ref);
+        let (d, _running) = resolve(&state, &access, name, version).await?;
         served = Some(d.clone());
         let name = &d.record.name;
         let DeploymentBody::Component(Prepared::Http(pre)) = &d.body else {
@@ -568,9 +620,51 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> 
     }))
 }
 
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+/// Set the per-tenant usage gauges (and the bytes each tenant stores) for a scrape.
+async fn update_usage(state: &AppState) {
+    let tenants = state.tenancy.tenants();
+    let names: Vec<String> = tenants.iter().map(|t| t.id.to_string()).collect();
+    let stored = state
+        .functions
+        .registry_call(move |r| {
+            names
+                .iter()
+                .map(|n| r.index().tenant_bytes(n))
+                .collect::<Result<Vec<u64>, _>>()
+        })
+        .await
+        .unwrap_or_default();
+    let store = state.functions.feature_store();
+    for (i, t) in tenants.iter().enumerate() {
+        let u = t.usage.snapshot();
+        let id = t.id.as_str();
+        let features = store.tenant_bytes(id).unwrap_or(0) as f64;
+        let registry = stored.get(i).copied().unwrap_or(0) as f64;
+        for (measure, v) in [
+            ("invocations", u.invocations as f64),
+            ("cpu_ms", u.cpu_ms),
+            ("memory_gb_seconds", u.memory_gb_seconds),
+            ("inference_calls", u.inference_calls as f64),
+            ("egress_calls", u.egress_calls as f64),
+            ("egress_denied", u.egress_denied as f64),
+            ("registry_bytes", registry),
+            ("feature_bytes", features),
+        ] {
+            state.metrics.usage.with_label_values(&[id, measure]).set(v);
+        }
+    }
+}
+
+/// Prometheus text. The platform admin sees every series; a tenant's token sees
+/// only the series labelled with its tenant.
+async fn metrics(State(state): State<Arc<AppState>>, access: Access) -> Response {
     let runtime = state.functions.runtime();
     state.functions.update_gauges();
+    update_usage(&state).await;
+    if let Some(tenant) = access.principal.as_ref().and_then(|p| p.tenant.as_ref()) {
+        let text = state.metrics.render_tenant(tenant.as_str());
+        return ([("content-type", "text/plain; version=0.0.4")], text).into_response();
+    }
     let text = format!(
         "{}# HELP quiver_instantiations_total Instances of typed functions created\n\
          # TYPE quiver_instantiations_total counter\nquiver_instantiations_total {}\n\
@@ -585,6 +679,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 
 async fn deploy(
     State(state): State<Arc<AppState>>,
+    access: Access,
     Path(tenant): Path<String>,
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
@@ -640,6 +735,7 @@ async fn deploy(
             e.to_string(),
         )
     })?;
+    tenants::check_deploy(&state, access.tenant()?, &manifest, component.as_deref()).await?;
     let (record, outcome) = state.functions.deploy(&tenant, manifest, component).await?;
     let status = match outcome {
         PublishOutcome::Created => StatusCode::CREATED,
@@ -650,7 +746,12 @@ async fn deploy(
         "digest": record.digest, "kind": record.kind, "size": record.size,
         "created_at": record.created_at, "unchanged": outcome == PublishOutcome::Unchanged,
     });
-    Ok((status, Json(body)).into_response())
+    let mut resp = (status, Json(body)).into_response();
+    resp.extensions_mut().insert(auth::AuditDetail(format!(
+        "{}@{} {}",
+        record.name, record.version, record.digest
+    )));
+    Ok(resp)
 }
 
 /// The most a `manifest` (or a model's `metadata`) part may hold.
@@ -821,8 +922,15 @@ async fn gc(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value
 }
 
 /// Start serving on `listener` until the future completes.
-pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) -> anyhow::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> anyhow::Result<()> {
     use axum::serve::ListenerExt as _;
+    if let Some(acceptor) = tls {
+        return tls::serve(listener, acceptor, router(state)).await;
+    }
     // Small responses go out at once rather than waiting on Nagle's algorithm.
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {

@@ -5,11 +5,11 @@
 //! Tensors are one column each: shape `[N]` or `[N, 1]`, data flat or nested.
 //! FP16/FP32/FP64 become float64 columns, INT*/UINT* int64, BOOL boolean, BYTES
 //! text. Outputs come back as `[N]` tensors (FP64, INT64, BOOL, BYTES).
-//! The tenant is the `x-quiver-tenant` header (default `default`).
+//! The tenant is the token's (or, on `/v2/tenants/{tenant}/...`, the path's).
 //! Errors are the protocol's `{"error": "<message>"}` with an HTTP status.
 
 use super::extract::Path;
-use super::{check_name, finish_as, ApiError, AppState, Route};
+use super::{check_name, finish_as, Access, ApiError, AppState, Route};
 use crate::bindings::{Batch, Column, Field};
 use crate::functions::{Deployment, Input};
 use crate::manifest::Manifest;
@@ -37,6 +37,23 @@ pub fn routes() -> Router<Arc<AppState>> {
         )
         .route("/v2/models/{name}/infer", post(infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer))
+        // The same, naming the tenant in the path: for the platform admin's token
+        // and for public functions called without one.
+        .route("/v2/tenants/{tenant}/models/{name}", get(model_metadata))
+        .route("/v2/tenants/{tenant}/models/{name}/ready", get(model_ready))
+        .route(
+            "/v2/tenants/{tenant}/models/{name}/versions/{version}",
+            get(model_metadata),
+        )
+        .route(
+            "/v2/tenants/{tenant}/models/{name}/versions/{version}/ready",
+            get(model_ready),
+        )
+        .route("/v2/tenants/{tenant}/models/{name}/infer", post(infer))
+        .route(
+            "/v2/tenants/{tenant}/models/{name}/versions/{version}/infer",
+            post(infer),
+        )
 }
 
 /// `ApiError` in the protocol's error shape.
@@ -61,16 +78,6 @@ impl IntoResponse for OipError {
 
 fn bad(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "invalid_input", message)
-}
-
-fn tenant(headers: &HeaderMap) -> Result<String, ApiError> {
-    let t = headers
-        .get("x-quiver-tenant")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("default")
-        .to_string();
-    check_name("tenant", &t)?;
-    Ok(t)
 }
 
 async fn server_metadata() -> Json<Value> {
@@ -105,7 +112,8 @@ fn tensor_decls(decls: &[crate::manifest::TensorDecl]) -> Vec<Value> {
 /// `{name}` and, on the `/versions/{version}` routes, the version.
 type ModelPath = Path<Vec<(String, String)>>;
 
-/// The tenant (header), model name and version (path) a request names, checked.
+/// The tenant (the token's, or the path's), model name and version a request
+/// names, checked.
 struct ModelRef {
     tenant: String,
     name: String,
@@ -113,12 +121,12 @@ struct ModelRef {
 }
 
 impl ModelRef {
-    fn of(headers: &HeaderMap, Path(params): ModelPath) -> Result<ModelRef, ApiError> {
+    fn of(access: &Access, Path(params): ModelPath) -> Result<ModelRef, ApiError> {
         let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         let name = get("name").unwrap_or_default();
         check_name("model", &name)?;
         Ok(ModelRef {
-            tenant: tenant(headers)?,
+            tenant: access.tenant()?.to_string(),
             name,
             version: get("version"),
         })
@@ -127,10 +135,14 @@ impl ModelRef {
 
 async fn model_metadata(
     State(state): State<Arc<AppState>>,
+    access: Access,
     path: ModelPath,
-    headers: HeaderMap,
 ) -> Result<Json<Value>, OipError> {
-    let m = ModelRef::of(&headers, path)?;
+    let m = ModelRef::of(&access, path)?;
+    if access.principal.is_none() {
+        // Without a token, only a public function's metadata answers.
+        super::resolve(&state, &access, &m.name, m.version.as_deref()).await?;
+    }
     let (t, n, v) = (m.tenant.clone(), m.name.clone(), m.version.clone());
     let (record, versions) = state
         .functions
@@ -162,16 +174,11 @@ async fn model_metadata(
 /// Ready = loaded and able to serve (this loads it, models included, if Cold).
 async fn model_ready(
     State(state): State<Arc<AppState>>,
+    access: Access,
     path: ModelPath,
-    headers: HeaderMap,
 ) -> Result<Json<Value>, OipError> {
-    let m = ModelRef::of(&headers, path)?;
-    let d = super::exposed(
-        state
-            .functions
-            .get(&m.tenant, &m.name, m.version.as_deref())
-            .await?,
-    )?;
+    let m = ModelRef::of(&access, path)?;
+    let (d, _running) = super::resolve(&state, &access, &m.name, m.version.as_deref()).await?;
     Ok(Json(
         json!({ "name": m.name, "version": d.record.version, "ready": true }),
     ))
@@ -210,25 +217,17 @@ struct RequestedOutput {
 
 async fn infer(
     State(state): State<Arc<AppState>>,
+    access: Access,
     path: ModelPath,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let target = ModelRef::of(&headers, path);
+    let target = ModelRef::of(&access, path);
     let mut served = None;
     let result: Result<Response, ApiError> = async {
-        let ModelRef {
-            tenant,
-            name,
-            version,
-        } = target?;
-        let d = super::exposed(
-            state
-                .functions
-                .get(&tenant, &name, version.as_deref())
-                .await?,
-        )?;
+        let ModelRef { name, version, .. } = target?;
+        let (d, _running) = super::resolve(&state, &access, &name, version.as_deref()).await?;
         served = Some(d.clone());
         check_kind(&d)?;
         let body: Bytes = super::read_body(&headers, body, state.max_body).await?;

@@ -12,7 +12,7 @@ mod store;
 
 pub use audit::{AuditEntry, AuditVerdict};
 pub use ids::{valid_name, Denied, Principal, Scope, TenantId};
-pub use quota::{Quota, QuotaExceeded, RateLimited, Usage, UsageSnapshot};
+pub use quota::{Quota, QuotaExceeded, RateLimited, Running, Usage, UsageSnapshot};
 
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;

@@ -47,14 +47,16 @@ impl Quota {
                 None => old,
             }
         }
+        let rate = pick(self.rate, change.rate);
         Quota {
             max_functions: pick(self.max_functions, change.max_functions),
             registry_bytes: pick(self.registry_bytes, change.registry_bytes),
             memory: pick(self.memory, change.memory),
             cpu_ms: pick(self.cpu_ms, change.cpu_ms),
             max_instances: pick(self.max_instances, change.max_instances),
-            rate: pick(self.rate, change.rate),
-            burst: pick(self.burst, change.burst),
+            // A burst means nothing without a rate: clearing the rate clears it.
+            burst: rate.and(pick(self.burst, change.burst)),
+            rate,
             feature_bytes: pick(self.feature_bytes, change.feature_bytes),
         }
     }
