@@ -22,12 +22,17 @@ cargo clippy --locked -p quiver-host --lib -- -D warnings
 (cd functions && cargo clippy --locked --target wasm32-wasip2 --all-targets -- -D warnings)
 (cd sdk && cargo clippy --locked --target wasm32-wasip2 --all-targets -- -D warnings)
 
-# The feature-store tests run a real Redis server (started by the tests on loopback).
-if ! command -v redis-server >/dev/null 2>&1; then
-  step "apt-get install redis-server"
+# The feature-store tests run a real Redis server (started by the tests on loopback);
+# the TLS test makes a certificate with openssl and calls the host with curl.
+missing=()
+for tool in redis-server:redis-server openssl:openssl curl:curl; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  step "apt-get install ${missing[*]}"
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 # The black-box tests run the binary, which lives in another package: build it first.

@@ -319,7 +319,6 @@ impl Index {
 
     /// Every row of a tenant, any kind (functions, pipelines, models under their
     /// stored `model:` names), by name, then oldest semver first.
-
     pub fn all_versions(&self, tenant: &str) -> Result<Vec<VersionRecord>> {
         let conn = self.reader()?;
         let mut stmt = conn.prepare(&format!(
@@ -342,6 +341,16 @@ impl Index {
         let out = stmt
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<Vec<String>>>()?;
+        Ok(out)
+    }
+
+    /// Every (tenant, digest) a version references.
+    pub fn tenant_digests(&self) -> Result<Vec<(String, String)>> {
+        let conn = self.reader()?;
+        let mut stmt = conn.prepare("SELECT DISTINCT tenant, digest FROM versions")?;
+        let out = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<Vec<(String, String)>>>()?;
         Ok(out)
     }
 

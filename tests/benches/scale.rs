@@ -136,12 +136,31 @@ fn cold_start(n: usize) {
     let mut conn = TcpStream::connect(&addr).expect("connect");
     conn.set_nodelay(true).expect("nodelay");
     // Warm the connection and the server's request path on a function we won't time.
-    timed_post(&mut conn, &server.admin_token, "/fn/default/txn-features", &body);
+    timed_post(
+        &mut conn,
+        &server.admin_token,
+        "/fn/default/txn-features",
+        &body,
+    );
     let cold: Vec<Duration> = (0..n)
-        .map(|i| timed_post(&mut conn, &server.admin_token, &format!("/fn/default/c-{i}"), &body))
+        .map(|i| {
+            timed_post(
+                &mut conn,
+                &server.admin_token,
+                &format!("/fn/default/c-{i}"),
+                &body,
+            )
+        })
         .collect();
     let warm: Vec<Duration> = (0..n)
-        .map(|i| timed_post(&mut conn, &server.admin_token, &format!("/fn/default/c-{i}"), &body))
+        .map(|i| {
+            timed_post(
+                &mut conn,
+                &server.admin_token,
+                &format!("/fn/default/c-{i}"),
+                &body,
+            )
+        })
         .collect();
     assert_eq!(
         server.metric("quiver_compilations_total").unwrap_or(0.0),

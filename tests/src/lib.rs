@@ -236,7 +236,9 @@ impl Server {
         if let Some(t) = token {
             headers.insert(
                 "authorization",
-                format!("Bearer {t}").parse().expect("a token is a header value"),
+                format!("Bearer {t}")
+                    .parse()
+                    .expect("a token is a header value"),
             );
         }
         reqwest::blocking::Client::builder()

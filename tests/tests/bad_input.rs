@@ -262,7 +262,7 @@ fn assert_misbehaving_guests_are_contained(server: &Server) {
     let resp = call("loop");
     assert_eq!(
         resp.headers()["x-quiver-version"],
-        "1.1.0",
+        "1.2.0",
         "errors say which version failed"
     );
     let (status, code, message) = error_of(resp);

@@ -57,13 +57,13 @@ fn past_capacity_requests_queue_then_get_429() {
         let metrics = server.get("/metrics").text().unwrap();
         assert!(
             metrics.contains(
-                r#"quiver_queue_depth{function="one-at-a-time",tenant="default",version="1.1.0"} 1"#
+                r#"quiver_queue_depth{function="one-at-a-time",tenant="default",version="1.2.0"} 1"#
             ),
             "{metrics}"
         );
         assert!(
             metrics.contains(
-                r#"quiver_instances{function="one-at-a-time",state="busy",tenant="default",version="1.1.0"} 1"#
+                r#"quiver_instances{function="one-at-a-time",state="busy",tenant="default",version="1.2.0"} 1"#
             ),
             "{metrics}"
         );
@@ -71,7 +71,7 @@ fn past_capacity_requests_queue_then_get_429() {
         // The queue (1) is full: the next one is turned away at once.
         let full = call(&server, "one-at-a-time", ECHO);
         assert_eq!(full.headers()["retry-after"], "1");
-        assert_eq!(full.headers()["x-quiver-version"], "1.1.0");
+        assert_eq!(full.headers()["x-quiver-version"], "1.2.0");
         let (status, code, message) = error_of(full);
         assert_eq!((status, code.as_str()), (429, "queue_full"), "{message}");
 

@@ -13,6 +13,7 @@ fn kill_9_during_deploys_never_leaves_a_half_version() {
         let mut deploy = Command::new(quiver_bin())
             .current_dir(repo())
             .env("QUIVER_SERVER", &server.url)
+            .env("QUIVER_TOKEN", &server.admin_token)
             .args([
                 "deploy",
                 "functions/txn-features",

@@ -376,10 +376,16 @@ fn every_route_refuses_bad_input_and_keeps_serving() {
         .send()
         .unwrap();
     s.expect_oip("metadata of an unknown model", resp, 404);
-    let resp = s.post("/v2/tenants/default/models/txn-features/infer", valid.clone());
+    let resp = s.post(
+        "/v2/tenants/default/models/txn-features/infer",
+        valid.clone(),
+    );
     s.expect_oip("a transform over the inference protocol", resp, 400);
     let resp = s
-        .req(reqwest::Method::GET, "/v2/tenants/default/models/nope/ready")
+        .req(
+            reqwest::Method::GET,
+            "/v2/tenants/default/models/nope/ready",
+        )
         .send()
         .unwrap();
     s.expect_oip("readiness of an unknown model", resp, 404);

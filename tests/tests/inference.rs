@@ -116,15 +116,24 @@ fn deploy_resolves_the_model_range_and_records_the_version() {
     server.push_model(FRAUD, "fraud-model", "1.0.0");
     server.push_model(FRAUD, "fraud-model", "1.1.0");
     server.deploy("fraud-score");
-    let meta: Value = server.get("/v2/tenants/default/models/fraud-score").json().unwrap();
+    let meta: Value = server
+        .get("/v2/tenants/default/models/fraud-score")
+        .json()
+        .unwrap();
     assert_eq!(meta["parameters"]["models"]["fraud"], "fraud-model@=1.1.0");
 
     // A newer model does not change what a deployed version bound; a new deploy binds it.
     server.push_model(FRAUD, "fraud-model", "1.2.0");
-    let meta: Value = server.get("/v2/tenants/default/models/fraud-score").json().unwrap();
+    let meta: Value = server
+        .get("/v2/tenants/default/models/fraud-score")
+        .json()
+        .unwrap();
     assert_eq!(meta["parameters"]["models"]["fraud"], "fraud-model@=1.1.0");
     server.deploy_with("fraud-score", &["--version", "1.2.1"]);
-    let meta: Value = server.get("/v2/tenants/default/models/fraud-score").json().unwrap();
+    let meta: Value = server
+        .get("/v2/tenants/default/models/fraud-score")
+        .json()
+        .unwrap();
     assert_eq!(meta["parameters"]["models"]["fraud"], "fraud-model@=1.2.0");
     assert_eq!(meta["versions"], json!(["1.2.0", "1.2.1"]));
 
@@ -260,7 +269,10 @@ fn open_inference_protocol_v2() {
         server.get("/v2/health/ready").json::<Value>().unwrap()["ready"],
         true
     );
-    let meta: Value = server.get("/v2/tenants/default/models/fraud-score").json().unwrap();
+    let meta: Value = server
+        .get("/v2/tenants/default/models/fraud-score")
+        .json()
+        .unwrap();
     assert_eq!(meta["name"], "fraud-score");
     assert_eq!(meta["platform"], "quiver-inference");
     assert_eq!(
@@ -268,7 +280,10 @@ fn open_inference_protocol_v2() {
         json!({"name": "log_amount", "datatype": "FP64", "shape": [-1]})
     );
     assert_eq!(meta["outputs"][1]["name"], "label");
-    let ready: Value = server.get("/v2/tenants/default/models/fraud-score/ready").json().unwrap();
+    let ready: Value = server
+        .get("/v2/tenants/default/models/fraud-score/ready")
+        .json()
+        .unwrap();
     assert_eq!(ready["ready"], true);
 
     let r = reference();
@@ -340,7 +355,10 @@ fn open_inference_protocol_v2() {
         one("log_amount", "COMPLEX", json!([1])),
     );
     assert!(s == 400 && e.contains("unknown datatype"), "{e}");
-    let (s, e) = error("/v2/tenants/default/models/fraud-score/infer", json!({ "inputs": "nope" }));
+    let (s, e) = error(
+        "/v2/tenants/default/models/fraud-score/infer",
+        json!({ "inputs": "nope" }),
+    );
     assert!(s == 400 && e.contains("not an inference request"), "{e}");
     let (s, e) = error(
         "/v2/tenants/default/models/fraud-score/infer",
@@ -364,7 +382,10 @@ fn open_inference_protocol_v2() {
         request.clone(),
     );
     assert!(s == 404 && e.contains("9.9.9"), "{e}");
-    let (s, e) = error("/v2/tenants/default/models/txn-features/infer", request.clone());
+    let (s, e) = error(
+        "/v2/tenants/default/models/txn-features/infer",
+        request.clone(),
+    );
     assert!(s == 400 && e.contains("transform"), "{e}");
     let resp = server.get("/v2/tenants/default/models/no-such");
     assert_eq!(resp.status(), 404);
@@ -502,12 +523,14 @@ fn a_slow_model_does_not_stall_other_functions() {
         .map(|_| {
             let url = format!("{}/fn/default/slow-score", server.url);
             let body = rows.to_string();
+            let token = server.admin_token.clone();
             std::thread::spawn(move || {
                 reqwest::blocking::Client::builder()
                     .timeout(Duration::from_secs(120))
                     .build()
                     .unwrap()
                     .post(url)
+                    .bearer_auth(token)
                     .header("content-type", "application/json")
                     .body(body)
                     .send()
@@ -584,9 +607,11 @@ fn dynamic_batching_gives_the_same_answers() {
         .map(|x| {
             let url = format!("{}/fn/default/fraud-batched", server.url);
             let body = one(x).to_string();
+            let token = server.admin_token.clone();
             std::thread::spawn(move || {
                 reqwest::blocking::Client::new()
                     .post(url)
+                    .bearer_auth(token)
                     .header("content-type", "application/json")
                     .body(body)
                     .send()

@@ -52,8 +52,8 @@ fn cold_loads_never_install_a_version_older_than_the_latest_rollback() {
     let clients: Vec<_> = (0..4)
         .map(|_| {
             let (url, stop, body) = (server.url.clone(), stop.clone(), body.clone());
+            let http = server.http();
             std::thread::spawn(move || {
-                let http = reqwest::blocking::Client::new();
                 let mut seen = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     let sent = Instant::now();
@@ -213,8 +213,14 @@ fn an_http_guest_holds_its_slot_after_the_client_leaves() {
             .status(),
         200
     );
+    let mut auth = reqwest::header::HeaderMap::new();
+    auth.insert(
+        "authorization",
+        format!("Bearer {}", server.admin_token).parse().unwrap(),
+    );
     let impatient = reqwest::blocking::Client::builder()
         .timeout(Duration::from_millis(300))
+        .default_headers(auth)
         .build()
         .unwrap();
     let started = Instant::now();

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 /// A token made with the CLI: `quiver --tenant T tokens create --scope S`.
 fn token(server: &Server, tenant: &str, scope: &str, extra: &[&str]) -> String {
-    let mut args = vec!["--tenant", tenant, "--json", "tokens", "create", "--scope", scope];
+    let mut args = vec![
+        "--tenant", tenant, "--json", "tokens", "create", "--scope", scope,
+    ];
     args.extend_from_slice(extra);
     let out: Value = serde_json::from_str(&server.cli_ok(&args)).expect("tokens create --json");
     let t = out["token"].as_str().expect("token").to_string();
@@ -61,16 +63,27 @@ impl World {
     }
 
     /// Expect `status` and `code`; returns the body text for comparisons.
-    fn expect(&self, what: &str, resp: reqwest::blocking::Response, status: u16, code: &str) -> String {
+    fn expect(
+        &self,
+        what: &str,
+        resp: reqwest::blocking::Response,
+        status: u16,
+        code: &str,
+    ) -> String {
         let got = resp.status().as_u16();
         let www = resp.headers().get("www-authenticate").cloned();
         let text = resp.text().unwrap_or_default();
         assert_eq!(got, status, "{what}: {text}");
-        let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{what}: not JSON: {text}"));
+        let v: Value =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("{what}: not JSON: {text}"));
         let got_code = v["error"]["code"].as_str().unwrap_or("");
         assert_eq!(got_code, code, "{what}: {text}");
         if status == 401 {
-            assert_eq!(www.as_ref().map(|v| v.to_str().unwrap()), Some("Bearer"), "{what}");
+            assert_eq!(
+                www.as_ref().map(|v| v.to_str().unwrap()),
+                Some("Bearer"),
+                "{what}"
+            );
         }
         text
     }
@@ -88,7 +101,12 @@ fn tokens_scopes_and_isolation_hold_against_escape_attempts() {
     let delete = reqwest::Method::DELETE;
 
     // The tenant's own token works on its own function.
-    let ok = w.send(Some(&w.acme_invoke), post.clone(), "/fn/acme/txn-features", Some(sample()));
+    let ok = w.send(
+        Some(&w.acme_invoke),
+        post.clone(),
+        "/fn/acme/txn-features",
+        Some(sample()),
+    );
     assert_eq!(ok.status(), 200);
     let mut cases = 0;
     let mut case = |what: &str, resp, status, code| {
@@ -97,7 +115,12 @@ fn tokens_scopes_and_isolation_hold_against_escape_attempts() {
     };
 
     // 1-5: bad tokens.
-    case("no token", w.send(None, post.clone(), "/fn/acme/txn-features", Some(sample())), 401, "unauthorized");
+    case(
+        "no token",
+        w.send(None, post.clone(), "/fn/acme/txn-features", Some(sample())),
+        401,
+        "unauthorized",
+    );
     let resp = w
         .server
         .http_as(None)
@@ -106,85 +129,432 @@ fn tokens_scopes_and_isolation_hold_against_escape_attempts() {
         .body(sample())
         .send()
         .unwrap();
-    case("basic auth instead of a bearer token", resp, 401, "unauthorized");
+    case(
+        "basic auth instead of a bearer token",
+        resp,
+        401,
+        "unauthorized",
+    );
     let forged = format!("qvr_{}_{}", "0".repeat(12), "0".repeat(64));
-    case("a forged token", w.send(Some(&forged), post.clone(), "/fn/acme/txn-features", Some(sample())), 401, "unauthorized");
+    case(
+        "a forged token",
+        w.send(
+            Some(&forged),
+            post.clone(),
+            "/fn/acme/txn-features",
+            Some(sample()),
+        ),
+        401,
+        "unauthorized",
+    );
     let expiring = token(&w.server, "acme", "invoke", &["--expires", "1s"]);
     std::thread::sleep(Duration::from_millis(2100));
-    let text = case("an expired token", w.send(Some(&expiring), post.clone(), "/fn/acme/txn-features", Some(sample())), 401, "unauthorized");
+    let text = case(
+        "an expired token",
+        w.send(
+            Some(&expiring),
+            post.clone(),
+            "/fn/acme/txn-features",
+            Some(sample()),
+        ),
+        401,
+        "unauthorized",
+    );
     assert!(text.contains("expired"), "{text}");
     let revoked = token(&w.server, "acme", "invoke", &[]);
-    let ls: Value = serde_json::from_str(&w.server.cli_ok(&["--tenant", "acme", "--json", "tokens", "ls"])).unwrap();
-    let id = ls["tokens"].as_array().unwrap().last().unwrap()["id"].as_str().unwrap().to_string();
+    let ls: Value = serde_json::from_str(
+        &w.server
+            .cli_ok(&["--tenant", "acme", "--json", "tokens", "ls"]),
+    )
+    .unwrap();
+    let id = ls["tokens"].as_array().unwrap().last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(revoked.contains(&id), "the newest token's id is part of it");
-    w.server.cli_ok(&["--tenant", "acme", "tokens", "revoke", &id]);
-    case("a revoked token", w.send(Some(&revoked), post.clone(), "/fn/acme/txn-features", Some(sample())), 401, "unauthorized");
+    w.server
+        .cli_ok(&["--tenant", "acme", "tokens", "revoke", &id]);
+    case(
+        "a revoked token",
+        w.send(
+            Some(&revoked),
+            post.clone(),
+            "/fn/acme/txn-features",
+            Some(sample()),
+        ),
+        401,
+        "unauthorized",
+    );
 
     // 6-13: acme's tokens on beta's routes: 404, exactly as for a tenant that does not exist.
-    let hidden = case("invoke another tenant's function", w.send(Some(&w.acme_invoke), post.clone(), "/fn/beta/txn-features", Some(sample())), 404, "not_found");
-    let absent = w.expect("invoke in a tenant that does not exist", w.send(Some(&w.acme_invoke), post.clone(), "/fn/gamma/txn-features", Some(sample())), 404, "not_found");
-    assert_eq!(hidden.replace("beta", "X"), absent.replace("gamma", "X"), "the answers differ only by the name asked for");
+    let hidden = case(
+        "invoke another tenant's function",
+        w.send(
+            Some(&w.acme_invoke),
+            post.clone(),
+            "/fn/beta/txn-features",
+            Some(sample()),
+        ),
+        404,
+        "not_found",
+    );
+    let absent = w.expect(
+        "invoke in a tenant that does not exist",
+        w.send(
+            Some(&w.acme_invoke),
+            post.clone(),
+            "/fn/gamma/txn-features",
+            Some(sample()),
+        ),
+        404,
+        "not_found",
+    );
+    assert_eq!(
+        hidden.replace("beta", "X"),
+        absent.replace("gamma", "X"),
+        "the answers differ only by the name asked for"
+    );
     assert!(!hidden.contains("txn-features"), "{hidden}");
-    case("list another tenant's functions", w.send(Some(&w.acme_admin), get.clone(), "/admin/v1/tenants/beta/functions", None), 404, "not_found");
-    case("read another tenant's versions", w.send(Some(&w.acme_admin), get.clone(), "/admin/v1/tenants/beta/functions/txn-features/versions", None), 404, "not_found");
-    case("roll back another tenant's function", w.send(Some(&w.acme_deploy), post.clone(), "/admin/v1/tenants/beta/functions/txn-features/rollback", None), 404, "not_found");
-    case("delete another tenant's version", w.send(Some(&w.acme_deploy), delete.clone(), "/admin/v1/tenants/beta/functions/txn-features/versions/1.0.0?force=true", None), 404, "not_found");
-    case("list another tenant's models", w.send(Some(&w.acme_admin), get.clone(), "/admin/v1/tenants/beta/models", None), 404, "not_found");
-    case("backfill another tenant's features", w.send(Some(&w.acme_deploy), post.clone(), "/admin/v1/tenants/beta/features/merchant", Some(b"[]".to_vec())), 404, "not_found");
-    case("read another tenant's tokens", w.send(Some(&w.acme_admin), get.clone(), "/admin/v1/tenants/beta/tokens", None), 404, "not_found");
-    case("read another tenant's usage", w.send(Some(&w.acme_admin), get.clone(), "/admin/v1/tenants/beta/usage", None), 404, "not_found");
-    case("read another tenant's audit log", w.send(Some(&w.acme_admin), get.clone(), "/admin/v1/tenants/beta/audit", None), 404, "not_found");
-    let beta_tokens: Value = w.send(Some(&w.beta_admin), get.clone(), "/admin/v1/tenants/beta/tokens", None).json().unwrap();
+    case(
+        "list another tenant's functions",
+        w.send(
+            Some(&w.acme_admin),
+            get.clone(),
+            "/admin/v1/tenants/beta/functions",
+            None,
+        ),
+        404,
+        "not_found",
+    );
+    case(
+        "read another tenant's versions",
+        w.send(
+            Some(&w.acme_admin),
+            get.clone(),
+            "/admin/v1/tenants/beta/functions/txn-features/versions",
+            None,
+        ),
+        404,
+        "not_found",
+    );
+    case(
+        "roll back another tenant's function",
+        w.send(
+            Some(&w.acme_deploy),
+            post.clone(),
+            "/admin/v1/tenants/beta/functions/txn-features/rollback",
+            None,
+        ),
+        404,
+        "not_found",
+    );
+    case(
+        "delete another tenant's version",
+        w.send(
+            Some(&w.acme_deploy),
+            delete.clone(),
+            "/admin/v1/tenants/beta/functions/txn-features/versions/1.0.0?force=true",
+            None,
+        ),
+        404,
+        "not_found",
+    );
+    case(
+        "list another tenant's models",
+        w.send(
+            Some(&w.acme_admin),
+            get.clone(),
+            "/admin/v1/tenants/beta/models",
+            None,
+        ),
+        404,
+        "not_found",
+    );
+    case(
+        "backfill another tenant's features",
+        w.send(
+            Some(&w.acme_deploy),
+            post.clone(),
+            "/admin/v1/tenants/beta/features/merchant",
+            Some(b"[]".to_vec()),
+        ),
+        404,
+        "not_found",
+    );
+    case(
+        "read another tenant's tokens",
+        w.send(
+            Some(&w.acme_admin),
+            get.clone(),
+            "/admin/v1/tenants/beta/tokens",
+            None,
+        ),
+        404,
+        "not_found",
+    );
+    case(
+        "read another tenant's usage",
+        w.send(
+            Some(&w.acme_admin),
+            get.clone(),
+            "/admin/v1/tenants/beta/usage",
+            None,
+        ),
+        404,
+        "not_found",
+    );
+    case(
+        "read another tenant's audit log",
+        w.send(
+            Some(&w.acme_admin),
+            get.clone(),
+            "/admin/v1/tenants/beta/audit",
+            None,
+        ),
+        404,
+        "not_found",
+    );
+    let beta_tokens: Value = w
+        .send(
+            Some(&w.beta_admin),
+            get.clone(),
+            "/admin/v1/tenants/beta/tokens",
+            None,
+        )
+        .json()
+        .unwrap();
     let beta_id = beta_tokens["tokens"][0]["id"].as_str().unwrap().to_string();
-    case("revoke another tenant's token through one's own tenant", w.send(Some(&w.acme_admin), delete.clone(), &format!("/admin/v1/tenants/acme/tokens/{beta_id}"), None), 404, "not_found");
+    case(
+        "revoke another tenant's token through one's own tenant",
+        w.send(
+            Some(&w.acme_admin),
+            delete.clone(),
+            &format!("/admin/v1/tenants/acme/tokens/{beta_id}"),
+            None,
+        ),
+        404,
+        "not_found",
+    );
     // The deploy itself, over another tenant's name.
     let form = reqwest::blocking::multipart::Form::new()
-        .text("manifest", "[function]\nname='txn-features'\nversion='9.0.0'\nkind='transform'\n")
-        .part("component", reqwest::blocking::multipart::Part::bytes(b"\0asm".to_vec()));
-    let resp = w.server.http_as(Some(&w.acme_deploy)).post(format!("{}/admin/v1/tenants/beta/functions", w.server.url)).multipart(form).send().unwrap();
-    case("deploy over another tenant's function", resp, 404, "not_found");
+        .text(
+            "manifest",
+            "[function]\nname='txn-features'\nversion='9.0.0'\nkind='transform'\n",
+        )
+        .part(
+            "component",
+            reqwest::blocking::multipart::Part::bytes(b"\0asm".to_vec()),
+        );
+    let resp = w
+        .server
+        .http_as(Some(&w.acme_deploy))
+        .post(format!("{}/admin/v1/tenants/beta/functions", w.server.url))
+        .multipart(form)
+        .send()
+        .unwrap();
+    case(
+        "deploy over another tenant's function",
+        resp,
+        404,
+        "not_found",
+    );
     // The inference protocol takes the tenant from the token: acme's token sees acme's functions only.
-    case("OIP by token names only the token's tenant", w.send(Some(&w.beta_invoke), post.clone(), "/v2/models/nope/infer", Some(b"{}".to_vec())), 404, "");
+    case(
+        "OIP by token names only the token's tenant",
+        w.send(
+            Some(&w.beta_invoke),
+            post.clone(),
+            "/v2/models/nope/infer",
+            Some(b"{}".to_vec()),
+        ),
+        404,
+        "",
+    );
 
     // 14-17: scopes.
     let form = reqwest::blocking::multipart::Form::new().text("manifest", "x");
-    let resp = w.server.http_as(Some(&w.acme_invoke)).post(format!("{}/admin/v1/tenants/acme/functions", w.server.url)).multipart(form).send().unwrap();
+    let resp = w
+        .server
+        .http_as(Some(&w.acme_invoke))
+        .post(format!("{}/admin/v1/tenants/acme/functions", w.server.url))
+        .multipart(form)
+        .send()
+        .unwrap();
     case("deploy with an invoke token", resp, 403, "forbidden");
-    case("create a token with a deploy token", w.send(Some(&w.acme_deploy), post.clone(), "/admin/v1/tenants/acme/tokens", Some(b"{}".to_vec())), 403, "forbidden");
-    case("create a tenant with a tenant admin token", w.send(Some(&w.acme_admin), post.clone(), "/admin/v1/tenants", Some(br#"{"name":"mine"}"#.to_vec())), 403, "forbidden");
-    case("raise one's own quota", w.send(Some(&w.acme_admin), reqwest::Method::PUT, "/admin/v1/tenants/acme/quota", Some(br#"{"rate":1000000}"#.to_vec())), 403, "forbidden");
-    case("grant oneself outbound HTTP", w.send(Some(&w.acme_admin), post.clone(), "/admin/v1/tenants/acme/grants", Some(br#"{"capability":"outbound","pattern":"https://*.com"}"#.to_vec())), 403, "forbidden");
-    case("collect garbage platform-wide", w.send(Some(&w.acme_admin), post.clone(), "/admin/v1/gc", None), 403, "forbidden");
+    case(
+        "create a token with a deploy token",
+        w.send(
+            Some(&w.acme_deploy),
+            post.clone(),
+            "/admin/v1/tenants/acme/tokens",
+            Some(b"{}".to_vec()),
+        ),
+        403,
+        "forbidden",
+    );
+    case(
+        "create a tenant with a tenant admin token",
+        w.send(
+            Some(&w.acme_admin),
+            post.clone(),
+            "/admin/v1/tenants",
+            Some(br#"{"name":"mine"}"#.to_vec()),
+        ),
+        403,
+        "forbidden",
+    );
+    case(
+        "raise one's own quota",
+        w.send(
+            Some(&w.acme_admin),
+            reqwest::Method::PUT,
+            "/admin/v1/tenants/acme/quota",
+            Some(br#"{"rate":1000000}"#.to_vec()),
+        ),
+        403,
+        "forbidden",
+    );
+    case(
+        "grant oneself outbound HTTP",
+        w.send(
+            Some(&w.acme_admin),
+            post.clone(),
+            "/admin/v1/tenants/acme/grants",
+            Some(br#"{"capability":"outbound","pattern":"https://*.com"}"#.to_vec()),
+        ),
+        403,
+        "forbidden",
+    );
+    case(
+        "collect garbage platform-wide",
+        w.send(Some(&w.acme_admin), post.clone(), "/admin/v1/gc", None),
+        403,
+        "forbidden",
+    );
 
     // 18-25: names with tricks, encodings and injections.
     for (what, path, code) in [
-        ("a tenant with an encoded slash", "/fn/beta%2F..%2Facme/txn-features", "invalid_name"),
-        ("a dot-dot tenant", "/fn/..%2Fbeta/txn-features", "invalid_name"),
-        ("an upper-case tenant", "/fn/ACME/txn-features", "invalid_name"),
-        ("a tenant with a NUL", "/fn/acme%00/txn-features", "invalid_name"),
-        ("a function with an encoded slash", "/fn/acme/..%2F..%2Fbeta%2Ftxn-features", "invalid_name"),
+        (
+            "a tenant with an encoded slash",
+            "/fn/beta%2F..%2Facme/txn-features",
+            "invalid_name",
+        ),
+        (
+            "a dot-dot tenant",
+            "/fn/..%2Fbeta/txn-features",
+            "invalid_name",
+        ),
+        (
+            "an upper-case tenant",
+            "/fn/ACME/txn-features",
+            "invalid_name",
+        ),
+        (
+            "a tenant with a NUL",
+            "/fn/acme%00/txn-features",
+            "invalid_name",
+        ),
+        (
+            "a function with an encoded slash",
+            "/fn/acme/..%2F..%2Fbeta%2Ftxn-features",
+            "invalid_name",
+        ),
     ] {
-        case(what, w.send(Some(&w.acme_invoke), post.clone(), path, Some(sample())), 400, code);
+        case(
+            what,
+            w.send(Some(&w.acme_invoke), post.clone(), path, Some(sample())),
+            400,
+            code,
+        );
     }
-    case("a version with SQL in it", w.send(Some(&w.acme_deploy), delete.clone(), "/admin/v1/tenants/acme/functions/txn-features/versions/1.0.0'%20OR%20'1'='1", None), 400, "invalid_version");
-    case("a pinned version with SQL in it", w.send(Some(&w.acme_invoke), post.clone(), "/fn/acme/txn-features@1.0.0'%20OR%201=1--", Some(sample())), 404, "not_found");
-    case("a feature group with a key separator", w.send(Some(&w.acme_deploy), post.clone(), "/admin/v1/tenants/acme/features/merchant:beta", Some(b"[]".to_vec())), 400, "invalid_name");
-    case("a feature group naming another tenant's key", w.send(Some(&w.acme_deploy), post.clone(), "/admin/v1/tenants/acme/features/beta%00merchant", Some(b"[]".to_vec())), 400, "invalid_name");
-    case("a tenant name in the OIP path for another tenant", w.send(Some(&w.acme_invoke), post.clone(), "/v2/tenants/beta/models/txn-features/infer", Some(b"{}".to_vec())), 404, "");
+    case(
+        "a version with SQL in it",
+        w.send(
+            Some(&w.acme_deploy),
+            delete.clone(),
+            "/admin/v1/tenants/acme/functions/txn-features/versions/1.0.0'%20OR%20'1'='1",
+            None,
+        ),
+        400,
+        "invalid_version",
+    );
+    case(
+        "a pinned version with SQL in it",
+        w.send(
+            Some(&w.acme_invoke),
+            post.clone(),
+            "/fn/acme/txn-features@1.0.0'%20OR%201=1--",
+            Some(sample()),
+        ),
+        404,
+        "not_found",
+    );
+    case(
+        "a feature group with a key separator",
+        w.send(
+            Some(&w.acme_deploy),
+            post.clone(),
+            "/admin/v1/tenants/acme/features/merchant:beta",
+            Some(b"[]".to_vec()),
+        ),
+        400,
+        "invalid_name",
+    );
+    case(
+        "a feature group naming another tenant's key",
+        w.send(
+            Some(&w.acme_deploy),
+            post.clone(),
+            "/admin/v1/tenants/acme/features/beta%00merchant",
+            Some(b"[]".to_vec()),
+        ),
+        400,
+        "invalid_name",
+    );
+    case(
+        "a tenant name in the OIP path for another tenant",
+        w.send(
+            Some(&w.acme_invoke),
+            post.clone(),
+            "/v2/tenants/beta/models/txn-features/infer",
+            Some(b"{}".to_vec()),
+        ),
+        404,
+        "",
+    );
 
     // /metrics: a token is needed; a tenant sees only its own series.
-    case("metrics without a token", w.send(None, get.clone(), "/metrics", None), 401, "unauthorized");
-    let mine = w.send(Some(&w.acme_invoke), get.clone(), "/metrics", None).text().unwrap();
+    case(
+        "metrics without a token",
+        w.send(None, get.clone(), "/metrics", None),
+        401,
+        "unauthorized",
+    );
+    let mine = w
+        .send(Some(&w.acme_invoke), get.clone(), "/metrics", None)
+        .text()
+        .unwrap();
     assert!(mine.contains("tenant=\"acme\""), "{mine}");
-    assert!(!mine.contains("tenant=\"beta\"") && !mine.contains("tenant=\"default\""), "{mine}");
-    let all = w.send(Some(&w.server.admin_token), get.clone(), "/metrics", None).text().unwrap();
+    assert!(
+        !mine.contains("tenant=\"beta\"") && !mine.contains("tenant=\"default\""),
+        "{mine}"
+    );
+    let all = w
+        .send(Some(&w.server.admin_token), get.clone(), "/metrics", None)
+        .text()
+        .unwrap();
     assert!(all.contains("tenant=\"beta\"") && all.contains("tenant=\"acme\""));
 
     assert!(cases >= 15, "{cases} escape cases");
     let mut w = w;
     w.server.assert_running();
     // Beta's function is untouched by all of it.
-    let resp = w.send(Some(&w.beta_invoke), post, "/fn/beta/txn-features", Some(sample()));
+    let resp = w.send(
+        Some(&w.beta_invoke),
+        post,
+        "/fn/beta/txn-features",
+        Some(sample()),
+    );
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-quiver-version"], "1.0.0");
 }
@@ -192,18 +562,34 @@ fn tokens_scopes_and_isolation_hold_against_escape_attempts() {
 #[test]
 fn public_functions_need_no_token_and_nothing_else_answers_without_one() {
     let server = Server::start();
-    server.deploy_with("hello-http", &["--name", "hello-public", "--set", "triggers.http=public"]);
+    server.deploy_with(
+        "hello-http",
+        &["--name", "hello-public", "--set", "triggers.http=public"],
+    );
     server.deploy("hello-http");
     let anon = server.http_as(None);
-    let r = anon.get(format!("{}/http/default/hello-public/x", server.url)).send().unwrap();
+    let r = anon
+        .get(format!("{}/http/default/hello-public/x", server.url))
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.text().unwrap().starts_with("hello from Quiver"));
-    let private = anon.get(format!("{}/http/default/hello-http/x", server.url)).send().unwrap();
+    let private = anon
+        .get(format!("{}/http/default/hello-http/x", server.url))
+        .send()
+        .unwrap();
     let (s1, c1, m1) = error_of(private);
-    let missing = anon.get(format!("{}/http/default/no-such/x", server.url)).send().unwrap();
+    let missing = anon
+        .get(format!("{}/http/default/no-such/x", server.url))
+        .send()
+        .unwrap();
     let (s2, c2, m2) = error_of(missing);
     assert_eq!((s1, c1.as_str()), (401, "unauthorized"));
-    assert_eq!((s1, c1, m1), (s2, c2, m2), "a private function and a missing one look the same");
+    assert_eq!(
+        (s1, c1, m1),
+        (s2, c2, m2),
+        "a private function and a missing one look the same"
+    );
 }
 
 #[test]
@@ -219,21 +605,69 @@ fn quotas_refuse_with_the_quota_named() {
     q(&["--memory", "16MiB", "--cpu-time", "200ms"]);
     let err = server.cli_err(&["--tenant", "acme", "deploy", "functions/txn-features"]);
     assert!(err.contains("quota `memory` exceeded"), "{err}");
-    let err = server.cli_err(&["--tenant", "acme", "deploy", "functions/txn-features", "--set", "limits.memory=8MiB"]);
+    let err = server.cli_err(&[
+        "--tenant",
+        "acme",
+        "deploy",
+        "functions/txn-features",
+        "--set",
+        "limits.memory=8MiB",
+    ]);
     assert!(err.contains("quota `cpu_ms` exceeded"), "{err}");
-    server.cli_ok(&["--tenant", "acme", "deploy", "functions/txn-features", "--set", "limits.memory=8MiB", "--set", "limits.timeout=200ms"]);
+    server.cli_ok(&[
+        "--tenant",
+        "acme",
+        "deploy",
+        "functions/txn-features",
+        "--set",
+        "limits.memory=8MiB",
+        "--set",
+        "limits.timeout=200ms",
+    ]);
     // Function count and registry bytes.
     q(&["--max-functions", "1"]);
-    let err = server.cli_err(&["--tenant", "acme", "deploy", "functions/txn-features", "--name", "second", "--set", "limits.memory=8MiB", "--set", "limits.timeout=200ms"]);
+    let err = server.cli_err(&[
+        "--tenant",
+        "acme",
+        "deploy",
+        "functions/txn-features",
+        "--name",
+        "second",
+        "--set",
+        "limits.memory=8MiB",
+        "--set",
+        "limits.timeout=200ms",
+    ]);
     assert!(err.contains("quota `max_functions` exceeded"), "{err}");
     q(&["--max-functions", "0", "--registry-bytes", "1KiB"]);
-    let err = server.cli_err(&["--tenant", "acme", "deploy", "functions/txn-features", "--version", "1.0.1", "--set", "limits.memory=8MiB", "--set", "limits.timeout=200ms"]);
+    let err = server.cli_err(&[
+        "--tenant",
+        "acme",
+        "deploy",
+        "functions/txn-features",
+        "--version",
+        "1.0.1",
+        "--set",
+        "limits.memory=8MiB",
+        "--set",
+        "limits.timeout=200ms",
+    ]);
     assert!(err.contains("quota `registry_bytes` exceeded"), "{err}");
     // The quota is stored as set.
     let quota: Value = serde_json::from_str(&server.cli_ok(&["--json", "tenants", "ls"])).unwrap();
-    let acme = quota["tenants"].as_array().unwrap().iter().find(|t| t["name"] == "acme").unwrap().clone();
+    let acme = quota["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "acme")
+        .unwrap()
+        .clone();
     assert_eq!(acme["quota"]["registry_bytes"], 1024, "{acme}");
-    assert_eq!(acme["quota"].get("max_functions"), None, "0 removed it: {acme}");
+    assert_eq!(
+        acme["quota"].get("max_functions"),
+        None,
+        "0 removed it: {acme}"
+    );
 
     // Request rate: a token bucket of 5; the 6th request at once is 429 with Retry-After.
     q(&["--rate", "2", "--burst", "5"]);
@@ -242,10 +676,17 @@ fn quotas_refuse_with_the_quota_named() {
     let mut statuses = Vec::new();
     let mut retry = None;
     for _ in 0..8 {
-        let r = c.post(format!("{}/fn/acme/txn-features", server.url)).body(sample()).send().unwrap();
+        let r = c
+            .post(format!("{}/fn/acme/txn-features", server.url))
+            .body(sample())
+            .send()
+            .unwrap();
         statuses.push(r.status().as_u16());
         if r.status() == 429 {
-            retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+            retry = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
             let (_, code, message) = error_of(r);
             assert_eq!(code, "quota_exceeded");
             assert!(message.contains("quota `rate`"), "{message}");
@@ -256,21 +697,53 @@ fn quotas_refuse_with_the_quota_named() {
     assert!(retry.is_some_and(|r| r.parse::<u64>().unwrap() >= 1));
 
     // Concurrency: one invocation at a time; a second while the first spins is 429.
-    q(&["--rate", "0", "--max-instances", "1", "--registry-bytes", "0", "--cpu-time", "0", "--memory", "0"]);
+    q(&[
+        "--rate",
+        "0",
+        "--max-instances",
+        "1",
+        "--registry-bytes",
+        "0",
+        "--cpu-time",
+        "0",
+        "--memory",
+        "0",
+    ]);
     server.cli_ok(&["--tenant", "acme", "deploy", "functions/hello-http"]);
     let url = server.url.clone();
     let t2 = t.clone();
     let slow = std::thread::spawn(move || {
-        let c = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
-        c.get(format!("{url}/http/acme/hello-http/spin/1500")).bearer_auth(t2).send().unwrap().status().as_u16()
+        let c = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        c.get(format!("{url}/http/acme/hello-http/spin/1500"))
+            .bearer_auth(t2)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
     });
     std::thread::sleep(Duration::from_millis(400));
-    let r = c.get(format!("{}/http/acme/hello-http/x", server.url)).send().unwrap();
+    let r = c
+        .get(format!("{}/http/acme/hello-http/x", server.url))
+        .send()
+        .unwrap();
     let (status, code, message) = error_of(r);
-    assert_eq!((status, code.as_str()), (429, "quota_exceeded"), "{message}");
+    assert_eq!(
+        (status, code.as_str()),
+        (429, "quota_exceeded"),
+        "{message}"
+    );
     assert!(message.contains("max_instances"), "{message}");
     assert_eq!(slow.join().unwrap(), 200);
-    assert_eq!(c.get(format!("{}/http/acme/hello-http/x", server.url)).send().unwrap().status(), 200);
+    assert_eq!(
+        c.get(format!("{}/http/acme/hello-http/x", server.url))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[test]
@@ -290,7 +763,11 @@ fn a_flooding_tenant_does_not_slow_its_neighbour() {
         let mut errors = 0;
         for _ in 0..n {
             let t = Instant::now();
-            let r = c.post(format!("{}/fn/quiet/txn-features", server.url)).body(body.clone()).send().unwrap();
+            let r = c
+                .post(format!("{}/fn/quiet/txn-features", server.url))
+                .body(body.clone())
+                .send()
+                .unwrap();
             if r.status() != 200 {
                 errors += 1;
             }
@@ -305,12 +782,22 @@ fn a_flooding_tenant_does_not_slow_its_neighbour() {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flooders: Vec<_> = (0..2)
         .map(|_| {
-            let (url, t, stop, body) = (server.url.clone(), noisy.clone(), stop.clone(), body.clone());
+            let (url, t, stop, body) = (
+                server.url.clone(),
+                noisy.clone(),
+                stop.clone(),
+                body.clone(),
+            );
             std::thread::spawn(move || {
                 let c = reqwest::blocking::Client::new();
                 let (mut ok, mut limited) = (0u64, 0u64);
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let r = c.post(format!("{url}/fn/noisy/txn-features")).bearer_auth(&t).body(body.clone()).send().unwrap();
+                    let r = c
+                        .post(format!("{url}/fn/noisy/txn-features"))
+                        .bearer_auth(&t)
+                        .body(body.clone())
+                        .send()
+                        .unwrap();
                     match r.status().as_u16() {
                         200 => ok += 1,
                         429 => limited += 1,
@@ -332,8 +819,14 @@ fn a_flooding_tenant_does_not_slow_its_neighbour() {
     }
     eprintln!("quiet p50 {baseline:?} alone, {flooded:?} while noisy flooded ({ok} served, {limited} refused 429)");
     assert_eq!(errors, 0, "the quiet tenant saw errors");
-    assert!(limited > ok, "the flood was mostly refused by its rate quota: {ok} ok, {limited} limited");
-    assert!(flooded <= baseline * 2, "quiet p50 {flooded:?} > 2x its baseline {baseline:?}");
+    assert!(
+        limited > ok,
+        "the flood was mostly refused by its rate quota: {ok} ok, {limited} limited"
+    );
+    assert!(
+        flooded <= baseline * 2,
+        "quiet p50 {flooded:?} > 2x its baseline {baseline:?}"
+    );
 }
 
 #[test]
@@ -341,45 +834,92 @@ fn the_audit_log_records_admin_actions_and_detects_edits_and_deletions() {
     let server = Server::start();
     server.ensure_tenant("acme");
     server.cli_ok(&["--tenant", "acme", "deploy", "functions/txn-features"]);
-    server.cli_ok(&["--tenant", "acme", "deploy", "functions/txn-features", "--version", "1.0.1"]);
+    server.cli_ok(&[
+        "--tenant",
+        "acme",
+        "deploy",
+        "functions/txn-features",
+        "--version",
+        "1.0.1",
+    ]);
     server.cli_ok(&["--tenant", "acme", "rollback", "txn-features"]);
     let t = token(&server, "acme", "deploy", &[]);
     // A refused action is recorded too.
-    assert!(!server.cli_as(&t, &["--tenant", "acme", "tokens", "create"]).status.success());
+    assert!(!server
+        .cli_as(&t, &["--tenant", "acme", "tokens", "create"])
+        .status
+        .success());
     server.cli_ok(&["tenants", "set-quota", "acme", "--rate", "100"]);
 
     let log: Value = serde_json::from_str(&server.cli_ok(&["--json", "audit", "--all"])).unwrap();
     let entries = log["entries"].as_array().unwrap();
-    let actions: Vec<&str> = entries.iter().map(|e| e["action"].as_str().unwrap()).collect();
+    let actions: Vec<&str> = entries
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
     assert_eq!(
         actions,
-        ["tenants.create", "deploy", "deploy", "rollback", "tokens.create", "tokens.create", "tenants.set-quota"],
+        [
+            "tenants.create",
+            "deploy",
+            "deploy",
+            "rollback",
+            "tokens.create",
+            "tokens.create",
+            "tenants.set-quota"
+        ],
         "{log}"
     );
-    assert!(entries[1]["target"].as_str().unwrap().contains("txn-features@1.0.0 sha256:"), "{log}");
+    assert!(
+        entries[1]["target"]
+            .as_str()
+            .unwrap()
+            .contains("txn-features@1.0.0 sha256:"),
+        "{log}"
+    );
     assert_eq!(entries[5]["result"], "refused 403");
     assert!(entries[5]["actor"].as_str().unwrap().starts_with("acme:"));
-    assert!(entries[0]["actor"].as_str().unwrap().starts_with("platform:"));
+    assert!(entries[0]["actor"]
+        .as_str()
+        .unwrap()
+        .starts_with("platform:"));
     let verified = server.cli_ok(&["audit", "verify"]);
     assert!(verified.starts_with("ok: 7 entries"), "{verified}");
     // The tenant's own admin sees its entries (not the platform's tenant creation).
     let admin = token(&server, "acme", "admin", &[]);
-    let mine: Value = serde_json::from_str(&String::from_utf8_lossy(&server.cli_as(&admin, &["--tenant", "acme", "--json", "audit"]).stdout)).unwrap();
-    assert!(mine["entries"].as_array().unwrap().iter().all(|e| e["tenant"] == "acme"));
+    let mine: Value = serde_json::from_str(&String::from_utf8_lossy(
+        &server
+            .cli_as(&admin, &["--tenant", "acme", "--json", "audit"])
+            .stdout,
+    ))
+    .unwrap();
+    assert!(mine["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["tenant"] == "acme"));
 
     let db = rusqlite::Connection::open(server.data_dir.join("tenancy.db")).unwrap();
-    db.execute("UPDATE audit SET result = 'refused 500' WHERE seq = 4", []).unwrap();
+    db.execute("UPDATE audit SET result = 'refused 500' WHERE seq = 4", [])
+        .unwrap();
     let out = server.cli(&["audit", "verify"]);
     assert!(!out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("BROKEN at entry 4") && text.contains("edited"), "{text}");
-    db.execute("UPDATE audit SET result = 'ok' WHERE seq = 4", []).unwrap();
+    assert!(
+        text.contains("BROKEN at entry 4") && text.contains("edited"),
+        "{text}"
+    );
+    db.execute("UPDATE audit SET result = 'ok' WHERE seq = 4", [])
+        .unwrap();
     assert!(server.cli_ok(&["audit", "verify"]).starts_with("ok"));
     db.execute("DELETE FROM audit WHERE seq = 3", []).unwrap();
     let out = server.cli(&["audit", "verify"]);
     assert!(!out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("BROKEN at entry 4") && text.contains("entry 3 is missing"), "{text}");
+    assert!(
+        text.contains("BROKEN at entry 4") && text.contains("entry 3 is missing"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -388,15 +928,27 @@ fn usage_is_metered_per_tenant() {
     server.ensure_tenant("acme");
     server.cli_ok(&["--tenant", "acme", "deploy", "functions/txn-features"]);
     for _ in 0..5 {
-        assert_eq!(server.post("/fn/acme/txn-features", "application/json", sample()).status(), 200);
+        assert_eq!(
+            server
+                .post("/fn/acme/txn-features", "application/json", sample())
+                .status(),
+            200
+        );
     }
-    let u: Value = serde_json::from_str(&server.cli_ok(&["--tenant", "acme", "--json", "usage"])).unwrap();
+    let u: Value =
+        serde_json::from_str(&server.cli_ok(&["--tenant", "acme", "--json", "usage"])).unwrap();
     assert_eq!(u["usage"]["invocations"], 5, "{u}");
     assert!(u["usage"]["cpu_ms"].as_f64().unwrap() > 0.0, "{u}");
-    assert!(u["usage"]["memory_gb_seconds"].as_f64().unwrap() > 0.0, "{u}");
+    assert!(
+        u["usage"]["memory_gb_seconds"].as_f64().unwrap() > 0.0,
+        "{u}"
+    );
     assert!(u["registry_bytes"].as_u64().unwrap() > 10_000, "{u}");
     let other: Value = serde_json::from_str(&server.cli_ok(&["--json", "usage"])).unwrap();
-    assert_eq!(other["usage"]["invocations"], 0, "the default tenant used nothing: {other}");
+    assert_eq!(
+        other["usage"]["invocations"], 0,
+        "the default tenant used nothing: {other}"
+    );
     let metric = server.metric("quiver_tenant_usage{measure=\"invocations\",tenant=\"acme\"}");
     assert_eq!(metric, Some(5.0));
 }
@@ -407,12 +959,26 @@ fn the_first_start_writes_an_owner_only_admin_token_once() {
     let dir = tempfile::tempdir().unwrap();
     let first = Server::start_in(dir.path());
     let token = first.admin_token.clone();
-    let mode = std::fs::metadata(dir.path().join("admin-token")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(dir.path().join("admin-token"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     drop(first);
     let again = Server::start_in(dir.path());
-    assert_eq!(again.admin_token, token, "a restart makes no new admin token");
-    assert_eq!(again.http().get(format!("{}/admin/v1/tenants", again.url)).send().unwrap().status(), 200);
+    assert_eq!(
+        again.admin_token, token,
+        "a restart makes no new admin token"
+    );
+    assert_eq!(
+        again
+            .http()
+            .get(format!("{}/admin/v1/tenants", again.url))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[test]
@@ -420,7 +986,17 @@ fn tls_serves_the_same_api_over_https() {
     let certs = tempfile::tempdir().unwrap();
     let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
     let made = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=quiver-test"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=quiver-test",
+        ])
         .args(["-addext", "subjectAltName=IP:127.0.0.1"])
         .arg("-keyout")
         .arg(&key)
@@ -428,31 +1004,62 @@ fn tls_serves_the_same_api_over_https() {
         .arg(&cert)
         .output()
         .expect("openssl (apt-get install openssl)");
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     let server = Server::start_with(&[
         "--tls-cert",
         cert.to_str().unwrap(),
         "--tls-key",
         key.to_str().unwrap(),
     ]);
-    assert!(server.url.starts_with("https://127.0.0.1:"), "{}", server.url);
+    assert!(
+        server.url.starts_with("https://127.0.0.1:"),
+        "{}",
+        server.url
+    );
     let curl = |extra: &[&str], path: &str| {
         std::process::Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"])
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "10",
+            ])
             .args(extra)
             .arg(format!("{}{path}", server.url))
             .output()
             .expect("curl")
     };
     let auth = format!("Authorization: Bearer {}", server.admin_token);
-    let out = curl(&["--cacert", cert.to_str().unwrap(), "-H", &auth], "/admin/v1/tenants");
+    let out = curl(
+        &["--cacert", cert.to_str().unwrap(), "-H", &auth],
+        "/admin/v1/tenants",
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
     let out = curl(&["--cacert", cert.to_str().unwrap()], "/admin/v1/tenants");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "401", "no token over TLS either");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "401",
+        "no token over TLS either"
+    );
     // Plain HTTP to the TLS port gets no HTTP answer.
     let plain = server.url.replace("https://", "http://");
     let out = std::process::Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5"])
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+        ])
         .arg(format!("{plain}/healthz"))
         .output()
         .unwrap();
@@ -472,7 +1079,8 @@ fn loopback_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
             let mut conn = conn;
             let mut buf = [0u8; 4096];
             let _ = conn.read(&mut buf);
-            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
         }
     });
     (port, hits)
@@ -491,10 +1099,16 @@ fn guests_reach_no_file_env_socket_or_host_they_were_not_granted() {
         r.json::<Value>().unwrap()["rows"][0].clone()
     };
     let file = run("read-file");
-    assert!(file["outcome"].as_str().unwrap().starts_with("denied"), "filesystem: {file}");
+    assert!(
+        file["outcome"].as_str().unwrap().starts_with("denied"),
+        "filesystem: {file}"
+    );
     assert_eq!(run("env")["vars"], 0, "environment");
     let socket = run("socket");
-    assert!(socket["outcome"].as_str().unwrap().starts_with("denied"), "socket: {socket}");
+    assert!(
+        socket["outcome"].as_str().unwrap().starts_with("denied"),
+        "socket: {socket}"
+    );
     assert_eq!(hits.load(Ordering::SeqCst), 0, "the socket never connected");
 
     // Outbound HTTP from a component that imports the whole proxy world.
@@ -502,21 +1116,95 @@ fn guests_reach_no_file_env_socket_or_host_they_were_not_granted() {
     server.cli_ok(&["--tenant", "acme", "deploy", "functions/hello-http"]);
     let fetch = |path: &str| server.get(path).text().unwrap();
     let denied = fetch(&format!("/http/acme/hello-http/fetch/127.0.0.1:{port}"));
-    assert!(denied.contains("refused") && denied.contains("HttpRequestDenied"), "{denied}");
-    assert_eq!(hits.load(Ordering::SeqCst), 0, "a denied request never reached the network");
+    assert!(
+        denied.contains("refused") && denied.contains("HttpRequestDenied"),
+        "{denied}"
+    );
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "a denied request never reached the network"
+    );
     let target = format!("http://127.0.0.1:{port}");
     let set = format!("capabilities.outbound=[\"{target}\"]");
-    let err = server.cli_err(&["--tenant", "acme", "deploy", "functions/hello-http", "--version", "1.2.1", "--set", &set]);
-    assert!(err.contains("capability_denied") && err.contains("not within"), "{err}");
+    let err = server.cli_err(&[
+        "--tenant",
+        "acme",
+        "deploy",
+        "functions/hello-http",
+        "--version",
+        "1.2.1",
+        "--set",
+        &set,
+    ]);
+    assert!(
+        err.contains("capability_denied") && err.contains("not within"),
+        "{err}"
+    );
     server.cli_ok(&["tenants", "grant", "acme", "outbound", &target]);
-    server.cli_ok(&["--tenant", "acme", "deploy", "functions/hello-http", "--version", "1.2.1", "--set", &set]);
+    server.cli_ok(&[
+        "--tenant",
+        "acme",
+        "deploy",
+        "functions/hello-http",
+        "--version",
+        "1.2.1",
+        "--set",
+        &set,
+    ]);
     let fetched = fetch(&format!("/http/acme/hello-http/fetch/127.0.0.1:{port}"));
     assert_eq!(fetched.trim(), "fetched 200", "{fetched}");
     assert_eq!(hits.load(Ordering::SeqCst), 1);
     // Another port on the same host is still denied.
     let other = fetch("/http/acme/hello-http/fetch/127.0.0.1:9");
     assert!(other.contains("HttpRequestDenied"), "{other}");
-    let u: Value = serde_json::from_str(&server.cli_ok(&["--tenant", "acme", "--json", "usage"])).unwrap();
+    let u: Value =
+        serde_json::from_str(&server.cli_ok(&["--tenant", "acme", "--json", "usage"])).unwrap();
     assert_eq!(u["usage"]["egress_calls"], 1, "{u}");
     assert_eq!(u["usage"]["egress_denied"], 2, "{u}");
+}
+
+/// Compiled code is per tenant: a tenant deploying bytes another tenant already
+/// deployed compiles them again (so the time a deploy or cold start takes says
+/// nothing about other tenants' uploads), while its own redeploys and restarts reuse
+/// its artifacts.
+#[test]
+fn compiled_code_is_not_shared_across_tenants() {
+    let server = Server::start();
+    let compilations = || server.metric("quiver_compilations_total").unwrap_or(0.0);
+    server.ensure_tenant("acme");
+    server.ensure_tenant("beta");
+    server.cli_ok(&["--tenant", "acme", "deploy", "functions/txn-features"]);
+    let after_acme = compilations();
+    assert!(after_acme >= 1.0);
+    server.cli_ok(&["--tenant", "beta", "deploy", "functions/txn-features"]);
+    assert_eq!(
+        compilations(),
+        after_acme + 1.0,
+        "beta compiled its own copy"
+    );
+    let beta = token(&server, "beta", "invoke", &[]);
+    let r = server
+        .http_as(Some(&beta))
+        .post(format!("{}/fn/beta/txn-features", server.url))
+        .body(sample())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        compilations(),
+        after_acme + 1.0,
+        "beta's cold start used beta's artifact"
+    );
+    let aot: Vec<String> = std::fs::read_dir(server.data_dir.join("aot"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        aot.iter().any(|n| n.contains(".acme-")) && aot.iter().any(|n| n.contains(".beta-")),
+        "{aot:?}"
+    );
 }

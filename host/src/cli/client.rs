@@ -20,7 +20,9 @@ impl Client {
             headers.insert(reqwest::header::AUTHORIZATION, v);
         }
         Ok(Client {
-            http: reqwest::Client::builder().default_headers(headers).build()?,
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()?,
             base: server.trim_end_matches('/').to_string(),
             tenant: tenant.to_string(),
         })

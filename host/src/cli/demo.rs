@@ -162,7 +162,9 @@ pub async fn run(
             { "name": "merchant_known", "shape": [2], "datatype": "BOOL", "data": [true, false] },
         ],
     });
-    n.say(&format!("\n▶ POST /v2/tenants/{tenant}/models/fraud-score/infer (Open Inference Protocol v2)"));
+    n.say(&format!(
+        "\n▶ POST /v2/tenants/{tenant}/models/fraud-score/infer (Open Inference Protocol v2)"
+    ));
     let inferred = client.oip_infer("fraud-score", &oip).await?;
     for o in inferred["outputs"].as_array().into_iter().flatten() {
         n.say(&format!(

@@ -85,7 +85,9 @@ pub async fn tenants(client: &Client, cmd: TenantsCommand, json_out: bool) -> an
             let v = client
                 .admin_call(Method::POST, "tenants", Some(&json!({ "name": name })))
                 .await?;
-            print(json_out, &v, |v| format!("created tenant {}", v["name"].as_str().unwrap_or("?")));
+            print(json_out, &v, |v| {
+                format!("created tenant {}", v["name"].as_str().unwrap_or("?"))
+            });
         }
         TenantsCommand::Ls => {
             let v = client.admin_call(Method::GET, "tenants", None).await?;
@@ -94,7 +96,14 @@ pub async fn tenants(client: &Client, cmd: TenantsCommand, json_out: bool) -> an
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .map(|t| format!("{}\tquota {}\toutbound {}", t["name"].as_str().unwrap_or("?"), t["quota"], t["outbound"]))
+                    .map(|t| {
+                        format!(
+                            "{}\tquota {}\toutbound {}",
+                            t["name"].as_str().unwrap_or("?"),
+                            t["quota"],
+                            t["outbound"]
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join("\n")
             });
@@ -141,7 +150,9 @@ pub async fn tenants(client: &Client, cmd: TenantsCommand, json_out: bool) -> an
                     Some(&json!({ "capability": capability, "pattern": pattern })),
                 )
                 .await?;
-            print(json_out, &v, |v| format!("{name}: outbound {}", v["outbound"]));
+            print(json_out, &v, |v| {
+                format!("{name}: outbound {}", v["outbound"])
+            });
         }
     }
     Ok(())
@@ -176,7 +187,11 @@ pub async fn tokens(client: &Client, cmd: TokensCommand, json_out: bool) -> anyh
                             (_, Value::Number(e)) => format!("expires at {e}"),
                             _ => "no expiry".to_string(),
                         };
-                        format!("{}\t{}\t{state}", t["id"].as_str().unwrap_or("?"), t["scope"].as_str().unwrap_or("?"))
+                        format!(
+                            "{}\t{}\t{state}",
+                            t["id"].as_str().unwrap_or("?"),
+                            t["scope"].as_str().unwrap_or("?")
+                        )
                     })
                     .collect::<Vec<_>>()
                     .join("\n")
@@ -201,7 +216,11 @@ pub async fn audit(
     if let Some(AuditCommand::Verify) = cmd {
         let v = client.admin_call(Method::GET, "audit/verify", None).await?;
         print(json_out, &v, |v| match v["ok"].as_bool() {
-            Some(true) => format!("ok: {} entries, head {}", v["entries"], v["head"].as_str().unwrap_or("?")),
+            Some(true) => format!(
+                "ok: {} entries, head {}",
+                v["entries"],
+                v["head"].as_str().unwrap_or("?")
+            ),
             _ => format!(
                 "BROKEN at entry {}: {}",
                 v["broken_at"],
@@ -242,7 +261,11 @@ pub async fn audit(
 
 pub async fn usage(client: &Client, json_out: bool) -> anyhow::Result<()> {
     let v = client
-        .admin_call(Method::GET, &format!("tenants/{}/usage", client.tenant()), None)
+        .admin_call(
+            Method::GET,
+            &format!("tenants/{}/usage", client.tenant()),
+            None,
+        )
         .await?;
     print(json_out, &v, |v| {
         let u = &v["usage"];

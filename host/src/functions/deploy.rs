@@ -57,7 +57,7 @@ impl Functions {
             // (a 64 MiB upload takes a while to parse): a version that cannot run
             // is never stored.
             let this = self.clone();
-            let (kind2, bytes2) = (kind.clone(), bytes.clone());
+            let (kind2, bytes2, tenant2) = (kind.clone(), bytes.clone(), tenant.to_string());
             let max_size = self.max_component_size;
             tokio::task::spawn_blocking(move || -> Result<(), DeployError> {
                 let provided = crate::runtime::provided_imports(&kind2);
@@ -65,7 +65,10 @@ impl Functions {
                 let digest = quiver_registry::Digest::of(&bytes2).hex();
                 let component = this
                     .runtime
-                    .component_transient(&digest, || Ok(bytes2))
+                    .component_transient(
+                        &crate::runtime::Runtime::code_key(&tenant2, &digest),
+                        || Ok(bytes2),
+                    )
                     .map_err(|e| DeployError::Invalid(format!("{e:#}")))?;
                 this.runtime
                     .prepare(&kind2, &component)

@@ -188,9 +188,10 @@ impl Functions {
             let rec = record.clone();
             let prepared = tokio::task::spawn_blocking(move || -> anyhow::Result<Prepared> {
                 let digest = rec.digest()?;
-                let component = this
-                    .runtime
-                    .component(&digest.hex(), || Ok(this.registry.blobs().get(&digest)?))?;
+                let component = this.runtime.component(
+                    &crate::runtime::Runtime::code_key(&rec.tenant, &digest.hex()),
+                    || Ok(this.registry.blobs().get(&digest)?),
+                )?;
                 this.runtime.prepare(&rec.kind, &component)
             })
             .await

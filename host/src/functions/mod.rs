@@ -364,7 +364,8 @@ impl Functions {
             if let Some(d) = loaded.remove(key) {
                 self.forget_serving(&key.0, &key.1);
                 if let Ok(digest) = d.record.digest() {
-                    self.runtime.forget_component(&digest.hex());
+                    self.runtime
+                        .forget_component(&Runtime::code_key(&key.0, &digest.hex()));
                 }
                 tracing::info!(function = %d.invocation.tag, "idle: scaled to zero");
             }

@@ -73,8 +73,14 @@ impl Functions {
     /// registry orders a publish's blob write and index commit against the sweep.
     pub async fn gc(&self) -> Result<GcSummary, DeployError> {
         let report = self.registry_call(|r| r.gc()).await?;
-        let referenced = self.registry_call(|r| r.referenced_digests()).await?;
-        let keep: HashSet<String> = referenced.iter().map(|d| d.hex()).collect();
+        let referenced = self.registry_call(|r| r.index().tenant_digests()).await?;
+        let keep: HashSet<String> = referenced
+            .iter()
+            .filter_map(|(t, d)| {
+                let hex = quiver_registry::Digest::parse(d).ok()?.hex();
+                Some(crate::runtime::Runtime::code_key(t, &hex))
+            })
+            .collect();
         let runtime = self.runtime.clone();
         let artifacts_removed =
             tokio::task::spawn_blocking(move || runtime.remove_artifacts_except(&keep))
@@ -96,7 +102,8 @@ impl Functions {
         self.forget_serving(tenant, name);
         if let Some(d) = removed {
             if let Ok(digest) = d.record.digest() {
-                self.runtime.forget_component(&digest.hex());
+                self.runtime
+                    .forget_component(&crate::runtime::Runtime::code_key(tenant, &digest.hex()));
             }
         }
     }

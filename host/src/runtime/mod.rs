@@ -375,7 +375,15 @@ impl Runtime {
         Ok(())
     }
 
-    /// Delete every AOT artifact whose component digest is not in `keep` (hex).
+    /// The key of a tenant's compiled code (in memory and on disk). Per tenant, so
+    /// that how long a deploy or a cold start takes never tells one tenant whether
+    /// another already deployed the same bytes.
+    pub fn code_key(tenant: &str, digest_hex: &str) -> String {
+        format!("{digest_hex}.{tenant}")
+    }
+
+    /// Delete every AOT artifact whose key ([`Runtime::code_key`]) is not in `keep`,
+    /// and every artifact of another engine.
     /// Temp files of writes in progress are left alone (leftovers of a crash go at
     /// the next start). Returns how many files went.
     pub fn remove_artifacts_except(
@@ -390,8 +398,8 @@ impl Runtime {
             if name.starts_with(".tmp") {
                 continue;
             }
-            let digest = name.split_once('-').map_or(name.as_ref(), |(d, _)| d);
-            if !keep.contains(digest) {
+            let key = name.strip_suffix(&format!("-{}.cwasm", self.engine_hash));
+            if !key.is_some_and(|k| keep.contains(k)) {
                 match std::fs::remove_file(entry.path()) {
                     Ok(()) => removed += 1,
                     // Another collection took it first.

@@ -139,7 +139,12 @@ fn caller(state: &AppState, req: &Request) -> Result<Caller, AuthError> {
     state.tenancy.authenticate(token).map(Caller::Principal)
 }
 
-fn decide(state: &AppState, req: &Request, need: Need, path_tenant: Option<&str>) -> Result<Access, ApiError> {
+fn decide(
+    state: &AppState,
+    req: &Request,
+    need: Need,
+    path_tenant: Option<&str>,
+) -> Result<Access, ApiError> {
     if need == Need::Open {
         return Ok(Access {
             principal: None,
@@ -150,9 +155,10 @@ fn decide(state: &AppState, req: &Request, need: Need, path_tenant: Option<&str>
     // A tenant named in the path: checked, and known to exist, before anything else.
     let tenant = match path_tenant {
         None => None,
-        Some(name) => Some(TenantId::parse(name).map_err(|m| {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_name", m)
-        })?),
+        Some(name) => Some(
+            TenantId::parse(name)
+                .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid_name", m))?,
+        ),
     };
     let p = match caller {
         Caller::Anonymous if need == Need::InvokeOrPublic => {
@@ -194,17 +200,16 @@ fn decide(state: &AppState, req: &Request, need: Need, path_tenant: Option<&str>
         Need::InvokeOrPublic | Need::Open => Scope::Invoke,
     };
     // No tenant in the path: the protocol routes act on the token's own tenant.
-    let tenant = match (tenant, &p.tenant) {
-        (Some(t), _) => t,
-        (None, Some(own)) => own.clone(),
-        (None, None) => {
-            return Err(ApiError::new(
+    let tenant =
+        match (tenant, &p.tenant) {
+            (Some(t), _) => t,
+            (None, Some(own)) => own.clone(),
+            (None, None) => return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "tenant_required",
                 "a platform token names the tenant in the path: /v2/tenants/{tenant}/models/...",
-            ))
-        }
-    };
+            )),
+        };
     match p.may(&tenant, scope) {
         Err(Denied::NotFound) => return Err(hidden(tenant.as_str())),
         Err(Denied::Scope(s)) => return Err(forbidden(s)),
@@ -233,7 +238,14 @@ pub(crate) async fn authorize(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let path_tenant = params.as_ref().ok().and_then(|p| {
+    let params = match params {
+        Ok(p) => p,
+        Err(e) => {
+            let path = req.uri().path().to_string();
+            return extract::reject(&path, StatusCode::BAD_REQUEST, "bad_request", e.body_text());
+        }
+    };
+    let path_tenant = Some(&params).and_then(|p| {
         p.iter()
             .find(|(k, _)| *k == "tenant")
             .map(|(_, v)| v.to_string())
@@ -371,17 +383,29 @@ mod tests {
             Need::Tenant(Scope::Deploy)
         );
         assert_eq!(
-            need(&Method::DELETE, "/admin/v1/tenants/{tenant}/models/{name}/versions/{version}"),
+            need(
+                &Method::DELETE,
+                "/admin/v1/tenants/{tenant}/models/{name}/versions/{version}"
+            ),
             Need::Tenant(Scope::Deploy)
         );
         assert_eq!(
             need(&get, "/admin/v1/tenants/{tenant}/tokens"),
             Need::Tenant(Scope::Admin)
         );
-        assert_eq!(need(&Method::PUT, "/admin/v1/tenants/{tenant}/quota"), Need::Platform);
-        assert_eq!(need(&post, "/admin/v1/tenants/{tenant}/grants"), Need::Platform);
+        assert_eq!(
+            need(&Method::PUT, "/admin/v1/tenants/{tenant}/quota"),
+            Need::Platform
+        );
+        assert_eq!(
+            need(&post, "/admin/v1/tenants/{tenant}/grants"),
+            Need::Platform
+        );
         assert_eq!(need(&post, "/fn/{tenant}/{name}"), Need::InvokeOrPublic);
-        assert_eq!(need(&post, "/v2/models/{name}/infer"), Need::Tenant(Scope::Invoke));
+        assert_eq!(
+            need(&post, "/v2/models/{name}/infer"),
+            Need::Tenant(Scope::Invoke)
+        );
         assert_eq!(need(&get, "/metrics"), Need::AnyToken);
     }
 }

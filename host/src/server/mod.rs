@@ -358,7 +358,11 @@ pub(crate) async fn resolve(
     let running = match state.tenancy.tenant(tenant) {
         Some(t) => t.limiter.admit().map_err(|e| ApiError {
             retry_after: Some(e.retry_after_secs()),
-            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", e.to_string())
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "quota_exceeded",
+                e.to_string(),
+            )
         })?,
         None => return Err(auth::hidden(tenant.as_str())),
     };

@@ -16,13 +16,19 @@ use std::sync::Arc;
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/admin/v1/tenants", post(create_tenant).get(list_tenants))
-        .route("/admin/v1/tenants/{tenant}/quota", get(quota).put(set_quota))
+        .route(
+            "/admin/v1/tenants/{tenant}/quota",
+            get(quota).put(set_quota),
+        )
         .route("/admin/v1/tenants/{tenant}/grants", post(grant))
         .route(
             "/admin/v1/tenants/{tenant}/tokens",
             post(create_token).get(list_tokens),
         )
-        .route("/admin/v1/tenants/{tenant}/tokens/{id}", delete(revoke_token))
+        .route(
+            "/admin/v1/tenants/{tenant}/tokens/{id}",
+            delete(revoke_token),
+        )
         .route("/admin/v1/tenants/{tenant}/audit", get(tenant_audit))
         .route("/admin/v1/audit", get(platform_audit))
         .route("/admin/v1/audit/verify", get(verify_audit))
@@ -97,12 +103,17 @@ async fn list_tenants(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(json!({ "tenants": tenants }))
 }
 
-async fn quota(State(state): State<Arc<AppState>>, access: Access) -> Result<Json<Value>, ApiError> {
+async fn quota(
+    State(state): State<Arc<AppState>>,
+    access: Access,
+) -> Result<Json<Value>, ApiError> {
     let t = state
         .tenancy
         .tenant(access.tenant()?)
         .ok_or_else(|| super::auth::hidden(access.tenant().map_or("", |t| t.as_str())))?;
-    Ok(Json(json!({ "tenant": t.id, "quota": t.quota, "outbound": t.outbound })))
+    Ok(Json(
+        json!({ "tenant": t.id, "quota": t.quota, "outbound": t.outbound }),
+    ))
 }
 
 async fn set_quota(
@@ -150,7 +161,10 @@ async fn grant(
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid",
-            format!("unknown capability `{}` (grantable: outbound)", g.capability),
+            format!(
+                "unknown capability `{}` (grantable: outbound)",
+                g.capability
+            ),
         ));
     }
     let id = access.tenant()?.clone();
@@ -182,8 +196,10 @@ async fn create_token(
     let expires_at = req
         .expires_in
         .map(|s| crate::tenancy::now_secs().saturating_add(s));
-    let (info, token) =
-        blocking(&state, move |t| t.create_token(Some(&tenant), scope, expires_at)).await?;
+    let (info, token) = blocking(&state, move |t| {
+        t.create_token(Some(&tenant), scope, expires_at)
+    })
+    .await?;
     let detail = format!("{} scope={}", info.id, info.scope.as_str());
     let mut resp = (
         StatusCode::CREATED,
@@ -242,7 +258,10 @@ async fn verify_audit(State(state): State<Arc<AppState>>) -> Result<Json<Value>,
     Ok(Json(json!(blocking(&state, |t| t.audit_verify()).await?)))
 }
 
-async fn usage(State(state): State<Arc<AppState>>, access: Access) -> Result<Json<Value>, ApiError> {
+async fn usage(
+    State(state): State<Arc<AppState>>,
+    access: Access,
+) -> Result<Json<Value>, ApiError> {
     let id = access.tenant()?.clone();
     let tenant = state
         .tenancy
@@ -263,7 +282,11 @@ async fn usage(State(state): State<Arc<AppState>>, access: Access) -> Result<Jso
 }
 
 fn quota_error(e: crate::tenancy::QuotaExceeded) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "quota_exceeded", e.to_string())
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "quota_exceeded",
+        e.to_string(),
+    )
 }
 
 /// A deploy within the tenant's quotas and grants: memory and time ceilings,
@@ -280,19 +303,24 @@ pub(super) async fn check_deploy(
         .tenant(tenant)
         .ok_or_else(|| super::auth::hidden(tenant.as_str()))?;
     let invalid = |e: anyhow::Error| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_manifest", format!("{e:#}"))
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_manifest",
+            format!("{e:#}"),
+        )
     };
     let limits = manifest.limits().map_err(invalid)?;
-    t.quota.check_memory(limits.memory_bytes).map_err(quota_error)?;
+    t.quota
+        .check_memory(limits.memory_bytes)
+        .map_err(quota_error)?;
     t.quota.check_timeout(limits.timeout).map_err(quota_error)?;
     let outbound: Vec<String> = manifest
         .capabilities
         .iter()
         .flat_map(|c| c.outbound.clone())
         .collect();
-    crate::egress::check_outbound(&outbound, &t.outbound).map_err(|m| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "capability_denied", m)
-    })?;
+    crate::egress::check_outbound(&outbound, &t.outbound)
+        .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "capability_denied", m))?;
     if t.quota.max_functions.is_none() && t.quota.registry_bytes.is_none() {
         return Ok(());
     }

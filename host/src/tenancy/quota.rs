@@ -63,7 +63,7 @@ impl Quota {
 
     pub fn check(&self) -> Result<(), String> {
         if let Some(r) = self.rate {
-            if !r.is_finite() || r < 0.0 || r > 1e9 {
+            if !r.is_finite() || !(0.0..=1e9).contains(&r) {
                 return Err(format!("rate {r} must be a number of requests per second"));
             }
         }

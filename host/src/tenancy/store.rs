@@ -140,16 +140,17 @@ pub(super) fn insert_token(
     Ok(())
 }
 
-fn token_row(
-    r: &rusqlite::Row<'_>,
-) -> rusqlite::Result<(
+/// A `tokens` row as read: id, tenant, scope, created_at, expires_at, revoked_at.
+type TokenRow = (
     String,
     Option<String>,
     String,
     i64,
     Option<i64>,
     Option<i64>,
-)> {
+);
+
+fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
     Ok((
         r.get(0)?,
         r.get(1)?,
@@ -161,14 +162,7 @@ fn token_row(
 }
 
 fn token_info(
-    (id, tenant, scope, created_at, expires_at, revoked_at): (
-        String,
-        Option<String>,
-        String,
-        i64,
-        Option<i64>,
-        Option<i64>,
-    ),
+    (id, tenant, scope, created_at, expires_at, revoked_at): TokenRow,
 ) -> Result<TokenInfo, TenancyError> {
     Ok(TokenInfo {
         scope: Scope::parse(&scope)
