@@ -7,6 +7,7 @@
 #   usage: scripts/bench-compare.sh BASE_BIN NEW_BIN [seconds] [connections] [rounds]
 #   e.g.   git worktree add /tmp/base <commit> && (cd /tmp/base && cargo build --release --bin quiver)
 #          scripts/bench-compare.sh /tmp/base-quiver "$CARGO_TARGET_DIR/release/quiver"
+#   HELLO_WASM=path.wasm deploys that hello-http build on both (see below).
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 base=${1:?usage: bench-compare.sh BASE_BIN NEW_BIN [seconds] [connections] [rounds]}
 new=${2:?usage: bench-compare.sh BASE_BIN NEW_BIN [seconds] [connections] [rounds]}
@@ -35,7 +36,13 @@ start() {
     use_token "$data/$1"
     INVOKE=$("$2" --json tokens create --scope invoke | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
   fi
-  "$2" deploy functions/hello-http >/dev/null
+  # HELLO_WASM: a hello-http build both binaries accept (one without tenancy refuses
+  # the 1.2.0 component, which imports outgoing-handler).
+  if [ -n "${HELLO_WASM:-}" ]; then
+    "$2" deploy "$HELLO_WASM" --kind http --name hello-http --version 1.1.0 >/dev/null
+  else
+    "$2" deploy functions/hello-http >/dev/null
+  fi
   "$2" deploy functions/txn-features >/dev/null
   "$2" models push functions/fraud-score/model/fraud.onnx --name fraud-model --version 1.0.0 >/dev/null
   "$2" deploy functions/fraud-score >/dev/null

@@ -215,105 +215,79 @@ fn tokens_scopes_and_isolation_hold_against_escape_attempts() {
         "the answers differ only by the name asked for"
     );
     assert!(!hidden.contains("txn-features"), "{hidden}");
-    case(
-        "list another tenant's functions",
-        w.send(
-            Some(&w.acme_admin),
-            get.clone(),
+    // Every other route of beta's, with the acme token of the scope it needs.
+    for (what, token, method, path, body) in [
+        (
+            "list another tenant's functions",
+            &w.acme_admin,
+            &get,
             "/admin/v1/tenants/beta/functions",
             None,
         ),
-        404,
-        "not_found",
-    );
-    case(
-        "read another tenant's versions",
-        w.send(
-            Some(&w.acme_admin),
-            get.clone(),
+        (
+            "read another tenant's versions",
+            &w.acme_admin,
+            &get,
             "/admin/v1/tenants/beta/functions/txn-features/versions",
             None,
         ),
-        404,
-        "not_found",
-    );
-    case(
-        "roll back another tenant's function",
-        w.send(
-            Some(&w.acme_deploy),
-            post.clone(),
+        (
+            "roll back another tenant's function",
+            &w.acme_deploy,
+            &post,
             "/admin/v1/tenants/beta/functions/txn-features/rollback",
             None,
         ),
-        404,
-        "not_found",
-    );
-    case(
-        "delete another tenant's version",
-        w.send(
-            Some(&w.acme_deploy),
-            delete.clone(),
+        (
+            "delete another tenant's version",
+            &w.acme_deploy,
+            &delete,
             "/admin/v1/tenants/beta/functions/txn-features/versions/1.0.0?force=true",
             None,
         ),
-        404,
-        "not_found",
-    );
-    case(
-        "list another tenant's models",
-        w.send(
-            Some(&w.acme_admin),
-            get.clone(),
+        (
+            "list another tenant's models",
+            &w.acme_admin,
+            &get,
             "/admin/v1/tenants/beta/models",
             None,
         ),
-        404,
-        "not_found",
-    );
-    case(
-        "backfill another tenant's features",
-        w.send(
-            Some(&w.acme_deploy),
-            post.clone(),
+        (
+            "backfill another tenant's features",
+            &w.acme_deploy,
+            &post,
             "/admin/v1/tenants/beta/features/merchant",
             Some(b"[]".to_vec()),
         ),
-        404,
-        "not_found",
-    );
-    case(
-        "read another tenant's tokens",
-        w.send(
-            Some(&w.acme_admin),
-            get.clone(),
+        (
+            "read another tenant's tokens",
+            &w.acme_admin,
+            &get,
             "/admin/v1/tenants/beta/tokens",
             None,
         ),
-        404,
-        "not_found",
-    );
-    case(
-        "read another tenant's usage",
-        w.send(
-            Some(&w.acme_admin),
-            get.clone(),
+        (
+            "read another tenant's usage",
+            &w.acme_admin,
+            &get,
             "/admin/v1/tenants/beta/usage",
             None,
         ),
-        404,
-        "not_found",
-    );
-    case(
-        "read another tenant's audit log",
-        w.send(
-            Some(&w.acme_admin),
-            get.clone(),
+        (
+            "read another tenant's audit log",
+            &w.acme_admin,
+            &get,
             "/admin/v1/tenants/beta/audit",
             None,
         ),
-        404,
-        "not_found",
-    );
+    ] {
+        case(
+            what,
+            w.send(Some(token), method.clone(), path, body),
+            404,
+            "not_found",
+        );
+    }
     let beta_tokens: Value = w
         .send(
             Some(&w.beta_admin),
@@ -381,56 +355,50 @@ fn tokens_scopes_and_isolation_hold_against_escape_attempts() {
         .send()
         .unwrap();
     case("deploy with an invoke token", resp, 403, "forbidden");
-    case(
-        "create a token with a deploy token",
-        w.send(
-            Some(&w.acme_deploy),
-            post.clone(),
+    for (what, token, method, path, body) in [
+        (
+            "create a token with a deploy token",
+            &w.acme_deploy,
+            &post,
             "/admin/v1/tenants/acme/tokens",
-            Some(b"{}".to_vec()),
+            &b"{}"[..],
         ),
-        403,
-        "forbidden",
-    );
-    case(
-        "create a tenant with a tenant admin token",
-        w.send(
-            Some(&w.acme_admin),
-            post.clone(),
+        (
+            "create a tenant with a tenant admin token",
+            &w.acme_admin,
+            &post,
             "/admin/v1/tenants",
-            Some(br#"{"name":"mine"}"#.to_vec()),
+            br#"{"name":"mine"}"#,
         ),
-        403,
-        "forbidden",
-    );
-    case(
-        "raise one's own quota",
-        w.send(
-            Some(&w.acme_admin),
-            reqwest::Method::PUT,
+        (
+            "raise one's own quota",
+            &w.acme_admin,
+            &reqwest::Method::PUT,
             "/admin/v1/tenants/acme/quota",
-            Some(br#"{"rate":1000000}"#.to_vec()),
+            br#"{"rate":1000000}"#,
         ),
-        403,
-        "forbidden",
-    );
-    case(
-        "grant oneself outbound HTTP",
-        w.send(
-            Some(&w.acme_admin),
-            post.clone(),
+        (
+            "grant oneself outbound HTTP",
+            &w.acme_admin,
+            &post,
             "/admin/v1/tenants/acme/grants",
-            Some(br#"{"capability":"outbound","pattern":"https://*.com"}"#.to_vec()),
+            br#"{"capability":"outbound","pattern":"https://*.com"}"#,
         ),
-        403,
-        "forbidden",
-    );
-    case(
-        "collect garbage platform-wide",
-        w.send(Some(&w.acme_admin), post.clone(), "/admin/v1/gc", None),
-        403,
-        "forbidden",
-    );
+        (
+            "collect garbage platform-wide",
+            &w.acme_admin,
+            &post,
+            "/admin/v1/gc",
+            b"",
+        ),
+    ] {
+        case(
+            what,
+            w.send(Some(token), method.clone(), path, Some(body.to_vec())),
+            403,
+            "forbidden",
+        );
+    }
 
     // 18-25: names with tricks, encodings and injections.
     for (what, path, code) in [
@@ -601,6 +569,10 @@ fn quotas_refuse_with_the_quota_named() {
         a.extend_from_slice(args);
         server.cli_ok(&a)
     };
+    let err = server.cli_err(&["tenants", "set-quota", "ghost", "--rate", "1"]);
+    assert!(err.contains("no tenant `ghost`"), "{err}");
+    let err = server.cli_err(&["tenants", "set-quota", "acme", "--burst", "3"]);
+    assert!(err.contains("a burst needs a rate"), "{err}");
     // Memory and CPU-time ceilings over the manifest's limits.
     q(&["--memory", "16MiB", "--cpu-time", "200ms"]);
     let err = server.cli_err(&["--tenant", "acme", "deploy", "functions/txn-features"]);

@@ -113,6 +113,15 @@ pub(crate) fn hidden(tenant: &str) -> ApiError {
     )
 }
 
+/// A tenant that does not exist, told to the platform admin (who sees them all).
+fn no_tenant(tenant: &TenantId) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no tenant `{tenant}` (create it: quiver tenants create {tenant})"),
+    )
+}
+
 fn forbidden(scope: Scope) -> ApiError {
     ApiError::new(
         StatusCode::FORBIDDEN,
@@ -178,10 +187,16 @@ fn decide(
     };
     let scope = match need {
         Need::Platform if p.is_platform() => {
+            if let Some(t) = tenant
+                .as_ref()
+                .filter(|t| state.tenancy.tenant(t).is_none())
+            {
+                return Err(no_tenant(t));
+            }
             return Ok(Access {
-                tenant: tenant.filter(|t| state.tenancy.tenant(t).is_some()),
+                tenant,
                 principal: Some(Arc::new(p)),
-            })
+            });
         }
         Need::Platform => {
             return Err(ApiError::new(
@@ -216,11 +231,7 @@ fn decide(
         Ok(()) => {}
     }
     if state.tenancy.tenant(&tenant).is_none() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no tenant `{tenant}` (create it: quiver tenants create {tenant})"),
-        ));
+        return Err(no_tenant(&tenant));
     }
     Ok(Access {
         principal: Some(Arc::new(p)),

@@ -221,6 +221,9 @@ impl Tenancy {
             .tenant(id)
             .ok_or_else(|| TenancyError::NotFound(format!("no tenant `{id}`")))?;
         let quota = old.quota.merged(change);
+        if change.burst.is_some_and(|b| b > 0) && quota.rate.is_none() {
+            return Err(TenancyError::Invalid("a burst needs a rate".into()));
+        }
         quota.check().map_err(TenancyError::Invalid)?;
         let db = self.db()?;
         store::update_tenant(&db, id, &quota, &old.outbound)?;
