@@ -698,7 +698,9 @@ fn hostile_guests_are_contained() {
         "fraud-model",
         "1.0.0",
     );
-    server.deploy("nn-chaos");
+    // A long timeout: the memory cases must be stopped by the memory limit even on a
+    // loaded CI machine, not by the clock.
+    server.deploy_with("nn-chaos", &["--set", "limits.timeout=30s"]);
     server.push_model("tests/fixtures/models/slow.onnx", "slow-model", "1.0.0");
     server.deploy_with(
         "fraud-score",
