@@ -211,13 +211,7 @@ impl Manifest {
     /// Checks that need more than the shape of the TOML.
     pub fn check(&self) -> anyhow::Result<()> {
         let f = &self.function;
-        if f.name.is_empty()
-            || f.name.len() > 64
-            || !f
-                .name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        {
+        if !crate::tenancy::valid_name(&f.name) {
             anyhow::bail!(
                 "function name `{}` must be 1-64 characters of a-z, 0-9 and '-'",
                 f.name

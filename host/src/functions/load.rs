@@ -148,10 +148,12 @@ impl Functions {
                 false => 0,
             },
         );
+        // Looked up once here: every call of this deployment is metered through it.
+        let usage = self.usage_of(&record.tenant);
         // The policy was checked against the tenant's grants at deploy.
         invocation.egress = crate::egress::Egress(Arc::new(crate::egress::EgressPolicy {
             allowed: manifest.outbound().map_err(DeployError::Internal)?,
-            usage: self.usage_of(&record.tenant),
+            usage: usage.clone(),
         }));
         if let Some(f) = &manifest.features {
             let mut scope = FeatureScope::new(
@@ -225,6 +227,7 @@ impl Functions {
         Ok(Arc::new(Deployment {
             http_trigger,
             public,
+            usage,
             record,
             body,
             invocation,

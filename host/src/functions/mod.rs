@@ -37,6 +37,8 @@ pub struct Deployment {
     pub http_trigger: bool,
     /// `[triggers] http = "public"`: callers need no token.
     pub public: bool,
+    /// Where its tenant's usage is counted (the counters outlive quota changes).
+    pub usage: Option<crate::tenancy::Usage>,
 }
 
 impl Deployment {

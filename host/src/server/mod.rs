@@ -271,11 +271,7 @@ const UPLOAD_LIMIT: usize = MAX_COMPONENT_SIZE + (1 << 20);
 pub use crate::convert::MAX_RESPONSE;
 
 fn check_name(what: &str, s: &str) -> Result<(), ApiError> {
-    let ok = !s.is_empty()
-        && s.len() <= 64
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if ok {
+    if crate::tenancy::valid_name(s) {
         Ok(())
     } else {
         Err(ApiError::new(
@@ -533,11 +529,10 @@ fn finish_as(
         .latency
         .with_label_values(&[tenant, name])
         .observe(elapsed.as_secs_f64());
-    if let Some(t) = state.tenancy.find(tenant) {
-        t.usage
-            .invoked(elapsed, Functions::invocation(&d).limits.memory_bytes);
+    if let Some(usage) = &d.usage {
+        usage.invoked(elapsed, Functions::invocation(&d).limits.memory_bytes);
         if d.runs_models() {
-            t.usage
+            usage
                 .inference_calls
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
