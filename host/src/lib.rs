@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod bindings;
+pub mod call;
 pub mod cli;
 pub mod convert;
 pub mod egress;
@@ -103,14 +104,16 @@ pub async fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
             .feature_store()
             .set_tenant_capacity(t.id.as_str(), t.quota.feature_bytes);
     }
-    let metrics = metrics::Metrics::new()?;
+    let metrics = Arc::new(metrics::Metrics::new()?);
     for collector in functions.collectors() {
         metrics.register(collector)?;
     }
+    let calls = call::Calls::new(functions.clone(), tenancy.clone(), metrics.clone());
     let state = Arc::new(server::AppState {
         functions,
         tenancy,
         metrics,
+        calls,
         max_body: config.max_body,
     });
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -284,8 +284,8 @@ fn every_route_refuses_bad_input_and_keeps_serving() {
             &format!("{f}@1.0.0'%3B%20DROP%20TABLE%20versions%3B--"),
             "{}",
         ),
-        404,
-        "not_found",
+        400,
+        "invalid_version",
     );
     let get = s.req(reqwest::Method::GET, f).send().unwrap();
     s.expect("GET on /fn", get, 405, "method_not_allowed");

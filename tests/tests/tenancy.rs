@@ -454,8 +454,8 @@ fn tokens_scopes_and_isolation_hold_against_escape_attempts() {
             "/fn/acme/txn-features@1.0.0'%20OR%201=1--",
             Some(sample()),
         ),
-        404,
-        "not_found",
+        400,
+        "invalid_version",
     );
     case(
         "a feature group with a key separator",

@@ -15,13 +15,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 impl Functions {
-    /// The deployment serving `name` (or `name@version`), loaded on first use.
+    /// The deployment serving `target` (or its pinned version), loaded on first use.
     pub async fn get(
         self: &Arc<Self>,
-        tenant: &str,
-        name: &str,
-        version: Option<&str>,
+        target: &crate::tenancy::FunctionRef,
     ) -> Result<Arc<Deployment>, DeployError> {
+        let (tenant, name, version) = (target.tenant.as_str(), target.name(), target.version());
         let poisoned = || DeployError::Internal(anyhow::anyhow!("deployment cache poisoned"));
         match version {
             None => {

@@ -72,11 +72,36 @@ impl Access {
         })
     }
 
+    /// The function a data-plane request names (`name` or `name@version`) in this
+    /// request's tenant, checked: a bad name or version is 400 naming the part.
+    pub fn function(&self, name_ref: &str) -> Result<crate::tenancy::FunctionRef, ApiError> {
+        let tenant = self.tenant()?.clone();
+        crate::tenancy::FunctionRef::parse(tenant, name_ref).map_err(ref_error)
+    }
+
+    /// As [`Access::function`], with the version apart (the OIP routes' shape).
+    pub fn function_at(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<crate::tenancy::FunctionRef, ApiError> {
+        let tenant = self.tenant()?.clone();
+        crate::tenancy::FunctionRef::new(tenant, name, version).map_err(ref_error)
+    }
+
     /// Who the audit log names.
     pub fn actor(&self) -> String {
         self.principal
             .as_ref()
             .map_or_else(|| "anonymous".into(), |p| p.actor())
+    }
+}
+
+fn ref_error(e: crate::tenancy::RefError) -> ApiError {
+    use crate::tenancy::RefError;
+    match e {
+        RefError::Name(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_name", m),
+        RefError::Version(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_version", m),
     }
 }
 

@@ -2,7 +2,8 @@
 //! `{"error": {"code", "message"}}` with a status that says what happened.
 
 use crate::admission::Rejected;
-use crate::functions::{split_ref, DeployError, Deployment, DeploymentBody, Functions};
+use crate::call::{Answer, CacheStatus, Called, Calls, Input, Trigger};
+use crate::functions::{DeployError, Deployment, DeploymentBody, Functions};
 use crate::manifest::Manifest;
 use crate::metrics::Metrics;
 use crate::runtime::{GuestErrorKind, InvokeError, Prepared};
@@ -17,7 +18,6 @@ use extract::{Path, Query};
 use quiver_registry::{PublishOutcome, RegistryError};
 use serde_json::json;
 use std::sync::Arc;
-use std::time::Instant;
 
 mod auth;
 mod extract;
@@ -28,11 +28,14 @@ mod tenants;
 pub mod tls;
 
 pub use auth::Access;
+pub(crate) use auth::{hidden, unauthorized};
 
 pub struct AppState {
     pub functions: Arc<Functions>,
     pub tenancy: Arc<crate::tenancy::Tenancy>,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    /// The one call path every data-plane trigger goes through.
+    pub calls: Calls,
     pub max_body: usize,
 }
 
@@ -55,6 +58,28 @@ impl ApiError {
             message: message.into(),
             retry_after: None,
             www_authenticate: false,
+        }
+    }
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Answer `Retry-After: secs` with it.
+    pub fn retry_after(self, secs: u64) -> Self {
+        ApiError {
+            retry_after: Some(secs),
+            ..self
         }
     }
 }
@@ -218,7 +243,7 @@ fn catch_panics(router: Router) -> Router {
 #[derive(Clone)]
 struct CatchPanic<S>(S);
 
-type Answer = Result<Response, std::convert::Infallible>;
+type Served = Result<Response, std::convert::Infallible>;
 
 impl<S> tower::Service<Request> for CatchPanic<S>
 where
@@ -228,7 +253,7 @@ where
     type Error = std::convert::Infallible;
     type Future = futures::future::Map<
         futures::future::CatchUnwind<std::panic::AssertUnwindSafe<S::Future>>,
-        fn(std::thread::Result<Answer>) -> Answer,
+        fn(std::thread::Result<Served>) -> Served,
     >;
 
     fn poll_ready(
@@ -242,11 +267,11 @@ where
         use futures::FutureExt as _;
         std::panic::AssertUnwindSafe(self.0.call(req))
             .catch_unwind()
-            .map(answer_panic as fn(std::thread::Result<Answer>) -> Answer)
+            .map(answer_panic as fn(std::thread::Result<Served>) -> Served)
     }
 }
 
-fn answer_panic(result: std::thread::Result<Answer>) -> Answer {
+fn answer_panic(result: std::thread::Result<Served>) -> Served {
     let panic = match result {
         Ok(answer) => return answer,
         Err(panic) => panic,
@@ -330,212 +355,75 @@ fn version_header(d: &Deployment) -> HeaderValue {
     HeaderValue::from_str(&d.record.version).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
-/// The deployment a data-plane call names, admitted by its tenant's rate and
-/// concurrency quotas (the guard counts it running until dropped). A call without
-/// a token reaches only a public function (`[triggers] http = "public"`); for
-/// anything else, existing or not, it is 401.
-pub(crate) async fn resolve(
-    state: &AppState,
-    access: &Access,
-    name: &str,
-    version: Option<&str>,
-) -> Result<(Arc<Deployment>, crate::tenancy::Running), ApiError> {
-    let tenant = access.tenant()?;
-    let found = async {
-        check_name("function", name)?;
-        exposed(state.functions.get(tenant.as_str(), name, version).await?)
+/// A call's HTTP response, errors rendered by `render` (the protocol's shape). A
+/// response from a resolved function says which version served (or failed) it.
+pub(crate) fn respond(
+    called: Called<Response>,
+    render: impl FnOnce(ApiError) -> Response,
+) -> Response {
+    let mut resp = called.result.unwrap_or_else(render);
+    if let Some(d) = &called.served {
+        resp.headers_mut()
+            .insert("x-quiver-version", version_header(d));
     }
-    .await;
-    let d = match (&access.principal, found) {
-        (Some(_), found) => found?,
-        (None, Ok(d)) if d.public => d,
-        (None, _) => return Err(auth::unauthorized(crate::tenancy::AuthError::Missing)),
-    };
-    let running = match state.tenancy.tenant(tenant) {
-        Some(t) => t.limiter.admit().map_err(|e| ApiError {
-            retry_after: Some(e.retry_after_secs()),
-            ..ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "quota_exceeded",
-                e.to_string(),
-            )
-        })?,
-        None => return Err(auth::hidden(tenant.as_str())),
-    };
-    Ok((d, running))
+    resp
 }
 
-/// A function whose manifest says `[triggers] http = false` is not served over HTTP.
-pub(crate) fn exposed(d: Arc<Deployment>) -> Result<Arc<Deployment>, ApiError> {
-    match d.http_trigger {
-        true => Ok(d),
-        false => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_exposed",
-            format!(
-                "`{}` is not served over HTTP ([triggers] http = false)",
-                d.record.name
-            ),
-        )),
-    }
+/// A body-less error for an answer a trigger did not ask for (a call-path bug).
+fn unexpected(what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        format!("the call path answered {what} where it was not asked for (a bug)"),
+    )
 }
 
 async fn invoke(
     State(state): State<Arc<AppState>>,
     access: Access,
-    Path((tenant, name_ref)): Path<(String, String)>,
+    Path((_, name_ref)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let started = Instant::now();
-    let mut served = None;
-    let result: Result<Response, ApiError> = async {
-        let (name, version) = split_ref(&name_ref);
-        let (d, _running) = resolve(&state, &access, name, version).await?;
-        served = Some(d.clone());
-        let body = read_body(&headers, body, state.max_body).await?;
+    let max_body = state.max_body;
+    let prepare = move |d: Arc<Deployment>| async move {
         if let DeploymentBody::Component(Prepared::Http(_)) = &d.body {
+            let (tenant, name) = (&d.record.tenant, &d.record.name);
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "wrong_kind",
-                format!(
-                    "`{}` is an `http` function; call it at /http/{tenant}/{}/...",
-                    d.record.name, d.record.name
-                ),
+                format!("`{name}` is an `http` function; call it at /http/{tenant}/{name}/..."),
             ));
         }
+        let body = read_body(&headers, body, max_body).await?;
         let content_type = headers
             .get("content-type")
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/json");
-        // A cache hit runs no guest, so it takes no slot of the function's capacity.
-        let cache_key = state.functions.cache_key(&d, content_type, &body);
-        if let Some(key) = &cache_key {
-            if let Some(hit) = state.functions.cached_result(&d, key).await {
-                return Ok(cache_response(hit, "hit"));
-            }
-        }
-        let _ticket = state.functions.admit(&d).await?;
-        let out = state.functions.invoke(&d, content_type, &body).await?;
-        let text = out.to_json().to_string();
-        if text.len() > MAX_RESPONSE {
-            return Err(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "bad_output",
-                format!(
-                    "the function returned {} bytes of JSON; the most this host sends back is {MAX_RESPONSE}",
-                    text.len()
-                ),
-            ));
-        }
-        match cache_key {
-            None => Ok(([("content-type", "application/json")], text).into_response()),
-            Some(key) => {
-                state.functions.remember(&d, &key, text.clone()).await;
-                Ok(cache_response(text, "miss"))
-            }
-        }
-    }
-    .await;
-    finish(&state, Route::Fn, started, served, result)
-}
-
-fn cache_response(body: String, status: &'static str) -> Response {
-    (
-        [
-            ("content-type", "application/json"),
-            ("x-quiver-cache", status),
-        ],
-        body,
-    )
-        .into_response()
-}
-
-fn finish(
-    state: &AppState,
-    route: Route,
-    started: Instant,
-    served: Option<Arc<Deployment>>,
-    result: Result<Response, ApiError>,
-) -> Response {
-    finish_as(state, route, started, served, result, |e| e.into_response())
-}
-
-/// Which trigger a request came through (a bounded label).
-#[derive(Clone, Copy)]
-pub(crate) enum Route {
-    Fn,
-    Http,
-    Oip,
-}
-
-impl Route {
-    fn as_str(self) -> &'static str {
-        match self {
-            Route::Fn => "fn",
-            Route::Http => "http",
-            Route::Oip => "oip",
-        }
-    }
-}
-
-/// Count and time an invocation; errors rendered by `render` (the protocol's shape).
-/// Per-function series exist only for functions that resolved: a request naming
-/// nothing deployed counts in one series per route and error code, so no URL can
-/// add series.
-fn finish_as(
-    state: &AppState,
-    route: Route,
-    started: Instant,
-    served: Option<Arc<Deployment>>,
-    result: Result<Response, ApiError>,
-    render: impl FnOnce(ApiError) -> Response,
-) -> Response {
-    let Some(d) = served else {
-        let code = match &result {
-            Ok(_) => "ok",
-            Err(e) => e.code,
-        };
-        state
-            .metrics
-            .unresolved
-            .with_label_values(&[route.as_str(), code])
-            .inc();
-        return result.unwrap_or_else(render);
+            .unwrap_or("application/json")
+            .to_string();
+        Ok((Input::Body { content_type, body }, ()))
     };
-    let (tenant, name) = (d.record.tenant.as_str(), d.record.name.as_str());
-    let mut resp = match result {
-        Ok(r) => r,
-        Err(e) => {
-            state
-                .metrics
-                .errors
-                .with_label_values(&[tenant, name, e.code])
-                .inc();
-            render(e)
-        }
-    };
-    // Errors of a resolved function say which version failed, too.
-    resp.headers_mut()
-        .insert("x-quiver-version", version_header(&d));
-    state
-        .metrics
-        .invocations
-        .with_label_values(&[tenant, name, &d.record.version, resp.status().as_str()])
-        .inc();
-    let elapsed = started.elapsed();
-    state
-        .metrics
-        .latency
-        .with_label_values(&[tenant, name])
-        .observe(elapsed.as_secs_f64());
-    if let Some(usage) = &d.usage {
-        usage.invoked(elapsed, Functions::invocation(&d).limits.memory_bytes);
-        if d.runs_models() {
-            usage
-                .inference_calls
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
+    let called = state
+        .calls
+        .call(
+            Trigger::Fn,
+            access.principal.as_deref(),
+            access.function(&name_ref),
+            prepare,
+            |_, answer, ()| match answer {
+                Answer::Json { text, cache } => Ok(json_response(text, cache)),
+                _ => Err(unexpected("a non-JSON answer")),
+            },
+        )
+        .await;
+    respond(called, IntoResponse::into_response)
+}
+
+fn json_response(body: String, cache: Option<CacheStatus>) -> Response {
+    let mut resp = ([("content-type", "application/json")], body).into_response();
+    if let Some(c) = cache {
+        resp.headers_mut()
+            .insert("x-quiver-cache", HeaderValue::from_static(c.as_str()));
     }
     resp
 }
@@ -546,7 +434,6 @@ async fn http_proxy(
     Path(params): Path<Vec<(String, String)>>,
     req: Request,
 ) -> Response {
-    let started = Instant::now();
     let get = |k: &str| {
         params
             .iter()
@@ -554,14 +441,11 @@ async fn http_proxy(
             .map(|(_, v)| v.clone())
             .unwrap_or_default()
     };
-    let (tenant, name_ref) = (get("tenant"), get("name"));
-    let mut served = None;
-    let result: Result<Response, ApiError> = async {
-        let (name, version) = split_ref(&name_ref);
-        let (d, _running) = resolve(&state, &access, name, version).await?;
-        served = Some(d.clone());
-        let name = &d.record.name;
-        let DeploymentBody::Component(Prepared::Http(pre)) = &d.body else {
+    let (name_ref, rest) = (get("name"), get("rest"));
+    let max_body = state.max_body;
+    let prepare = move |d: Arc<Deployment>| async move {
+        let DeploymentBody::Component(Prepared::Http(_)) = &d.body else {
+            let (tenant, name) = (&d.record.tenant, &d.record.name);
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "wrong_kind",
@@ -572,30 +456,35 @@ async fn http_proxy(
             ));
         };
         let (mut parts, body) = req.into_parts();
-        let limit = state.max_body;
-        let body = read_body(&parts.headers, body, limit).await?;
+        let body = read_body(&parts.headers, body, max_body).await?;
         // The component sees the path below its mount point, as under `wasmtime serve`.
-        let rest = format!("/{}", get("rest"));
         let query = parts
             .uri
             .query()
             .map(|q| format!("?{q}"))
             .unwrap_or_default();
-        parts.uri = format!("http://localhost{rest}{query}")
+        parts.uri = format!("http://localhost/{rest}{query}")
             .parse()
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_uri", format!("{e}")))?;
-        let req = hyper::Request::from_parts(parts, body);
-        let ticket = state.functions.admit(&d).await?;
-        let resp = state
-            .functions
-            .runtime()
-            .http(pre, Functions::invocation(&d), req, ticket)
-            .await?;
-        let (parts, body) = resp.into_parts();
-        Ok(Response::from_parts(parts, Body::new(body)))
-    }
-    .await;
-    finish(&state, Route::Http, started, served, result)
+        Ok((Input::Http(hyper::Request::from_parts(parts, body)), ()))
+    };
+    let called = state
+        .calls
+        .call(
+            Trigger::Http,
+            access.principal.as_deref(),
+            access.function(&name_ref),
+            prepare,
+            |_, answer, ()| match answer {
+                Answer::Http(resp) => {
+                    let (parts, body) = resp.into_parts();
+                    Ok(Response::from_parts(parts, Body::new(body)))
+                }
+                _ => Err(unexpected("a non-HTTP answer")),
+            },
+        )
+        .await;
+    respond(called, IntoResponse::into_response)
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {

@@ -9,10 +9,12 @@
 //! Errors are the protocol's `{"error": "<message>"}` with an HTTP status.
 
 use super::extract::Path;
-use super::{check_name, finish_as, Access, ApiError, AppState, Route};
+use super::{Access, ApiError, AppState};
 use crate::bindings::{Batch, Column, Field};
-use crate::functions::{Deployment, Input};
+use crate::call::{Answer, Input, Trigger};
+use crate::functions::Deployment;
 use crate::manifest::Manifest;
+use crate::tenancy::FunctionRef;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -21,7 +23,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use std::sync::Arc;
-use std::time::Instant;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -112,25 +113,11 @@ fn tensor_decls(decls: &[crate::manifest::TensorDecl]) -> Vec<Value> {
 /// `{name}` and, on the `/versions/{version}` routes, the version.
 type ModelPath = Path<Vec<(String, String)>>;
 
-/// The tenant (the token's, or the path's), model name and version a request
-/// names, checked.
-struct ModelRef {
-    tenant: String,
-    name: String,
-    version: Option<String>,
-}
-
-impl ModelRef {
-    fn of(access: &Access, Path(params): ModelPath) -> Result<ModelRef, ApiError> {
-        let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        let name = get("name").unwrap_or_default();
-        check_name("model", &name)?;
-        Ok(ModelRef {
-            tenant: access.tenant()?.to_string(),
-            name,
-            version: get("version"),
-        })
-    }
+/// The model (function) a request names in its tenant (the token's, or the
+/// path's), checked.
+fn model_ref(access: &Access, Path(params): ModelPath) -> Result<FunctionRef, ApiError> {
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    access.function_at(get("name").unwrap_or_default(), get("version"))
 }
 
 async fn model_metadata(
@@ -138,12 +125,16 @@ async fn model_metadata(
     access: Access,
     path: ModelPath,
 ) -> Result<Json<Value>, OipError> {
-    let m = ModelRef::of(&access, path)?;
+    let m = model_ref(&access, path)?;
     if access.principal.is_none() {
         // Without a token, only a public function's metadata answers.
-        super::resolve(&state, &access, &m.name, m.version.as_deref()).await?;
+        state.calls.resolve(None, &m).await?;
     }
-    let (t, n, v) = (m.tenant.clone(), m.name.clone(), m.version.clone());
+    let (t, n, v) = (
+        m.tenant.to_string(),
+        m.name().to_string(),
+        m.version().map(str::to_string),
+    );
     let (record, versions) = state
         .functions
         .registry_call(move |r| {
@@ -158,7 +149,7 @@ async fn model_metadata(
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     let inference = manifest.inference.clone().unwrap_or_default();
     Ok(Json(json!({
-        "name": m.name,
+        "name": m.name(),
         "versions": versions,
         "platform": format!("quiver-{}", record.kind),
         "inputs": tensor_decls(&inference.inputs),
@@ -177,10 +168,10 @@ async fn model_ready(
     access: Access,
     path: ModelPath,
 ) -> Result<Json<Value>, OipError> {
-    let m = ModelRef::of(&access, path)?;
-    let (d, _running) = super::resolve(&state, &access, &m.name, m.version.as_deref()).await?;
+    let m = model_ref(&access, path)?;
+    let (d, _running) = state.calls.resolve(access.principal.as_deref(), &m).await?;
     Ok(Json(
-        json!({ "name": m.name, "version": d.record.version, "ready": true }),
+        json!({ "name": m.name(), "version": d.record.version, "ready": true }),
     ))
 }
 
@@ -222,37 +213,47 @@ async fn infer(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let started = Instant::now();
-    let target = ModelRef::of(&access, path);
-    let mut served = None;
-    let result: Result<Response, ApiError> = async {
-        let ModelRef { name, version, .. } = target?;
-        let (d, _running) = super::resolve(&state, &access, &name, version.as_deref()).await?;
-        served = Some(d.clone());
+    let max_body = state.max_body;
+    let prepare = move |d: Arc<Deployment>| async move {
         check_kind(&d)?;
-        let body: Bytes = super::read_body(&headers, body, state.max_body).await?;
+        let body: Bytes = super::read_body(&headers, body, max_body).await?;
         let req: InferRequest = serde_json::from_slice(&body)
             .map_err(|e| bad(format!("not an inference request: {e}")))?;
         let batch = request_batch(&req.inputs)?;
-        let _ticket = state.functions.admit(&d).await?;
-        let (out, _) = state.functions.run(&d, Input::Batch(batch)).await?;
-        crate::convert::check_response_size(&out)
-            .map_err(|m| ApiError::from(crate::runtime::InvokeError::BadOutput(m)))?;
-        let outputs = response_tensors(&out, &req.outputs)?;
+        Ok((Input::Batch(batch), (req.id, req.outputs)))
+    };
+    let finish = |d: &Deployment,
+                  answer: Answer,
+                  (id, requested): (Option<String>, Vec<RequestedOutput>)| {
+        let Answer::Batch(out) = answer else {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the call path answered no tensors (a bug)",
+            ));
+        };
+        let outputs = response_tensors(&out, &requested)?;
         let mut resp = json!({
-            "model_name": name,
+            "model_name": d.record.name,
             "model_version": d.record.version,
             "outputs": outputs,
         });
-        if let Some(id) = req.id {
+        if let Some(id) = id {
             resp["id"] = json!(id);
         }
         Ok(Json(resp).into_response())
-    }
-    .await;
-    finish_as(&state, Route::Oip, started, served, result, |e| {
-        OipError(e).into_response()
-    })
+    };
+    let called = state
+        .calls
+        .call(
+            Trigger::Oip,
+            access.principal.as_deref(),
+            model_ref(&access, path),
+            prepare,
+            finish,
+        )
+        .await;
+    super::respond(called, |e| OipError(e).into_response())
 }
 
 fn check_kind(d: &Deployment) -> Result<(), ApiError> {

@@ -59,6 +59,90 @@ impl<'de> Deserialize<'de> for TenantId {
     }
 }
 
+/// What a call names: a tenant's function (or model) and, when the caller pinned
+/// one (`name@1.2.0`), an exact version. Made once at the edge, each part checked,
+/// so nothing past it handles an unchecked name.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct FunctionRef {
+    pub tenant: TenantId,
+    name: Arc<str>,
+    version: Option<Arc<str>>,
+}
+
+/// Why a function reference was refused (the part, and the rule it breaks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefError {
+    Name(String),
+    Version(String),
+}
+
+impl fmt::Display for RefError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RefError::Name(m) | RefError::Version(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Versions are semver (at most 64 characters), checked before they reach a store.
+pub fn valid_version(v: &str) -> bool {
+    v.len() <= 64 && semver::Version::parse(v).is_ok()
+}
+
+impl FunctionRef {
+    pub fn new(tenant: TenantId, name: &str, version: Option<&str>) -> Result<Self, RefError> {
+        if !valid_name(name) {
+            return Err(RefError::Name(format!(
+                "function `{}` must be 1-64 characters of a-z, 0-9 and '-'",
+                name.chars().take(64).collect::<String>()
+            )));
+        }
+        if let Some(v) = version.filter(|v| !valid_version(v)) {
+            return Err(RefError::Version(format!(
+                "version `{}` is not a semver version",
+                v.chars().take(64).collect::<String>()
+            )));
+        }
+        Ok(FunctionRef {
+            tenant,
+            name: Arc::from(name),
+            version: version.map(Arc::from),
+        })
+    }
+
+    /// `name` or `name@version`.
+    pub fn parse(tenant: TenantId, name_ref: &str) -> Result<Self, RefError> {
+        match name_ref.split_once('@') {
+            Some((name, version)) => FunctionRef::new(tenant, name, Some(version)),
+            None => FunctionRef::new(tenant, name_ref, None),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn version(&self) -> Option<&str> {
+        self.version.as_deref()
+    }
+}
+
+impl fmt::Display for FunctionRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.tenant, self.name)?;
+        match &self.version {
+            Some(v) => write!(f, "@{v}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl fmt::Debug for FunctionRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FunctionRef({self})")
+    }
+}
+
 /// What a token may do, each including the ones before it: `invoke` calls functions
 /// and reads its tenant's functions, metrics and usage; `deploy` also changes them
 /// (deploy, rollback, rm, models, feature backfill); `admin` also manages the
@@ -168,6 +252,36 @@ mod tests {
         ] {
             assert!(TenantId::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn function_refs_check_name_and_version() {
+        let acme = TenantId::parse("acme").unwrap();
+        let r = FunctionRef::parse(acme.clone(), "score@1.2.0").unwrap();
+        assert_eq!((r.name(), r.version()), ("score", Some("1.2.0")));
+        assert_eq!(r.to_string(), "acme/score@1.2.0");
+        let r = FunctionRef::parse(acme.clone(), "score").unwrap();
+        assert_eq!(r.version(), None);
+        for bad in [
+            "",
+            "Score",
+            "a/b",
+            "a@",
+            "a@1.0.0' OR 1=1--",
+            "a@1",
+            "a@x",
+            "@1.0.0",
+        ] {
+            assert!(FunctionRef::parse(acme.clone(), bad).is_err(), "{bad:?}");
+        }
+        assert!(matches!(
+            FunctionRef::parse(acme.clone(), "a@1.0"),
+            Err(RefError::Version(_))
+        ));
+        assert!(matches!(
+            FunctionRef::parse(acme, "A@1.0.0"),
+            Err(RefError::Name(_))
+        ));
     }
 
     #[test]

@@ -11,7 +11,9 @@ mod quota;
 mod store;
 
 pub use audit::{AuditEntry, AuditVerdict};
-pub use ids::{valid_name, Denied, Principal, Scope, TenantId};
+pub use ids::{
+    valid_name, valid_version, Denied, FunctionRef, Principal, RefError, Scope, TenantId,
+};
 pub use quota::{Quota, QuotaExceeded, RateLimited, Running, Usage, UsageSnapshot};
 
 use sha2::{Digest as _, Sha256};

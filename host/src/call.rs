@@ -1,0 +1,303 @@
+//! The one call path. Every trigger (the `/fn` and `/http` routes, the Open
+//! Inference Protocol, and the event and cron triggers to come) translates its
+//! protocol into [`Calls::call`], which owns resolve → authorize → quota → result
+//! cache → admit → run → meter. A trigger brings two things: how to make the
+//! [`Input`] once the deployment is known (its kind checks, reading and parsing its
+//! body), and how to turn the [`Answer`] into its response. Neither can skip a step.
+
+use crate::bindings::Batch;
+use crate::functions::{Deployment, DeploymentBody, Functions};
+use crate::metrics::Metrics;
+use crate::runtime::{InvokeError, Prepared};
+use crate::server::ApiError;
+use crate::tenancy::{FunctionRef, Principal, Running, Tenancy};
+use axum::http::StatusCode;
+use bytes::Bytes;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+/// Which trigger a call came through (a bounded metrics label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    Fn,
+    Http,
+    Oip,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Fn => "fn",
+            Trigger::Http => "http",
+            Trigger::Oip => "oip",
+        }
+    }
+}
+
+/// What a call runs on.
+pub enum Input {
+    /// A request body: raw for an ingest first stage, else JSON rows. Results of
+    /// functions with `[cache] ttl` are cached by this input.
+    Body { content_type: String, body: Bytes },
+    /// Typed columns (Open Inference Protocol tensors).
+    Batch(Batch),
+    /// A request for a `wasi:http/proxy` component.
+    Http(hyper::Request<Bytes>),
+}
+
+/// Whether the result cache answered a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheStatus {
+    Hit,
+    Miss,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+        }
+    }
+}
+
+/// What a call produced, by the kind of its input.
+pub enum Answer {
+    /// For `Input::Body`: `{"rows", "rejected"}` as JSON text (at most
+    /// [`crate::convert::MAX_RESPONSE`] bytes); `cache` is `None` when the function
+    /// caches nothing.
+    Json {
+        text: String,
+        cache: Option<CacheStatus>,
+    },
+    /// For `Input::Batch`: the last stage's columns.
+    Batch(Batch),
+    /// For `Input::Http`: the component's response (its body may still stream).
+    Http(hyper::Response<HyperOutgoingBody>),
+}
+
+/// A trigger's response, as far as metering needs to know it.
+pub trait Outcome {
+    /// The status it is counted under (HTTP's, which every trigger maps onto).
+    fn status(&self) -> StatusCode;
+}
+
+impl Outcome for axum::response::Response {
+    fn status(&self) -> StatusCode {
+        axum::response::Response::status(self)
+    }
+}
+
+/// The result of a call and the deployment that served it (`None`: it named none
+/// that the caller may reach), which the trigger names in its response.
+pub struct Called<R> {
+    pub served: Option<Arc<Deployment>>,
+    pub result: Result<R, ApiError>,
+}
+
+pub struct Calls {
+    functions: Arc<Functions>,
+    tenancy: Arc<Tenancy>,
+    metrics: Arc<Metrics>,
+}
+
+impl Calls {
+    pub fn new(functions: Arc<Functions>, tenancy: Arc<Tenancy>, metrics: Arc<Metrics>) -> Self {
+        Calls {
+            functions,
+            tenancy,
+            metrics,
+        }
+    }
+
+    /// Resolve → authorize → quota: the deployment `target` names, if `caller` may
+    /// call it, admitted by its tenant's rate and concurrency quotas (the guard
+    /// counts it running until dropped). Without a principal only a public function
+    /// (`[triggers] http = "public"`) answers; for anything else, existing or not,
+    /// it is 401, so a caller without a token learns nothing about names.
+    pub async fn resolve(
+        &self,
+        caller: Option<&Principal>,
+        target: &FunctionRef,
+    ) -> Result<(Arc<Deployment>, Running), ApiError> {
+        let found = match self.functions.get(target).await {
+            Ok(d) => exposed(d),
+            Err(e) => Err(ApiError::from(e)),
+        };
+        let d = match (caller, found) {
+            (Some(_), found) => found?,
+            (None, Ok(d)) if d.public => d,
+            (None, _) => {
+                return Err(crate::server::unauthorized(
+                    crate::tenancy::AuthError::Missing,
+                ))
+            }
+        };
+        let Some(tenant) = self.tenancy.tenant(&target.tenant) else {
+            return Err(crate::server::hidden(target.tenant.as_str()));
+        };
+        let running = tenant.limiter.admit().map_err(|e| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "quota_exceeded",
+                e.to_string(),
+            )
+            .retry_after(e.retry_after_secs())
+        })?;
+        Ok((d, running))
+    }
+
+    /// One call, start to end. `target` is the edge's parse of what the request
+    /// names (its error is counted and answered like any other). `prepare` sees the
+    /// resolved deployment and makes the input (and whatever `finish` needs of the
+    /// request); `finish` makes the trigger's response from the answer. Both run
+    /// inside the metered span, so a response's count, status and latency are the
+    /// ones the caller got.
+    pub async fn call<C, R, P, Fut>(
+        &self,
+        trigger: Trigger,
+        caller: Option<&Principal>,
+        target: Result<FunctionRef, ApiError>,
+        prepare: P,
+        finish: impl FnOnce(&Deployment, Answer, C) -> Result<R, ApiError>,
+    ) -> Called<R>
+    where
+        R: Outcome,
+        P: FnOnce(Arc<Deployment>) -> Fut,
+        Fut: Future<Output = Result<(Input, C), ApiError>>,
+    {
+        let started = Instant::now();
+        let mut served = None;
+        let result = async {
+            let (d, _running) = self.resolve(caller, &target?).await?;
+            served = Some(d.clone());
+            let (input, ctx) = prepare(d.clone()).await?;
+            let answer = self.run(&d, input).await?;
+            finish(&d, answer, ctx)
+        }
+        .await;
+        self.meter(trigger, started, served.as_deref(), &result);
+        Called { served, result }
+    }
+
+    /// Result cache → admit → run.
+    async fn run(&self, d: &Arc<Deployment>, input: Input) -> Result<Answer, ApiError> {
+        let functions = &self.functions;
+        match input {
+            Input::Body { content_type, body } => {
+                // A cache hit runs no guest, so it takes no slot of the function's capacity.
+                let key = functions.cache_key(d, &content_type, &body);
+                if let Some(key) = &key {
+                    if let Some(text) = functions.cached_result(d, key).await {
+                        let cache = Some(CacheStatus::Hit);
+                        return Ok(Answer::Json { text, cache });
+                    }
+                }
+                let _ticket = functions.admit(d).await?;
+                let out = functions.invoke(d, &content_type, &body).await?;
+                let text = out.to_json().to_string();
+                if text.len() > crate::convert::MAX_RESPONSE {
+                    return Err(ApiError::from(InvokeError::BadOutput(format!(
+                        "the function returned {} bytes of JSON; the most this host sends back is {}",
+                        text.len(),
+                        crate::convert::MAX_RESPONSE
+                    ))));
+                }
+                let cache = match key {
+                    Some(key) => {
+                        functions.remember(d, &key, text.clone()).await;
+                        Some(CacheStatus::Miss)
+                    }
+                    None => None,
+                };
+                Ok(Answer::Json { text, cache })
+            }
+            Input::Batch(batch) => {
+                let _ticket = functions.admit(d).await?;
+                let (out, _rejected) = functions
+                    .run(d, crate::functions::Input::Batch(batch))
+                    .await?;
+                crate::convert::check_response_size(&out).map_err(InvokeError::BadOutput)?;
+                Ok(Answer::Batch(out))
+            }
+            Input::Http(req) => {
+                let DeploymentBody::Component(Prepared::Http(pre)) = &d.body else {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "wrong_kind",
+                        format!("`{}` is not an `http` function", d.record.name),
+                    ));
+                };
+                let ticket = functions.admit(d).await?;
+                let resp = functions
+                    .runtime()
+                    .http(pre, Functions::invocation(d), req, ticket)
+                    .await?;
+                Ok(Answer::Http(resp))
+            }
+        }
+    }
+
+    /// Count and time a call. Per-function series exist only for functions that
+    /// resolved: a call naming nothing deployed counts in one series per trigger and
+    /// error code, so no request can add series.
+    fn meter<R: Outcome>(
+        &self,
+        trigger: Trigger,
+        started: Instant,
+        served: Option<&Deployment>,
+        result: &Result<R, ApiError>,
+    ) {
+        let m = &self.metrics;
+        let Some(d) = served else {
+            let code = match result {
+                Ok(_) => "ok",
+                Err(e) => e.code(),
+            };
+            m.unresolved
+                .with_label_values(&[trigger.as_str(), code])
+                .inc();
+            return;
+        };
+        let (tenant, name) = (d.record.tenant.as_str(), d.record.name.as_str());
+        let status = match result {
+            Ok(r) => r.status(),
+            Err(e) => {
+                m.errors.with_label_values(&[tenant, name, e.code()]).inc();
+                e.status()
+            }
+        };
+        m.invocations
+            .with_label_values(&[tenant, name, &d.record.version, status.as_str()])
+            .inc();
+        let elapsed = started.elapsed();
+        m.latency
+            .with_label_values(&[tenant, name])
+            .observe(elapsed.as_secs_f64());
+        if let Some(usage) = &d.usage {
+            usage.invoked(elapsed, Functions::invocation(d).limits.memory_bytes);
+            if d.runs_models() {
+                usage
+                    .inference_calls
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// A function whose manifest says `[triggers] http = false` is not served over HTTP.
+fn exposed(d: Arc<Deployment>) -> Result<Arc<Deployment>, ApiError> {
+    match d.http_trigger {
+        true => Ok(d),
+        false => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_exposed",
+            format!(
+                "`{}` is not served over HTTP ([triggers] http = false)",
+                d.record.name
+            ),
+        )),
+    }
+}
