@@ -127,7 +127,7 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("features");
     for (label, backend) in [("embedded", &embedded), ("redis", &redis_store)] {
-        let mut inv = Invocation::new(limits, Default::default(), "bench/probe@1.0.0", MAX_IDLE);
+        let mut inv = Invocation::new(limits, "bench/probe@1.0.0", MAX_IDLE);
         inv.features = Some(scope(backend.clone()));
         let out = rt
             .block_on(runtime.transform(&pre, &inv, &input))

@@ -46,16 +46,11 @@ fn bench(c: &mut Criterion) {
         memory_bytes: 64 << 20,
         timeout: Duration::from_secs(2),
     };
-    let inv = Invocation::new(
-        limits,
-        Default::default(),
-        "bench/txn-features@1.0.0",
-        MAX_IDLE,
-    );
+    let inv = Invocation::new(limits, "bench/txn-features@1.0.0", MAX_IDLE);
     // A second deployment of the same component whose pool never keeps an instance:
     // every call instantiates, as before instance reuse.
-    let cold_inv = Invocation::new(limits, Default::default(), "bench/fresh@1.0.0", MAX_IDLE);
-    let echo_inv = Invocation::new(limits, Default::default(), "bench/chaos@1.0.0", MAX_IDLE);
+    let cold_inv = Invocation::new(limits, "bench/fresh@1.0.0", MAX_IDLE);
+    let echo_inv = Invocation::new(limits, "bench/chaos@1.0.0", MAX_IDLE);
     let input = one_row();
     let echo_bytes = wasm("chaos");
     let echo_component = runtime

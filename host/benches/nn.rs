@@ -193,7 +193,6 @@ fn main() {
                     memory_bytes: 64 << 20,
                     timeout: Duration::from_secs(10),
                 },
-                Default::default(),
                 "bench/fraud-score@1.0.0",
                 MAX_IDLE,
             );
@@ -216,10 +215,10 @@ fn main() {
                     memory_bytes: 64 << 20,
                     timeout: Duration::from_secs(60),
                 },
-                config.into_iter().collect(),
                 "bench/nn-probe@1.0.0",
                 MAX_IDLE,
             );
+            probe_inv.config = Arc::new(config.into_iter().collect());
             probe_inv.models = Some(Arc::new(BoundModels::new(
                 Batching::OFF,
                 &pool,

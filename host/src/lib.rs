@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod bindings;
 pub mod call;
+pub mod capability;
 pub mod cli;
 pub mod convert;
 pub mod egress;

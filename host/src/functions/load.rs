@@ -3,7 +3,6 @@
 
 use super::{split_ref, DeployError, Deployment, DeploymentBody, DeploymentKey, Functions};
 use crate::admission::Admission;
-use crate::features::FeatureScope;
 use crate::manifest::{Manifest, ResolvedLimits};
 use crate::nn::{BoundModel, BoundModels};
 use crate::runtime::{Invocation, Prepared};
@@ -140,7 +139,6 @@ impl Functions {
         let tag = format!("{}/{}@{}", record.tenant, record.name, record.version);
         let mut invocation = Invocation::new(
             limits,
-            manifest.config.clone(),
             &tag,
             match scaling.instance_reuse {
                 true => scaling.max_instances as usize,
@@ -149,23 +147,8 @@ impl Functions {
         );
         // Looked up once here: every call of this deployment is metered through it.
         let usage = self.usage_of(&record.tenant);
-        // The policy was checked against the tenant's grants at deploy.
-        invocation.egress = crate::egress::Egress(Arc::new(crate::egress::EgressPolicy {
-            allowed: manifest.outbound().map_err(DeployError::Internal)?,
-            usage: usage.clone(),
-        }));
-        if let Some(f) = &manifest.features {
-            let mut scope = FeatureScope::new(
-                self.feature_store.clone(),
-                &record.tenant,
-                f.groups.clone(),
-                &tag,
-            );
-            for (group, ttl) in manifest.near_cache_ttls().map_err(DeployError::Internal)? {
-                scope = scope.with_near_cache(&group, ttl);
-            }
-            invocation.features = Some(Arc::new(scope));
-        }
+        crate::capability::configure_all(self, &record, &manifest, usage.clone(), &mut invocation)
+            .await?;
         // One instance serves one call at a time, so a component runs at most
         // `max_instances` calls; a pipeline's own limit is `max_concurrency`.
         let capacity = match record.kind.as_str() {
@@ -173,9 +156,6 @@ impl Functions {
             _ => scaling.max_concurrency.min(scaling.max_instances),
         };
         let admission = Admission::new(capacity, scaling.max_queue, scaling.queue_timeout);
-        if record.kind == "inference" {
-            invocation.models = Some(self.load_models(&record.tenant, &manifest).await?);
-        }
         let body = if record.kind == "pipeline" {
             let mut stages = Vec::new();
             for stage in manifest.pipeline.map(|p| p.stages).unwrap_or_default() {
@@ -239,7 +219,7 @@ impl Functions {
 
     /// The models a deployment pinned, from the model cache (parsed if no warm
     /// deployment holds them), bound for `load-by-name`.
-    pub(super) async fn load_models(
+    pub(crate) async fn load_models(
         self: &Arc<Self>,
         tenant: &str,
         manifest: &Manifest,

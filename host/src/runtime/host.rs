@@ -1,13 +1,12 @@
-//! What a store carries for one invocation, and the host side of Quiver's own
-//! interfaces (`quiver:ml/{types,log,config,features,models}`) on it.
+//! What a store carries for one invocation (each capability's per-store state, see
+//! `crate::capability`), and its memory accounting: linear memory plus the wasi-nn
+//! tensors it holds on the host.
 
-use crate::bindings::base::quiver::ml::features::{FeatureColumn, Value as WitValue};
-use crate::bindings::{base, GuestError};
-use crate::features::{FeatureError, FeatureScope, Value as FeatureValue};
+use crate::features::FeatureScope;
 use crate::nn::BoundModels;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use wasmtime::component::ResourceTable;
 use wasmtime::ResourceLimiter;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -15,20 +14,20 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// Per-invocation state of a store.
 pub struct HostState {
-    pub(super) wasi: WasiCtx,
-    pub(super) table: ResourceTable,
-    pub(super) http: WasiHttpCtx,
-    pub(super) limiter: MemoryLimiter,
-    pub(super) config: Arc<BTreeMap<String, String>>,
-    pub(super) tag: Arc<str>,
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) http: WasiHttpCtx,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) config: Arc<BTreeMap<String, String>>,
+    pub(crate) tag: Arc<str>,
     /// When the running call must stop (checked on every epoch tick).
-    pub(super) deadline: Instant,
-    pub(super) features: Option<Arc<FeatureScope>>,
+    pub(crate) deadline: Instant,
+    pub(crate) features: Option<Arc<FeatureScope>>,
     /// wasi-nn state: only stores of inference functions have one (wasi:nn is
     /// linked for every store, but only an inference component may import it).
-    pub(super) nn: Option<wasmtime_wasi_nn::wit::WasiNnCtx>,
-    pub(super) models: Option<Arc<BoundModels>>,
-    pub(super) egress: crate::egress::Egress,
+    pub(crate) nn: Option<wasmtime_wasi_nn::wit::WasiNnCtx>,
+    pub(crate) models: Option<Arc<BoundModels>>,
+    pub(crate) egress: crate::egress::Egress,
 }
 
 impl WasiView for HostState {
@@ -50,156 +49,25 @@ impl WasiHttpView for HostState {
     }
 }
 
-impl base::quiver::ml::types::Host for HostState {}
-
-impl crate::bindings::inference::quiver::ml::models::Host for HostState {
-    fn list_models(&mut self) -> Vec<crate::bindings::inference::quiver::ml::models::ModelInfo> {
-        self.models
-            .iter()
-            .flat_map(|m| &m.models)
-            .map(
-                |m| crate::bindings::inference::quiver::ml::models::ModelInfo {
-                    alias: m.alias.clone(),
-                    name: m.name.clone(),
-                    version: m.version.clone(),
-                    digest: m.digest.clone(),
-                },
-            )
-            .collect()
-    }
-}
-
-impl base::quiver::ml::log::Host for HostState {
-    fn log(&mut self, level: base::quiver::ml::log::Level, message: String) {
-        use base::quiver::ml::log::Level;
-        let f = &*self.tag;
-        match level {
-            Level::Trace => tracing::trace!(function = f, "{message}"),
-            Level::Debug => tracing::debug!(function = f, "{message}"),
-            Level::Info => tracing::info!(function = f, "{message}"),
-            Level::Warn => tracing::warn!(function = f, "{message}"),
-            Level::Error => tracing::error!(function = f, "{message}"),
-        }
-    }
-}
-
-impl base::quiver::ml::config::Host for HostState {
-    fn get(&mut self, key: String) -> Option<String> {
-        self.config.get(&key).cloned()
-    }
-}
-
-impl base::quiver::ml::features::Host for HostState {
-    async fn get(
-        &mut self,
-        group: String,
-        entity: String,
-        names: Vec<String>,
-    ) -> Result<Vec<Option<WitValue>>, GuestError> {
-        let scope = self.feature_scope()?;
-        let values = scope.get(&group, &entity, &names).await?;
-        Ok(values.into_iter().map(|v| v.map(to_wit)).collect())
-    }
-
-    async fn get_many(
-        &mut self,
-        group: String,
-        entities: Vec<String>,
-        names: Vec<String>,
-    ) -> Result<Vec<FeatureColumn>, GuestError> {
-        let scope = self.feature_scope()?;
-        let rows = scope.get_many(&group, &entities, &names).await?;
-        // Rows (entity) to columns (feature).
-        let mut columns: Vec<FeatureColumn> = names
-            .into_iter()
-            .map(|name| FeatureColumn {
-                name,
-                values: Vec::with_capacity(rows.len()),
-            })
-            .collect();
-        for row in rows {
-            for (column, v) in columns.iter_mut().zip(row) {
-                column.values.push(v.map(to_wit));
-            }
-        }
-        Ok(columns)
-    }
-
-    async fn put(
-        &mut self,
-        group: String,
-        entity: String,
-        values: Vec<(String, WitValue)>,
-        ttl_ms: Option<u64>,
-    ) -> Result<(), GuestError> {
-        let scope = self.feature_scope()?;
-        let values: Vec<_> = values.into_iter().map(|(n, v)| (n, from_wit(v))).collect();
-        let ttl = ttl_ms.map(Duration::from_millis);
-        Ok(scope.put(&group, &entity, &values, ttl).await?)
-    }
-
-    async fn delete(&mut self, group: String, entity: String) -> Result<(), GuestError> {
-        let scope = self.feature_scope()?;
-        Ok(scope.delete(&group, &entity).await?)
-    }
-}
-
 impl HostState {
     /// Mark the store over its memory limit when its linear memory and the tensors
     /// it holds pass it (the epoch callback turns the mark into a trap).
-    pub(super) fn check_tensor_memory(&mut self) {
+    pub(crate) fn check_tensor_memory(&mut self) {
         let held = tensor_bytes(&mut self.table);
         if self.limiter.linear.saturating_add(held) > self.limiter.limit {
             self.limiter.exceeded = true;
         }
-    }
-
-    fn feature_scope(&self) -> Result<Arc<FeatureScope>, GuestError> {
-        self.features.clone().ok_or_else(|| {
-            GuestError::InvalidInput(format!(
-                "{} declares no [features] groups; declare the groups it reads and writes",
-                self.tag
-            ))
-        })
-    }
-}
-
-impl From<FeatureError> for GuestError {
-    fn from(e: FeatureError) -> Self {
-        match e {
-            FeatureError::Unavailable(_) => GuestError::Unavailable(e.to_string()),
-            FeatureError::LimitExceeded(m) => GuestError::LimitExceeded(m),
-            FeatureError::Invalid(m) => GuestError::InvalidInput(m),
-        }
-    }
-}
-
-fn to_wit(v: FeatureValue) -> WitValue {
-    match v {
-        FeatureValue::F64(x) => WitValue::Float64(x),
-        FeatureValue::I64(x) => WitValue::Int64(x),
-        FeatureValue::Text(s) => WitValue::Text(s),
-        FeatureValue::Bool(b) => WitValue::Boolean(b),
-    }
-}
-
-fn from_wit(v: WitValue) -> FeatureValue {
-    match v {
-        WitValue::Float64(x) => FeatureValue::F64(x),
-        WitValue::Int64(x) => FeatureValue::I64(x),
-        WitValue::Text(s) => FeatureValue::Text(s),
-        WitValue::Boolean(b) => FeatureValue::Bool(b),
     }
 }
 
 /// Caps a store's memory — its linear memory plus the host-side tensors it holds
 /// (see [`link_accounted_tensors`]) — and remembers that it said no, so the failure
 /// is reported as a memory limit rather than as whatever the guest did next.
-pub(super) struct MemoryLimiter {
-    pub(super) limit: usize,
+pub(crate) struct MemoryLimiter {
+    pub(crate) limit: usize,
     /// Linear memory granted so far (the components here have one memory each).
-    pub(super) linear: usize,
-    pub(super) exceeded: bool,
+    pub(crate) linear: usize,
+    pub(crate) exceeded: bool,
 }
 
 impl MemoryLimiter {
@@ -254,7 +122,7 @@ fn tensor_bytes(table: &mut ResourceTable) -> usize {
 /// with one that first counts what the store already holds (linear memory plus live
 /// tensors) against the function's `[limits] memory`: a guest that makes tensors and
 /// never drops them gets a memory-limit error, not the host's memory.
-pub(super) fn link_accounted_tensors(
+pub(crate) fn link_accounted_tensors(
     linker: &mut wasmtime::component::Linker<HostState>,
 ) -> wasmtime::Result<()> {
     use wasmtime::component::Resource;

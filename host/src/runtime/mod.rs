@@ -6,7 +6,7 @@
 use crate::bindings::inference::InferencePre;
 use crate::bindings::ingest::IngestPre;
 use crate::bindings::transform::TransformPre;
-use crate::bindings::{base, Batch, GuestError, Ingested};
+use crate::bindings::{Batch, GuestError, Ingested};
 use crate::features::FeatureScope;
 use crate::manifest::ResolvedLimits;
 use crate::nn::BoundModels;
@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -39,31 +39,8 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// hold at once; past it the guest's call that would make one fails.
 pub const MAX_RESOURCES: usize = 10_000;
 
-/// Interfaces (or whole packages, `pkg/*`) a component of `kind` may import.
-pub fn provided_imports(kind: &str) -> Vec<&'static str> {
-    let mut v = vec![
-        "wasi:cli/*",
-        "wasi:io/*",
-        "wasi:clocks/*",
-        "wasi:random/*",
-        "wasi:filesystem/*",
-        "wasi:sockets/*",
-        "quiver:ml/types",
-        "quiver:ml/log",
-        "quiver:ml/config",
-        "quiver:ml/features",
-    ];
-    if kind == "inference" {
-        v.push("wasi:nn/*");
-        v.push("quiver:ml/models");
-    }
-    // Outbound HTTP is linked for every kind (the standard proxy world imports it
-    // even where a component never calls out), behind a deny-by-default policy:
-    // only what `[capabilities] outbound` names, within the tenant's grants.
-    v.push("wasi:http/types");
-    v.push("wasi:http/outgoing-handler");
-    v
-}
+pub use crate::capability::provided_imports;
+pub(crate) use host::link_accounted_tensors;
 
 /// A component ready to instantiate, by the world it serves.
 #[derive(Clone)]
@@ -143,15 +120,12 @@ impl Invocation {
     }
 
     /// `max_idle` caps the warm instances kept (at most [`MAX_IDLE`]).
-    pub fn new(
-        limits: ResolvedLimits,
-        config: BTreeMap<String, String>,
-        tag: &str,
-        max_idle: usize,
-    ) -> Self {
+    /// Its capabilities' parts (config, features, models, egress) start empty;
+    /// `crate::capability::configure_all` fills them from the manifest.
+    pub fn new(limits: ResolvedLimits, tag: &str, max_idle: usize) -> Self {
         Invocation {
             limits,
-            config: Arc::new(config),
+            config: Arc::default(),
             tag: tag.into(),
             pool: Arc::new(InstancePool {
                 idle: Mutex::new(Vec::new()),
@@ -205,44 +179,7 @@ impl Runtime {
             Err(()) => (Engine::new(&engine_config())?, false),
         };
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        wasmtime_wasi_http::p2::bindings::http::types::add_to_linker::<
-            HostState,
-            wasmtime_wasi_http::WasiHttp,
-        >(
-            &mut linker,
-            &wasmtime_wasi_http::p2::bindings::LinkOptions::default().into(),
-            |s: &mut HostState| s.http(),
-        )?;
-        wasmtime_wasi_http::p2::bindings::http::outgoing_handler::add_to_linker::<
-            HostState,
-            wasmtime_wasi_http::WasiHttp,
-        >(&mut linker, |s: &mut HostState| s.http())?;
-        base::quiver::ml::log::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
-        base::quiver::ml::config::add_to_linker::<HostState, HasSelf<HostState>>(
-            &mut linker,
-            |s| s,
-        )?;
-        base::quiver::ml::features::add_to_linker::<HostState, HasSelf<HostState>>(
-            &mut linker,
-            |s| s,
-        )?;
-        crate::bindings::inference::quiver::ml::models::add_to_linker::<
-            HostState,
-            HasSelf<HostState>,
-        >(&mut linker, |s| s)?;
-        wasmtime_wasi_nn::wit::add_to_linker(&mut linker, |s: &mut HostState| {
-            // Every wasi-nn call passes here first, on the thread that will run it:
-            // a model run it starts is bounded by this call's deadline.
-            crate::nn::set_call_deadline(s.deadline);
-            // `compute` puts its outputs straight into the table, past the tensor
-            // constructor's check: a guest that keeps them is caught at its next
-            // wasi-nn call (the epoch callback then stops it).
-            s.check_tensor_memory();
-            let ctx = s.nn.get_or_insert_with(BoundModels::none);
-            wasmtime_wasi_nn::wit::WasiNnView::new(&mut s.table, ctx)
-        })?;
-        host::link_accounted_tensors(&mut linker)?;
+        crate::capability::link_all(&mut linker)?;
 
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);

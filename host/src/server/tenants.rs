@@ -314,12 +314,7 @@ pub(super) async fn check_deploy(
         .check_memory(limits.memory_bytes)
         .map_err(quota_error)?;
     t.quota.check_timeout(limits.timeout).map_err(quota_error)?;
-    let outbound: Vec<String> = manifest
-        .capabilities
-        .iter()
-        .flat_map(|c| c.outbound.clone())
-        .collect();
-    crate::egress::check_outbound(&outbound, &t.outbound)
+    crate::capability::check_all(manifest, &t)
         .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "capability_denied", m))?;
     if t.quota.max_functions.is_none() && t.quota.registry_bytes.is_none() {
         return Ok(());
