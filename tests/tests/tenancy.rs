@@ -718,6 +718,151 @@ fn quotas_refuse_with_the_quota_named() {
     );
 }
 
+/// Uploads that race are checked one at a time per tenant: six deploys of new
+/// names at once under `max_functions = 2` make exactly two functions, and four
+/// model pushes at once under a `registry_bytes` that fits one store exactly one.
+#[test]
+fn racing_uploads_cannot_pass_a_quota_together() {
+    let mut server = Server::start();
+    server.ensure_tenant("race");
+    server.cli_ok(&["tenants", "set-quota", "race", "--max-functions", "2"]);
+    let results: Vec<std::process::Output> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|i| {
+                let server = &server;
+                s.spawn(move || {
+                    let name = format!("f{i}");
+                    let args = ["--tenant", "race", "deploy", "functions/txn-features"];
+                    server.cli(&[&args[..], &["--name", &name]].concat())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ok = results.iter().filter(|o| o.status.success()).count();
+    assert_eq!(ok, 2, "deploys that succeeded");
+    for o in results.iter().filter(|o| !o.status.success()) {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("quota `max_functions` exceeded"), "{err}");
+    }
+    let ls: Value =
+        serde_json::from_str(&server.cli_ok(&["--tenant", "race", "--json", "ls"])).unwrap();
+    assert_eq!(ls["functions"].as_array().unwrap().len(), 2, "{ls}");
+
+    let model = "functions/fraud-score/model/fraud.onnx";
+    let size = std::fs::metadata(quiver_tests::repo().join(model))
+        .unwrap()
+        .len();
+    server.ensure_tenant("race-models");
+    let stored = (size * 3 / 2).to_string();
+    server.cli_ok(&[
+        "tenants",
+        "set-quota",
+        "race-models",
+        "--registry-bytes",
+        &stored,
+    ]);
+    let results: Vec<std::process::Output> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let server = &server;
+                s.spawn(move || {
+                    let name = format!("m{i}");
+                    server.cli(&[
+                        "--tenant",
+                        "race-models",
+                        "models",
+                        "push",
+                        model,
+                        "--name",
+                        &name,
+                        "--version",
+                        "1.0.0",
+                    ])
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ok = results.iter().filter(|o| o.status.success()).count();
+    assert_eq!(ok, 1, "model pushes that succeeded");
+    for o in results.iter().filter(|o| !o.status.success()) {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("quota `registry_bytes` exceeded"), "{err}");
+    }
+    server.assert_running();
+}
+
+/// The tenancy admin routes take small JSON bodies: malformed, mistyped, unknown
+/// fields and oversized bodies are each a clear 4xx, nothing changes, and the host
+/// keeps serving.
+#[test]
+fn tenancy_admin_routes_refuse_malformed_bodies_and_change_nothing() {
+    let mut server = Server::start();
+    server.ensure_tenant("acme");
+    let state = |server: &Server| {
+        let tenants: Value = server.get("/admin/v1/tenants").json().unwrap();
+        let tokens: Value = server.get("/admin/v1/tenants/acme/tokens").json().unwrap();
+        (tenants, tokens)
+    };
+    let before = state(&server);
+    let c = server.http();
+    let big = format!("{{\"name\": \"{}\"}}", "a".repeat(70 << 10));
+    let mut cases = 0;
+    for (method, path) in [
+        (reqwest::Method::POST, "/admin/v1/tenants"),
+        (reqwest::Method::PUT, "/admin/v1/tenants/acme/quota"),
+        (reqwest::Method::POST, "/admin/v1/tenants/acme/grants"),
+        (reqwest::Method::POST, "/admin/v1/tenants/acme/tokens"),
+    ] {
+        for (body, status, code) in [
+            ("{", 400, "invalid_json"),
+            ("[1, 2]", 400, "invalid_json"),
+            ("\"just a string\"", 400, "invalid_json"),
+            (r#"{"surprise": true}"#, 400, "invalid_json"),
+            (
+                r#"{"name": 5, "rate": "fast", "pattern": [], "scope": "root"}"#,
+                400,
+                "invalid_json",
+            ),
+            ("\u{0}\u{1}binary", 400, "invalid_json"),
+            (big.as_str(), 413, "payload_too_large"),
+        ] {
+            let r = c
+                .request(method.clone(), format!("{}{path}", server.url))
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .unwrap();
+            let (got, got_code, message) = error_of(r);
+            assert_eq!(
+                (got, got_code.as_str()),
+                (status, code),
+                "{method} {path} with {:.40}: {message}",
+                body
+            );
+            cases += 1;
+        }
+    }
+    assert_eq!(cases, 28);
+    // The same rule on the other admin bodies: an array is not an object.
+    for path in [
+        "/admin/v1/tenants/acme/functions/nope/rollback",
+        "/admin/v1/tenants/acme/features/merchant",
+    ] {
+        let r = c
+            .post(format!("{}{path}", server.url))
+            .body(r#"["1.0.0"]"#)
+            .send()
+            .unwrap();
+        let (status, code, message) = error_of(r);
+        assert_eq!((status, code.as_str()), (400, "invalid_json"), "{path}");
+        assert!(message.contains("expected a JSON object"), "{message}");
+    }
+    assert_eq!(state(&server), before, "a refused body changed nothing");
+    server.assert_running();
+}
+
 #[test]
 fn a_flooding_tenant_does_not_slow_its_neighbour() {
     let server = Server::start();

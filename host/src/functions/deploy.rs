@@ -3,6 +3,7 @@
 
 use super::{check_stage_kind, split_ref, DeployError, Functions, MAX_MODEL_SIZE};
 use crate::manifest::Manifest;
+use crate::tenancy::TenantId;
 use quiver_registry::{validate, NewVersion, PublishOutcome, VersionRecord};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -11,10 +12,11 @@ impl Functions {
     /// Validate, compile, link and publish. Nothing is published unless it would run.
     pub async fn deploy(
         self: &Arc<Self>,
-        tenant: &str,
+        tenant: &TenantId,
         mut manifest: Manifest,
         component: Option<Vec<u8>>,
     ) -> Result<(VersionRecord, PublishOutcome), DeployError> {
+        let tenant = tenant.as_str();
         manifest
             .check()
             .map_err(|e| DeployError::Invalid(e.to_string()))?;
@@ -142,12 +144,13 @@ impl Functions {
     /// is kept as given.
     pub async fn push_model(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         name: &str,
         version: &str,
         lineage: Option<Value>,
         bytes: Vec<u8>,
     ) -> Result<(VersionRecord, PublishOutcome, Value), DeployError> {
+        let tenant = tenant.as_str();
         let version = semver::Version::parse(version)
             .map_err(|e| DeployError::Invalid(format!("version `{version}` is not semver: {e}")))?;
         if bytes.len() > MAX_MODEL_SIZE {
@@ -177,10 +180,11 @@ impl Functions {
     /// Point `stable` at `to` (or the previous version) and serve it from now on.
     pub async fn rollback(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         name: &str,
         to: Option<&str>,
     ) -> Result<VersionRecord, DeployError> {
+        let tenant = tenant.as_str();
         let (t, n, to) = (tenant.to_string(), name.to_string(), to.map(str::to_string));
         let rec = self
             .registry_call(move |r| r.rollback(&t, &n, to.as_deref()))

@@ -7,6 +7,7 @@
 
 use super::{split_ref, DeployError, Functions};
 use crate::manifest::Manifest;
+use crate::tenancy::TenantId;
 use quiver_registry::{Deleted, RegistryError, VersionRecord};
 use std::collections::HashSet;
 
@@ -23,11 +24,12 @@ impl Functions {
     /// serving version and for a version a pipeline pins, unless `force`.
     pub async fn remove_version(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         name: &str,
         version: &str,
         force: bool,
     ) -> Result<Deleted, DeployError> {
+        let tenant = tenant.as_str();
         if !force {
             let pinned_by = self.pipelines_pinning(tenant, name, version).await?;
             if !pinned_by.is_empty() {
@@ -49,11 +51,12 @@ impl Functions {
     /// `force` (such a function then fails its next cold start, saying why).
     pub async fn remove_model(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         name: &str,
         version: &str,
         force: bool,
     ) -> Result<VersionRecord, DeployError> {
+        let tenant = tenant.as_str();
         if !force {
             let bound_by = self.functions_binding(tenant, name, version).await?;
             if !bound_by.is_empty() {

@@ -59,3 +59,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
         }
     }
 }
+
+/// A JSON object as `T`. Only an object: serde would otherwise read a struct from
+/// an array by position (`[1, 2]` as a struct's first two fields).
+pub(crate) fn json_object<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    use serde_json::Value;
+    match serde_json::from_slice(bytes).map_err(|e| e.to_string())? {
+        v @ Value::Object(_) => serde_json::from_value(v).map_err(|e| e.to_string()),
+        Value::Array(_) => Err("expected a JSON object, got an array".into()),
+        Value::String(_) => Err("expected a JSON object, got a string".into()),
+        Value::Number(_) => Err("expected a JSON object, got a number".into()),
+        Value::Bool(_) => Err("expected a JSON object, got a boolean".into()),
+        Value::Null => Err("expected a JSON object, got null".into()),
+    }
+}

@@ -1,7 +1,7 @@
 //! Admin API for features: backfill rows into one of a tenant's feature groups.
 
 use super::extract::Path;
-use super::{check_name, ApiError, AppState};
+use super::{check_name, Access, ApiError, AppState};
 use crate::features::{check_values, EntityKey, FeatureError, Value, MAX_ENTITY_LEN};
 use axum::body::Body;
 use axum::extract::State;
@@ -60,15 +60,16 @@ fn feature_error(row: Option<usize>, e: FeatureError) -> ApiError {
 /// input writes nothing.
 pub(super) async fn load_features(
     State(state): State<Arc<AppState>>,
-    Path((tenant, group)): Path<(String, String)>,
+    access: Access,
+    Path((_, group)): Path<(String, String)>,
     headers: axum::http::HeaderMap,
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    check_name("tenant", &tenant)?;
+    let tenant = access.tenant()?.clone();
     check_name("feature group", &group.replace('_', "-"))?;
     let body = super::read_body(&headers, body, MAX_BACKFILL_BODY).await?;
-    let req: FeatureRows = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?;
+    let req: FeatureRows = super::extract::json_object(&body)
+        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", m))?;
     if req.rows.len() > MAX_BACKFILL_ROWS {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -113,7 +114,7 @@ pub(super) async fn load_features(
     let ttl = req.ttl_ms.map(std::time::Duration::from_millis);
     for (i, (entity, values)) in parsed.iter().enumerate() {
         let key = EntityKey {
-            tenant: tenant.clone(),
+            tenant: tenant.to_string(),
             group: group.clone(),
             entity: entity.clone(),
         };

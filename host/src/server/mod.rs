@@ -568,11 +568,11 @@ async fn metrics(State(state): State<Arc<AppState>>, access: Access) -> Response
 async fn deploy(
     State(state): State<Arc<AppState>>,
     access: Access,
-    Path(tenant): Path<String>,
+    Path(_): Path<String>,
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
-    check_name("tenant", &tenant)?;
+    let tenant = access.tenant()?.clone();
     check_declared(&headers, UPLOAD_LIMIT)?;
     let mut multipart = multipart.map_err(|e| {
         ApiError::new(
@@ -623,6 +623,7 @@ async fn deploy(
             e.to_string(),
         )
     })?;
+    let (_, _turn) = tenants::deploy_turn(&state, access.tenant()?).await?;
     tenants::check_deploy(&state, access.tenant()?, &manifest, component.as_deref()).await?;
     let (record, outcome) = state.functions.deploy(&tenant, manifest, component).await?;
     let status = match outcome {
@@ -679,13 +680,14 @@ fn upload_error(e: axum::extract::multipart::MultipartError) -> ApiError {
 
 async fn list(
     State(state): State<Arc<AppState>>,
-    Path(tenant): Path<String>,
+    access: Access,
+    Path(_): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    check_name("tenant", &tenant)?;
+    let tenant = access.tenant()?.clone();
     let t = tenant.clone();
     let records = state
         .functions
-        .registry_call(move |r| r.index().list_serving(&t))
+        .registry_call(move |r| r.index().list_serving(t.as_str()))
         .await?;
     let functions: Vec<serde_json::Value> = records
         .into_iter()
@@ -706,14 +708,20 @@ async fn list(
 
 async fn versions(
     State(state): State<Arc<AppState>>,
-    Path((tenant, name)): Path<(String, String)>,
+    access: Access,
+    Path((_, name)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    check_name("tenant", &tenant)?;
+    let tenant = access.tenant()?.clone();
     check_name("function", &name)?;
     let (t, n) = (tenant.clone(), name.clone());
     let (serving, versions) = state
         .functions
-        .registry_call(move |r| Ok((r.resolve(&t, &n, None)?, r.index().versions(&t, &n)?)))
+        .registry_call(move |r| {
+            Ok((
+                r.resolve(t.as_str(), &n, None)?,
+                r.index().versions(t.as_str(), &n)?,
+            ))
+        })
         .await?;
     Ok(Json(
         json!({ "name": name, "serving": serving.version, "versions": versions }),
@@ -727,17 +735,18 @@ struct RollbackBody {
 
 async fn rollback(
     State(state): State<Arc<AppState>>,
-    Path((tenant, name)): Path<(String, String)>,
+    access: Access,
+    Path((_, name)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    check_name("tenant", &tenant)?;
+    let tenant = access.tenant()?.clone();
     check_name("function", &name)?;
     let body = read_body(&headers, body, 64 << 10).await?;
     let req: RollbackBody = match body.is_empty() {
         true => RollbackBody::default(),
-        false => serde_json::from_slice(&body)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?,
+        false => extract::json_object(&body)
+            .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", m))?,
     };
     let rec = state
         .functions
@@ -787,10 +796,11 @@ pub(crate) fn check_version(v: &str) -> Result<(), ApiError> {
 
 async fn remove_version(
     State(state): State<Arc<AppState>>,
-    Path((tenant, name, version)): Path<(String, String, String)>,
+    access: Access,
+    Path((_, name, version)): Path<(String, String, String)>,
     Query(q): Query<ForceQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    check_name("tenant", &tenant)?;
+    let tenant = access.tenant()?.clone();
     check_name("function", &name)?;
     check_version(&version)?;
     let deleted = state

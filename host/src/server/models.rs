@@ -1,7 +1,7 @@
 //! Admin API for models: push (multipart `metadata` JSON + `model` bytes), list, versions.
 
 use super::extract::Path;
-use super::{check_name, read_part, upload_error, ApiError, AppState};
+use super::{read_part, upload_error, Access, ApiError, AppState};
 use crate::functions::MAX_MODEL_SIZE;
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::{DefaultBodyLimit, Multipart, State};
@@ -59,11 +59,12 @@ pub fn model_json(r: &VersionRecord) -> Value {
 
 async fn push(
     State(state): State<Arc<AppState>>,
-    Path(tenant): Path<String>,
+    access: Access,
+    Path(_): Path<String>,
     headers: axum::http::HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
-    check_name("tenant", &tenant)?;
+    let tenant = access.tenant()?.clone();
     super::check_declared(&headers, PUSH_LIMIT)?;
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_upload", m);
     let mut multipart = multipart.map_err(|e| {
@@ -81,18 +82,21 @@ async fn push(
             other => return Err(bad(format!("unexpected part {other:?}"))),
         }
     }
-    let meta: PushMetadata =
-        serde_json::from_slice(&meta.ok_or_else(|| bad("missing the `metadata` part".into()))?)
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_json",
-                    format!("metadata: {e}"),
-                )
-            })?;
+    let meta: PushMetadata = super::extract::json_object(
+        &meta.ok_or_else(|| bad("missing the `metadata` part".into()))?,
+    )
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("metadata: {e}"),
+        )
+    })?;
     let model = model.ok_or_else(|| bad("missing the `model` part".into()))?;
     super::check_version(&meta.version)?;
     check_model_name(&meta.name)?;
+    let (t, _turn) = super::tenants::deploy_turn(&state, &tenant).await?;
+    super::tenants::check_stored(&state, &t, model.len() as u64).await?;
     let (record, outcome, _) = state
         .functions
         .push_model(&tenant, &meta.name, &meta.version, meta.lineage, model)
@@ -114,13 +118,14 @@ async fn push(
 
 async fn list(
     State(state): State<Arc<AppState>>,
-    Path(tenant): Path<String>,
+    access: Access,
+    Path(_): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    check_name("tenant", &tenant)?;
+    let tenant = access.tenant()?.clone();
     let t = tenant.clone();
     let models = state
         .functions
-        .registry_call(move |r| r.list_models(&t))
+        .registry_call(move |r| r.list_models(t.as_str()))
         .await?;
     Ok(Json(
         json!({ "models": models.iter().map(model_json).collect::<Vec<_>>() }),
@@ -129,10 +134,11 @@ async fn list(
 
 async fn remove(
     State(state): State<Arc<AppState>>,
-    Path((tenant, name, version)): Path<(String, String, String)>,
+    access: Access,
+    Path((_, name, version)): Path<(String, String, String)>,
     super::extract::Query(q): super::extract::Query<super::ForceQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    check_name("tenant", &tenant)?;
+    let tenant = access.tenant()?.clone();
     check_model_name(&name)?;
     super::check_version(&version)?;
     let rec = state
@@ -147,14 +153,15 @@ async fn remove(
 
 async fn versions(
     State(state): State<Arc<AppState>>,
-    Path((tenant, name)): Path<(String, String)>,
+    access: Access,
+    Path((_, name)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    check_name("tenant", &tenant)?;
+    let tenant = access.tenant()?.clone();
     check_model_name(&name)?;
     let (t, n) = (tenant.clone(), name.clone());
     let versions = state
         .functions
-        .registry_call(move |r| r.model_versions(&t, &n))
+        .registry_call(move |r| r.model_versions(t.as_str(), &n))
         .await?;
     if versions.is_empty() {
         return Err(ApiError::new(

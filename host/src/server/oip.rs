@@ -217,7 +217,7 @@ async fn infer(
     let prepare = move |d: Arc<Deployment>| async move {
         check_kind(&d)?;
         let body: Bytes = super::read_body(&headers, body, max_body).await?;
-        let req: InferRequest = serde_json::from_slice(&body)
+        let req: InferRequest = super::extract::json_object(&body)
             .map_err(|e| bad(format!("not an inference request: {e}")))?;
         let batch = request_batch(&req.inputs)?;
         Ok((Input::Batch(batch), (req.id, req.outputs)))

@@ -56,8 +56,8 @@ async fn json_body<T: serde::de::DeserializeOwned + Default>(
     if bytes.is_empty() {
         return Ok(T::default());
     }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))
+    super::extract::json_object(&bytes)
+        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", m))
 }
 
 /// Run a tenancy-store call off the async workers (SQLite, fsync).
@@ -316,19 +316,16 @@ pub(super) async fn check_deploy(
     t.quota.check_timeout(limits.timeout).map_err(quota_error)?;
     crate::capability::check_all(manifest, &t)
         .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "capability_denied", m))?;
-    if t.quota.max_functions.is_none() && t.quota.registry_bytes.is_none() {
-        return Ok(());
-    }
-    let (id, name) = (tenant.to_string(), manifest.function.name.clone());
-    let (names, bytes, exists) = state
-        .functions
-        .registry_call(move |r| {
-            let serving = r.index().list_serving(&id)?;
-            let exists = serving.iter().any(|v| v.name == name);
-            Ok((serving.len() as u64, r.index().tenant_bytes(&id)?, exists))
-        })
-        .await?;
     if let Some(max) = t.quota.max_functions {
+        let (id, name) = (tenant.to_string(), manifest.function.name.clone());
+        let (names, exists) = state
+            .functions
+            .registry_call(move |r| {
+                let serving = r.index().list_serving(&id)?;
+                let exists = serving.iter().any(|v| v.name == name);
+                Ok((serving.len() as u64, exists))
+            })
+            .await?;
         if !exists && names >= max {
             return Err(quota_error(crate::tenancy::QuotaExceeded {
                 quota: "max_functions",
@@ -336,16 +333,51 @@ pub(super) async fn check_deploy(
             }));
         }
     }
-    let size = component.map_or(0, |c| c.len() as u64);
-    if let Some(max) = t.quota.registry_bytes {
-        if bytes + size > max {
-            return Err(quota_error(crate::tenancy::QuotaExceeded {
-                quota: "registry_bytes",
-                detail: format!(
-                    "the tenant stores {bytes} bytes; this upload adds {size} and the quota is {max}"
-                ),
-            }));
-        }
+    check_stored(state, &t, component.map_or(0, |c| c.len() as u64)).await
+}
+
+/// Does an upload of `size` bytes (a component or a model) fit the tenant's
+/// `registry_bytes`? Call it holding [`deploy_turn`].
+pub(super) async fn check_stored(
+    state: &AppState,
+    t: &crate::tenancy::Tenant,
+    size: u64,
+) -> Result<(), ApiError> {
+    let Some(max) = t.quota.registry_bytes else {
+        return Ok(());
+    };
+    let id = t.id.to_string();
+    let bytes = state
+        .functions
+        .registry_call(move |r| r.index().tenant_bytes(&id))
+        .await?;
+    if bytes + size > max {
+        return Err(quota_error(crate::tenancy::QuotaExceeded {
+            quota: "registry_bytes",
+            detail: format!(
+                "the tenant stores {bytes} bytes; this upload adds {size} and the quota is {max}"
+            ),
+        }));
     }
     Ok(())
+}
+
+/// A tenant's turn to publish: held from its quota checks to the publish, so that
+/// racing uploads of one tenant cannot together pass its quotas.
+pub(super) async fn deploy_turn(
+    state: &AppState,
+    tenant: &TenantId,
+) -> Result<
+    (
+        std::sync::Arc<crate::tenancy::Tenant>,
+        tokio::sync::OwnedMutexGuard<()>,
+    ),
+    ApiError,
+> {
+    let t = state
+        .tenancy
+        .tenant(tenant)
+        .ok_or_else(|| super::auth::hidden(tenant.as_str()))?;
+    let turn = t.deploys.clone().lock_owned().await;
+    Ok((t, turn))
 }

@@ -53,6 +53,9 @@ pub struct Tenant {
     pub outbound: Vec<String>,
     pub limiter: quota::Limiter,
     pub usage: Usage,
+    /// Held from a deploy's quota checks to its publish, so that racing deploys of
+    /// one tenant cannot together pass `max_functions` or `registry_bytes`.
+    pub deploys: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -266,6 +269,7 @@ impl Tenancy {
             id: old.id.clone(),
             limiter: old.limiter.reconfigured(&quota),
             usage: old.usage.clone(),
+            deploys: old.deploys.clone(),
             quota,
             outbound,
         });
@@ -359,6 +363,7 @@ impl Tenant {
         Tenant {
             limiter: quota::Limiter::new(&quota),
             usage: Usage::default(),
+            deploys: Arc::default(),
             id,
             quota,
             outbound,
