@@ -716,6 +716,20 @@ fn quotas_refuse_with_the_quota_named() {
             .status(),
         200
     );
+
+    // A ceiling lowered after a deploy holds for what is already deployed (and
+    // warm): the 1.5 s spin that passed above now stops at the new 300 ms.
+    q(&["--max-instances", "0", "--cpu-time", "300ms"]);
+    let started = Instant::now();
+    let r = c
+        .get(format!("{}/http/acme/hello-http/spin/1500", server.url))
+        .send()
+        .unwrap();
+    let took = started.elapsed();
+    let (status, code, message) = error_of(r);
+    assert_eq!((status, code.as_str()), (504, "timeout"), "{message}");
+    assert!(message.contains("300ms"), "{message}");
+    assert!(took < Duration::from_millis(1400), "{took:?}");
 }
 
 /// Uploads that race are checked one at a time per tenant: six deploys of new

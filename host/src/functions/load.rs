@@ -126,7 +126,10 @@ impl Functions {
         record: VersionRecord,
     ) -> Result<Arc<Deployment>, DeployError> {
         let manifest = Manifest::parse(&record.manifest).map_err(DeployError::Internal)?;
-        let limits: ResolvedLimits = manifest.limits().map_err(DeployError::Internal)?;
+        let mut limits: ResolvedLimits = manifest.limits().map_err(DeployError::Internal)?;
+        if let Some(t) = self.tenancy.find(&record.tenant) {
+            limits = t.quota.ceiling(limits);
+        }
         let scaling = manifest.scaling().map_err(DeployError::Internal)?;
         let cache_ttl = manifest.cache_ttl().map_err(DeployError::Internal)?;
         let http_trigger = manifest.http_trigger();

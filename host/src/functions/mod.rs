@@ -375,6 +375,30 @@ impl Functions {
         cold.len()
     }
 
+    /// Send every loaded deployment of `tenant` back to Cold (its quota changed:
+    /// the next call loads it under the new ceilings). Calls in flight finish as
+    /// they started. Returns how many were unloaded.
+    pub fn unload_tenant(&self, tenant: &crate::tenancy::TenantId) -> usize {
+        let Ok(mut loaded) = self.loaded.lock() else {
+            return 0;
+        };
+        let keys: Vec<_> = loaded
+            .keys()
+            .filter(|k| k.0 == tenant.as_str())
+            .cloned()
+            .collect();
+        for key in &keys {
+            if let Some(d) = loaded.remove(key) {
+                self.forget_serving(&key.0, &key.1);
+                if let Ok(digest) = d.record.digest() {
+                    self.runtime
+                        .forget_component(&Runtime::code_key(&key.0, &digest.hex()));
+                }
+            }
+        }
+        keys.len()
+    }
+
     /// Live state of a version, or `None` when it is Cold.
     pub fn live_state(&self, tenant: &str, name: &str, version: &str) -> Option<LiveState> {
         let key = (tenant.to_string(), name.to_string(), version.to_string());

@@ -132,7 +132,12 @@ async fn set_quota(
     }
     let id = access.tenant()?.clone();
     let id2 = id.clone();
+    let before = state.tenancy.tenant(&id).map(|t| t.quota.clone());
     let quota = blocking(&state, move |t| t.set_quota(&id2, &change)).await?;
+    let ceilings = |q: &Quota| (q.memory, q.cpu_ms);
+    if before.as_ref().map(ceilings) != Some(ceilings(&quota)) {
+        state.functions.unload_tenant(&id);
+    }
     state
         .functions
         .feature_store()

@@ -73,6 +73,25 @@ impl Quota {
         Ok(())
     }
 
+    /// A deployment's limits under this quota's ceilings (a quota lowered after a
+    /// deploy holds for what was deployed before it).
+    pub fn ceiling(
+        &self,
+        limits: crate::manifest::ResolvedLimits,
+    ) -> crate::manifest::ResolvedLimits {
+        let cap = |v: usize, max: Option<u64>| match max {
+            Some(m) => v.min(usize::try_from(m).unwrap_or(usize::MAX)),
+            None => v,
+        };
+        crate::manifest::ResolvedLimits {
+            memory_bytes: cap(limits.memory_bytes, self.memory),
+            timeout: match self.cpu_ms {
+                Some(ms) => limits.timeout.min(Duration::from_millis(ms)),
+                None => limits.timeout,
+            },
+        }
+    }
+
     /// Is `memory` bytes per instance within the ceiling?
     pub fn check_memory(&self, memory: usize) -> Result<(), QuotaExceeded> {
         match self.memory {
