@@ -36,6 +36,8 @@ pub struct ServerConfig {
     pub onnx_backend: nn::OnnxBackend,
     /// Serve HTTPS with this PEM certificate chain and private key.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// How often tenants' usage counters are saved (and when the server stops).
+    pub usage_save_interval: std::time::Duration,
 }
 
 /// Where `quiver:ml/features` keeps its data.
@@ -132,6 +134,24 @@ pub async fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
                 break;
             };
             functions.evict_idle(std::time::Instant::now());
+        }
+    });
+    // Usage outlives a restart: saved every interval, and when `quiver serve` stops.
+    let saver = Arc::downgrade(&state.tenancy);
+    let every = config
+        .usage_save_interval
+        .max(std::time::Duration::from_millis(10));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(tenancy) = saver.upgrade() else {
+                break;
+            };
+            if let Err(e) = tokio::task::spawn_blocking(move || tenancy.save_usage()).await {
+                tracing::warn!("saving usage: {e}");
+            }
         }
     });
     Ok(RunningServer {

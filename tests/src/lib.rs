@@ -70,6 +70,11 @@ impl Server {
         Server::spawn(data_dir, &[])
     }
 
+    /// As `start_in`, with more `serve` flags.
+    pub fn start_in_with(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::spawn(data_dir, extra)
+    }
+
     fn spawn(data_dir: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(quiver_bin())
             .args(["serve", "--listen", "127.0.0.1:0", "--max-body", "1MiB"])
@@ -308,6 +313,29 @@ impl Server {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Stop the server as a service manager does (SIGTERM) and wait until it has
+    /// exited by itself, successfully.
+    pub fn terminate(&mut self) {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match self.child.try_wait().expect("wait for the server") {
+                Some(status) => {
+                    assert!(status.success(), "the server exited with {status}");
+                    return;
+                }
+                None if Instant::now() > deadline => {
+                    panic!("the server did not stop within 20 s of SIGTERM")
+                }
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
     }
 }
 

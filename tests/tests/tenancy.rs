@@ -1084,6 +1084,40 @@ fn usage_is_metered_per_tenant() {
     assert_eq!(metric, Some(5.0));
 }
 
+/// Usage is saved in the data dir: when the server stops (SIGTERM) and every
+/// `--usage-save-interval` (so a crash loses at most one interval).
+#[test]
+fn usage_outlives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let invocations = |server: &Server| -> Value {
+        let u: Value =
+            serde_json::from_str(&server.cli_ok(&["--tenant", "acme", "--json", "usage"])).unwrap();
+        u["usage"]["invocations"].clone()
+    };
+    let call = |server: &Server, n: usize| {
+        for _ in 0..n {
+            let r = server.post("/fn/acme/txn-features", "application/json", sample());
+            assert_eq!(r.status(), 200);
+        }
+    };
+    let mut server = Server::start_in(dir.path());
+    server.ensure_tenant("acme");
+    server.cli_ok(&["--tenant", "acme", "deploy", "functions/txn-features"]);
+    call(&server, 3);
+    server.terminate();
+    let mut server = Server::start_in_with(dir.path(), &["--usage-save-interval", "100ms"]);
+    assert_eq!(invocations(&server), 3, "saved at SIGTERM");
+    call(&server, 2);
+    std::thread::sleep(Duration::from_millis(600));
+    server.kill();
+    let server = Server::start_in(dir.path());
+    assert_eq!(
+        invocations(&server),
+        5,
+        "saved by the interval before SIGKILL"
+    );
+}
+
 #[test]
 fn the_first_start_writes_an_owner_only_admin_token_once() {
     use std::os::unix::fs::PermissionsExt as _;

@@ -82,6 +82,10 @@ struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, env = "QUIVER_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// How often tenants' usage counters are saved to the data dir (they are also
+    /// saved when the server stops on Ctrl-C or SIGTERM).
+    #[arg(long, env = "QUIVER_USAGE_SAVE_INTERVAL", default_value = "10s")]
+    usage_save_interval: humantime::Duration,
 }
 
 impl ServeArgs {
@@ -94,6 +98,7 @@ impl ServeArgs {
             inference_threads: self.inference_threads,
             onnx_backend: self.onnx_backend,
             tls: self.tls_cert.clone().zip(self.tls_key.clone()),
+            usage_save_interval: *self.usage_save_interval,
             features: match &self.redis {
                 Some(url) => crate::FeatureStoreConfig::Redis {
                     url: url.clone(),
@@ -235,10 +240,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 ),
                 false => println!("quiver listening on {scheme}://{}", server.addr),
             }
+            let mut handle = server.handle;
             tokio::select! {
-                r = server.handle => r?,
-                _ = tokio::signal::ctrl_c() => Ok(()),
+                r = &mut handle => r??,
+                _ = stop_signal() => {}
             }
+            server_stop(&server.state).await;
+            Ok(())
         }
         Command::Demo {
             serve,
@@ -559,4 +567,30 @@ pub(crate) async fn deploy(
     let out = client.deploy(&manifest.to_toml()?, component).await;
     spinner.finish_and_clear();
     out
+}
+
+/// Ctrl-C or SIGTERM (what systemd and Kubernetes send to stop a service).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Save tenants' usage before the process exits.
+async fn server_stop(state: &std::sync::Arc<crate::server::AppState>) {
+    let tenancy = state.tenancy.clone();
+    match tokio::task::spawn_blocking(move || tenancy.save_usage()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("saving usage at stop: {e}"),
+        Err(e) => tracing::warn!("saving usage at stop: {e}"),
+    }
 }

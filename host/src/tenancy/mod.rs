@@ -161,14 +161,30 @@ impl Tenancy {
         let db = self.db()?;
         let tokens = store::live_tokens(&db)?;
         let tenants = store::tenants(&db)?;
+        let saved = store::saved_usage(&db)?;
         drop(db);
         *self.tokens.write().map_err(|_| poisoned())? = tokens;
         let mut map = self.tenants.write().map_err(|_| poisoned())?;
         for (id, quota, outbound) in tenants {
             let tenant = Tenant::new(id.clone(), quota, outbound);
+            if let Some(counters) = saved.get(id.as_str()) {
+                tenant.usage.add_saved(*counters);
+            }
             map.insert(id, Arc::new(tenant));
         }
         Ok(())
+    }
+
+    /// Save every tenant's usage counters, so they outlive a restart (the server
+    /// saves them every `--usage-save-interval` and when it stops). Blocking.
+    pub fn save_usage(&self) -> Result<(), TenancyError> {
+        let rows: Vec<(String, [u64; 6])> = self
+            .tenants()
+            .iter()
+            .map(|t| (t.id.to_string(), t.usage.to_saved()))
+            .collect();
+        let mut db = self.db()?;
+        store::save_usage(&mut db, &rows, now_secs())
     }
 
     /// The principal a bearer token stands for.

@@ -275,6 +275,34 @@ impl Usage {
         self.memory_mib_ms.fetch_add(mib_ms, Ordering::Relaxed);
     }
 
+    /// The raw counters, in the order the tenancy store saves them.
+    pub(super) fn to_saved(&self) -> [u64; 6] {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            get(&self.invocations),
+            get(&self.busy_us),
+            get(&self.memory_mib_ms),
+            get(&self.inference_calls),
+            get(&self.egress_calls),
+            get(&self.egress_denied),
+        ]
+    }
+
+    /// Add counters saved by an earlier run (at start, before any call counts).
+    pub(super) fn add_saved(&self, saved: [u64; 6]) {
+        let counters = [
+            &self.invocations,
+            &self.busy_us,
+            &self.memory_mib_ms,
+            &self.inference_calls,
+            &self.egress_calls,
+            &self.egress_denied,
+        ];
+        for (c, v) in counters.into_iter().zip(saved) {
+            c.fetch_add(v, Ordering::Relaxed);
+        }
+    }
+
     pub fn snapshot(&self) -> UsageSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         UsageSnapshot {

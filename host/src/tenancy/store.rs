@@ -18,7 +18,9 @@ const SCHEMA: &str = "PRAGMA journal_mode = WAL;
      CREATE TABLE IF NOT EXISTS audit (
          seq INTEGER PRIMARY KEY, at INTEGER NOT NULL, actor TEXT NOT NULL,
          tenant TEXT, action TEXT NOT NULL, target TEXT NOT NULL,
-         result TEXT NOT NULL, prev TEXT NOT NULL, hash TEXT NOT NULL);";
+         result TEXT NOT NULL, prev TEXT NOT NULL, hash TEXT NOT NULL);
+     CREATE TABLE IF NOT EXISTS usage (
+         tenant TEXT PRIMARY KEY, counters TEXT NOT NULL, saved_at INTEGER NOT NULL);";
 
 pub(super) fn open(path: &Path) -> Result<Connection, TenancyError> {
     let conn = Connection::open(path)
@@ -224,4 +226,36 @@ pub(super) fn revoke_token(
         revoked_at: info.revoked_at.or(Some(now)),
         ..info
     })
+}
+
+/// Every tenant's saved usage counters (`UsageCounters::to_saved` form).
+pub(super) fn saved_usage(db: &Connection) -> Result<HashMap<String, [u64; 6]>, TenancyError> {
+    let mut stmt = db.prepare("SELECT tenant, counters FROM usage")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let mut out = HashMap::new();
+    for row in rows {
+        let (tenant, text) = row?;
+        let counters: [u64; 6] = serde_json::from_str(&text).map_err(storage("usage"))?;
+        out.insert(tenant, counters);
+    }
+    Ok(out)
+}
+
+/// Save tenants' usage counters, all in one transaction.
+pub(super) fn save_usage(
+    db: &mut Connection,
+    rows: &[(String, [u64; 6])],
+    now: u64,
+) -> Result<(), TenancyError> {
+    let tx = db.transaction()?;
+    for (tenant, counters) in rows {
+        let text = serde_json::to_string(counters).map_err(storage("usage"))?;
+        tx.execute(
+            "INSERT INTO usage (tenant, counters, saved_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT(tenant) DO UPDATE SET counters = ?2, saved_at = ?3",
+            rusqlite::params![tenant, text, now as i64],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
 }
