@@ -47,17 +47,19 @@ start() {
   "$2" models push functions/fraud-score/model/fraud.onnx --name fraud-model --version 1.0.0 >/dev/null
   "$2" deploy functions/fraud-score >/dev/null
   curl -sf -H "Authorization: Bearer ${INVOKE:-none}" "127.0.0.1:$3/http/default/hello-http/bench" >/dev/null
+  # Each binary gets its own tenant's token (one without tenancy ignores the header).
+  printf -v "TOKEN_$1" '%s' "${INVOKE:-none}"
 }
 start base "$base" 18180
 start new "$new" 18181
 
-# row URL [wrk args...] -> "req/s p50 p99 non2xx"
+# row TOKEN URL [wrk args...] -> "req/s p50 p99 non2xx"
 row() {
-  local url=$1; shift
+  local token=$1 url=$2; shift 2
   local out
-  # Both binaries get the same request bytes: an invoke token of the new one's
-  # `default` tenant (a binary without tenancy ignores the header).
-  out=$(wrk -t2 -c"$conns" -d"${secs}s" --latency -H "Authorization: Bearer $INVOKE" "$@" "$url")
+  # Both binaries get requests of the same size: an invoke token of its own
+  # `default` tenant (tokens have a fixed length).
+  out=$(wrk -t2 -c"$conns" -d"${secs}s" --latency -H "Authorization: Bearer $token" "$@" "$url")
   echo "$(echo "$out" | awk '/Requests\/sec/ {print $2}') $(echo "$out" | awk '$1=="50%" {print $2}') $(echo "$out" | awk '$1=="99%" {print $2}') $(echo "$out" | awk '/Non-2xx/ {print $NF}')"
 }
 
@@ -67,8 +69,9 @@ for r in $(seq "$rounds"); do
   [ $((r % 2)) -eq 0 ] && order=("new 18181" "base 18180")
   for entry in "${order[@]}"; do
     set -- $entry
-    echo "$r $1 http $(row "http://127.0.0.1:$2/http/default/hello-http/bench")"
-    echo "$r $1 fn $(row "http://127.0.0.1:$2/fn/default/txn-features" -s "$data/post.lua")"
-    echo "$r $1 oip $(row "http://127.0.0.1:$2/v2/models/fraud-score/infer" -s scripts/oip.lua)"
+    token_var="TOKEN_$1"; t=${!token_var}
+    echo "$r $1 http $(row "$t" "http://127.0.0.1:$2/http/default/hello-http/bench")"
+    echo "$r $1 fn $(row "$t" "http://127.0.0.1:$2/fn/default/txn-features" -s "$data/post.lua")"
+    echo "$r $1 oip $(row "$t" "http://127.0.0.1:$2/v2/models/fraud-score/infer" -s scripts/oip.lua)"
   done
 done
