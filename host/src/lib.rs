@@ -8,6 +8,7 @@ pub mod capability;
 pub mod cli;
 pub mod convert;
 pub mod egress;
+pub mod events;
 pub mod features;
 pub mod functions;
 pub mod manifest;
