@@ -113,11 +113,16 @@ pub async fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         metrics.register(collector)?;
     }
     let calls = call::Calls::new(functions.clone(), tenancy.clone(), metrics.clone());
+    let events = Arc::new(
+        events::EventLog::open(&config.data_dir.join("events.db"))
+            .map_err(|e| anyhow::anyhow!("opening the event log: {e}"))?,
+    );
     let state = Arc::new(server::AppState {
         functions,
         tenancy,
         metrics,
         calls,
+        events,
         max_body: config.max_body,
     });
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -132,6 +132,22 @@ impl Client {
         Ok(self.json(self.http.post(url)).await?.1)
     }
 
+    /// Publish an event to one of this tenant's topics.
+    pub async fn publish_event(
+        &self,
+        topic: &str,
+        content_type: &str,
+        payload: Vec<u8>,
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}/events/{}/{topic}", self.base, self.tenant);
+        let req = self
+            .http
+            .post(url)
+            .header("content-type", content_type)
+            .body(payload);
+        Ok(self.json(req).await?.1)
+    }
+
     pub async fn post_json(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         Ok(self
             .json(self.http.post(self.admin(path)).json(body))

@@ -45,6 +45,18 @@ pub struct Cli {
     command: Command,
 }
 
+#[derive(Subcommand, Debug)]
+enum EventsCommand {
+    /// Publish an event (durable when this returns); nobody subscribing keeps it.
+    Publish {
+        topic: String,
+        /// The event's payload; `-` or none reads standard input.
+        event: Option<String>,
+        #[arg(long, default_value = "application/json")]
+        content_type: String,
+    },
+}
+
 #[derive(clap::Args, Debug, Clone)]
 struct ServeArgs {
     /// Address to listen on.
@@ -190,6 +202,9 @@ enum Command {
     /// Bearer tokens of `--tenant`.
     #[command(subcommand)]
     Tokens(tenancy::TokensCommand),
+    /// Events of `--tenant`'s topics.
+    #[command(subcommand)]
+    Events(EventsCommand),
     /// The audit log of admin actions (`--tenant`'s, or `--all`); `verify` checks its chain.
     Audit {
         #[command(subcommand)]
@@ -320,6 +335,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tokens(cmd) => tenancy::tokens(&client, cmd, cli.json).await,
         Command::Audit { command, all } => tenancy::audit(&client, command, all, cli.json).await,
         Command::Usage => tenancy::usage(&client, cli.json).await,
+        Command::Events(EventsCommand::Publish {
+            topic,
+            event,
+            content_type,
+        }) => {
+            let payload = match event.as_deref() {
+                None | Some("-") => {
+                    let mut buf = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+                    buf
+                }
+                Some(text) => text.as_bytes().to_vec(),
+            };
+            let v = client.publish_event(&topic, &content_type, payload).await?;
+            match cli.json {
+                true => println!("{v}"),
+                false => println!("published event {} to {topic}", v["id"]),
+            }
+            Ok(())
+        }
         Command::Batch(job) => {
             let done = batch::run(&client, &job, !cli.json).await?;
             let summary = serde_json::json!({

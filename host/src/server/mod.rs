@@ -20,6 +20,7 @@ use serde_json::json;
 use std::sync::Arc;
 
 mod auth;
+mod events;
 mod extract;
 mod features;
 mod models;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The one call path every data-plane trigger goes through.
     pub calls: Calls,
+    /// Where published events are kept.
+    pub events: Arc<crate::events::EventLog>,
     pub max_body: usize,
 }
 
@@ -207,6 +210,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(models::routes())
         .merge(oip::routes())
         .merge(tenants::routes())
+        .merge(events::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authorize,
