@@ -66,12 +66,7 @@ impl EventLog {
         topic: &str,
         event: &NewEvent,
     ) -> Result<u64, EventError> {
-        if !super::valid_topic(topic) {
-            return Err(EventError::Invalid(format!(
-                "topic `{}` must be 1-128 characters of a-z, 0-9, '-', '_' and '.'",
-                topic.chars().take(128).collect::<String>()
-            )));
-        }
+        super::check_topic(topic).map_err(EventError::Invalid)?;
         if event.payload.len() > MAX_PAYLOAD {
             return Err(EventError::Invalid(format!(
                 "an event's payload is at most {MAX_PAYLOAD} bytes; this one is {}",

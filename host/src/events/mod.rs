@@ -22,6 +22,17 @@ pub fn valid_topic(s: &str) -> bool {
         })
 }
 
+/// A topic name, checked; the message says the rule.
+pub fn check_topic(s: &str) -> Result<(), String> {
+    match valid_topic(s) {
+        true => Ok(()),
+        false => Err(format!(
+            "topic `{}` must be 1-128 characters of a-z, 0-9, '-', '_' and '.'",
+            s.chars().take(128).collect::<String>()
+        )),
+    }
+}
+
 /// The most one event's payload may hold.
 pub const MAX_PAYLOAD: usize = 1 << 20;
 

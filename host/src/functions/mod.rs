@@ -349,43 +349,38 @@ impl Functions {
     /// `InstancePre`, warm instances and compiled code leave memory; the registry
     /// entry and the on-disk AOT artifact stay. Returns how many went cold.
     pub fn evict_idle(&self, now: Instant) -> usize {
-        let Ok(mut loaded) = self.loaded.lock() else {
-            return 0;
-        };
-        let cold: Vec<_> = loaded
-            .iter()
-            .filter(|(_, d)| {
+        self.unload_where(
+            |d| {
                 d.lifecycle
                     .lock()
                     .map(|l| l.should_evict(now))
                     .unwrap_or(false)
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in &cold {
-            if let Some(d) = loaded.remove(key) {
-                self.forget_serving(&key.0, &key.1);
-                if let Ok(digest) = d.record.digest() {
-                    self.runtime
-                        .forget_component(&Runtime::code_key(&key.0, &digest.hex()));
-                }
-                tracing::info!(function = %d.invocation.tag, "idle: scaled to zero");
-            }
-        }
-        cold.len()
+            },
+            "idle: scaled to zero",
+        )
     }
 
     /// Send every loaded deployment of `tenant` back to Cold (its quota changed:
     /// the next call loads it under the new ceilings). Calls in flight finish as
     /// they started. Returns how many were unloaded.
     pub fn unload_tenant(&self, tenant: &crate::tenancy::TenantId) -> usize {
+        self.unload_where(
+            |d| d.record.tenant == tenant.as_str(),
+            "quota changed: unloaded",
+        )
+    }
+
+    /// Send the loaded deployments `which` picks back to Cold: their `InstancePre`,
+    /// warm instances and compiled code leave memory; the registry entry and the
+    /// on-disk AOT artifact stay.
+    fn unload_where(&self, which: impl Fn(&Deployment) -> bool, why: &str) -> usize {
         let Ok(mut loaded) = self.loaded.lock() else {
             return 0;
         };
         let keys: Vec<_> = loaded
-            .keys()
-            .filter(|k| k.0 == tenant.as_str())
-            .cloned()
+            .iter()
+            .filter(|(_, d)| which(d))
+            .map(|(k, _)| k.clone())
             .collect();
         for key in &keys {
             if let Some(d) = loaded.remove(key) {
@@ -394,6 +389,7 @@ impl Functions {
                     self.runtime
                         .forget_component(&Runtime::code_key(&key.0, &digest.hex()));
                 }
+                tracing::info!(function = %d.invocation.tag, "{why}");
             }
         }
         keys.len()

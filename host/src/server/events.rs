@@ -48,22 +48,10 @@ async fn publish(
     body: Body,
 ) -> Result<Response, ApiError> {
     let tenant = access.tenant()?.clone();
-    if !crate::events::valid_topic(&topic) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_topic",
-            format!(
-                "topic `{}` must be 1-128 characters of a-z, 0-9, '-', '_' and '.'",
-                topic.chars().take(128).collect::<String>()
-            ),
-        ));
-    }
+    crate::events::check_topic(&topic)
+        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid_topic", m))?;
     let payload = read_body(&headers, body, MAX_PAYLOAD).await?;
-    let content_type = headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json")
-        .to_string();
+    let content_type = super::content_type(&headers).to_string();
     if content_type.starts_with("application/json") {
         serde_json::from_slice::<serde_json::Value>(&payload).map_err(|e| {
             ApiError::new(

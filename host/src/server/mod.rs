@@ -328,6 +328,14 @@ pub(crate) fn check_declared(headers: &HeaderMap, limit: usize) -> Result<(), Ap
     }
 }
 
+/// A request's content type; JSON when it names none.
+pub(crate) fn content_type(headers: &HeaderMap) -> &str {
+    headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+}
+
 /// Read a body up to the limit; over it is 413, whether or not it announced its length.
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let too_big = || {
@@ -400,11 +408,7 @@ async fn invoke(
             ));
         }
         let body = read_body(&headers, body, max_body).await?;
-        let content_type = headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/json")
-            .to_string();
+        let content_type = content_type(&headers).to_string();
         Ok((Input::Body { content_type, body }, ()))
     };
     let called = state
