@@ -1,5 +1,5 @@
 //! The one call path. Every trigger (the `/fn` and `/http` routes, the Open
-//! Inference Protocol, and the event and cron triggers to come) translates its
+//! Inference Protocol, and the event and schedule triggers) translates its
 //! protocol into [`Calls::call`], which owns resolve → authorize → quota → result
 //! cache → admit → run → meter. A trigger brings two things: how to make the
 //! [`Input`] once the deployment is known (its kind checks, reading and parsing its
@@ -24,6 +24,10 @@ pub enum Trigger {
     Fn,
     Http,
     Oip,
+    /// `[triggers] events`: the host delivers a tenant's event to its subscriber.
+    Event,
+    /// `[triggers] schedule`: the host runs a function on its cron tick.
+    Schedule,
 }
 
 impl Trigger {
@@ -32,7 +36,15 @@ impl Trigger {
             Trigger::Fn => "fn",
             Trigger::Http => "http",
             Trigger::Oip => "oip",
+            Trigger::Event => "event",
+            Trigger::Schedule => "schedule",
         }
+    }
+
+    /// Started by the host on a function's own manifest (no client, no token, and
+    /// `[triggers] http = false` does not hide the function from it).
+    fn internal(self) -> bool {
+        matches!(self, Trigger::Event | Trigger::Schedule)
     }
 }
 
@@ -122,11 +134,22 @@ impl Calls {
         caller: Option<&Principal>,
         target: &FunctionRef,
     ) -> Result<(Arc<Deployment>, Running), ApiError> {
+        self.resolve_for(Trigger::Fn, caller, target).await
+    }
+
+    async fn resolve_for(
+        &self,
+        trigger: Trigger,
+        caller: Option<&Principal>,
+        target: &FunctionRef,
+    ) -> Result<(Arc<Deployment>, Running), ApiError> {
         let found = match self.functions.get(target).await {
+            Ok(d) if trigger.internal() => Ok(d),
             Ok(d) => exposed(d),
             Err(e) => Err(ApiError::from(e)),
         };
         let d = match (caller, found) {
+            (_, found) if trigger.internal() => found?,
             (Some(_), found) => found?,
             (None, Ok(d)) if d.public => d,
             (None, _) => {
@@ -171,7 +194,7 @@ impl Calls {
         let started = Instant::now();
         let mut served = None;
         let result = async {
-            let (d, _running) = self.resolve(caller, &target?).await?;
+            let (d, _running) = self.resolve_for(trigger, caller, &target?).await?;
             served = Some(d.clone());
             let (input, ctx) = prepare(d.clone()).await?;
             let answer = self.run(&d, input).await?;

@@ -18,6 +18,7 @@ pub mod runtime;
 pub mod scaler;
 pub mod server;
 pub mod tenancy;
+pub mod triggers;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,8 @@ pub struct ServerConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// How often tenants' usage counters are saved (and when the server stops).
     pub usage_save_interval: std::time::Duration,
+    /// Event and schedule triggers: this host's consumer name, leases, trimming.
+    pub triggers: triggers::TriggerConfig,
 }
 
 /// Where `quiver:ml/features` keeps its data.
@@ -54,6 +57,21 @@ pub enum FeatureStoreConfig {
 }
 
 impl FeatureStoreConfig {
+    /// The event bus beside the feature store: Redis Streams on the same server,
+    /// or the embedded log in the data dir.
+    fn open_bus(&self, data_dir: &Path) -> anyhow::Result<Arc<dyn events::Bus>> {
+        Ok(match self {
+            FeatureStoreConfig::Embedded { .. } => Arc::new(
+                events::EventLog::open(&data_dir.join("events.db"))
+                    .map_err(|e| anyhow::anyhow!("opening the event log: {e}"))?,
+            ),
+            FeatureStoreConfig::Redis { url, timeout } => Arc::new(events::RedisBus::start(
+                url,
+                (*timeout).max(std::time::Duration::from_secs(2)),
+            )?),
+        })
+    }
+
     fn open(&self) -> anyhow::Result<Arc<dyn features::FeatureBackend>> {
         Ok(match self {
             FeatureStoreConfig::Embedded { capacity } => {
@@ -112,17 +130,29 @@ pub async fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
     for collector in functions.collectors() {
         metrics.register(collector)?;
     }
-    let calls = call::Calls::new(functions.clone(), tenancy.clone(), metrics.clone());
-    let events = Arc::new(
-        events::EventLog::open(&config.data_dir.join("events.db"))
-            .map_err(|e| anyhow::anyhow!("opening the event log: {e}"))?,
-    );
+    let calls = Arc::new(call::Calls::new(
+        functions.clone(),
+        tenancy.clone(),
+        metrics.clone(),
+    ));
+    let events = config.features.open_bus(&config.data_dir)?;
+    let triggers = triggers::Triggers::new(
+        events.clone(),
+        calls.clone(),
+        functions.clone(),
+        config.triggers.clone(),
+    )?;
+    for collector in triggers.collectors() {
+        metrics.register(collector)?;
+    }
+    triggers.start();
     let state = Arc::new(server::AppState {
         functions,
         tenancy,
         metrics,
         calls,
         events,
+        triggers,
         max_body: config.max_body,
     });
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -28,6 +28,17 @@ pub struct Manifest {
     pub inference: Option<InferenceSection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capabilities: Option<Capabilities>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<EventsSection>,
+}
+
+/// `[events]`: the topics of its tenant a function may publish to through
+/// `quiver:ml/events` (anything else is refused in the guest).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EventsSection {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<String>,
 }
 
 /// `[capabilities]`: what a function may reach beyond its host interfaces.
@@ -172,9 +183,59 @@ pub struct Limits {
 #[serde(deny_unknown_fields)]
 pub struct Triggers {
     pub http: Option<HttpTrigger>,
-    #[serde(default)]
+    /// Topics of its tenant whose events invoke the function.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<String>,
+    /// Events per invocation (default 1; JSON events are joined into one batch of rows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<u32>,
+    /// How long to wait for a batch to fill before invoking with fewer (default 0s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_wait: Option<String>,
+    /// A cron expression, in UTC (`0 3 * * *`; an optional leading seconds field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySection>,
+}
+
+/// `[triggers.retry]`: how an event whose function failed is retried.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySection {
+    pub max_attempts: Option<u32>,
+    pub backoff: Option<String>,
+    pub max_backoff: Option<String>,
+}
+
+/// `[triggers]` events with their batching and retry policy, defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventTrigger {
+    pub topics: Vec<String>,
+    pub batch_size: usize,
+    pub batch_wait: Duration,
+    pub retry: crate::events::Retry,
+}
+
+/// The most events one invocation may take.
+pub const MAX_BATCH_SIZE: u32 = 1000;
+/// The longest a batch may wait to fill.
+pub const MAX_BATCH_WAIT: Duration = Duration::from_secs(60);
+/// The most attempts a retry policy may ask for.
+pub const MAX_ATTEMPTS: u32 = 100;
+
+/// Parse a `[triggers] schedule` (UTC): five fields, or six with seconds first.
+pub fn parse_schedule(s: &str) -> anyhow::Result<croner::Cron> {
+    use croner::parser::{CronParser, Seconds, Year};
+    if s.len() > 256 {
+        anyhow::bail!("[triggers] schedule is longer than 256 characters");
+    }
+    CronParser::builder()
+        .seconds(Seconds::Optional)
+        .year(Year::Disallowed)
+        .build()
+        .parse(s)
+        .map_err(|e| anyhow::anyhow!("[triggers] schedule `{s}` is not a cron expression: {e}"))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -236,18 +297,11 @@ impl Manifest {
             }
             _ => {}
         }
-        if let Some(t) = &self.triggers {
-            // Parsed so a manifest written for the events release reads, but refused
-            // until this host acts on them: a field that silently did nothing would
-            // be worse than an error.
-            if !t.events.is_empty() {
-                anyhow::bail!(
-                    "[triggers] events is not supported by this host yet (no event bus); remove it"
-                );
-            }
-            if t.schedule.is_some() {
-                anyhow::bail!("[triggers] schedule is not supported by this host yet (no scheduler); remove it");
-            }
+        self.event_trigger()?;
+        self.schedule()?;
+        for topic in self.events.iter().flat_map(|e| &e.publish) {
+            crate::events::check_topic(topic)
+                .map_err(|m| anyhow::anyhow!("[events] publish: {m}"))?;
         }
         self.limits()?;
         self.outbound()?;
@@ -277,6 +331,95 @@ impl Manifest {
             self.triggers.as_ref().and_then(|t| t.http),
             Some(HttpTrigger::On(false))
         )
+    }
+
+    /// `[triggers] events` with its batching and retry (`None`: no events trigger).
+    pub fn event_trigger(&self) -> anyhow::Result<Option<EventTrigger>> {
+        let Some(t) = &self.triggers else {
+            return Ok(None);
+        };
+        if t.events.is_empty() {
+            if t.batch_size.is_some() || t.batch_wait.is_some() || t.retry.is_some() {
+                anyhow::bail!(
+                    "[triggers] batch_size, batch_wait and retry are for `events`, which is empty"
+                );
+            }
+            return Ok(None);
+        }
+        self.invocable_by("events")?;
+        let mut topics = Vec::with_capacity(t.events.len());
+        for topic in &t.events {
+            crate::events::check_topic(topic)
+                .map_err(|m| anyhow::anyhow!("[triggers] events: {m}"))?;
+            if topics.contains(topic) {
+                anyhow::bail!("[triggers] events names `{topic}` twice");
+            }
+            topics.push(topic.clone());
+        }
+        if topics.len() > 16 {
+            anyhow::bail!("[triggers] events names more than 16 topics");
+        }
+        let batch_size = t.batch_size.unwrap_or(1);
+        if batch_size == 0 || batch_size > MAX_BATCH_SIZE {
+            anyhow::bail!("[triggers] batch_size must be 1-{MAX_BATCH_SIZE}");
+        }
+        let duration = |what: &str, v: &Option<String>, default: Duration, max: Duration| {
+            let d = match v {
+                None => default,
+                Some(v) => humantime::parse_duration(v)
+                    .map_err(|e| anyhow::anyhow!("[triggers] {what} `{v}`: {e}"))?,
+            };
+            if d > max {
+                anyhow::bail!(
+                    "[triggers] {what} is at most {}",
+                    humantime::format_duration(max)
+                );
+            }
+            Ok(d)
+        };
+        let batch_wait = duration("batch_wait", &t.batch_wait, Duration::ZERO, MAX_BATCH_WAIT)?;
+        let mut retry = crate::events::Retry::default();
+        if let Some(r) = &t.retry {
+            retry.max_attempts = r.max_attempts.unwrap_or(retry.max_attempts);
+            if retry.max_attempts == 0 || retry.max_attempts > MAX_ATTEMPTS {
+                anyhow::bail!("[triggers.retry] max_attempts must be 1-{MAX_ATTEMPTS}");
+            }
+            let day = Duration::from_secs(24 * 3600);
+            retry.backoff = duration("retry.backoff", &r.backoff, retry.backoff, day)?;
+            retry.max_backoff =
+                duration("retry.max_backoff", &r.max_backoff, retry.max_backoff, day)?;
+            if retry.max_backoff < retry.backoff {
+                anyhow::bail!("[triggers.retry] max_backoff is shorter than backoff");
+            }
+        }
+        Ok(Some(EventTrigger {
+            topics,
+            batch_size: batch_size as usize,
+            batch_wait,
+            retry,
+        }))
+    }
+
+    /// `[triggers] schedule`, parsed.
+    pub fn schedule(&self) -> anyhow::Result<Option<croner::Cron>> {
+        match self.triggers.as_ref().and_then(|t| t.schedule.as_deref()) {
+            None => Ok(None),
+            Some(s) => {
+                self.invocable_by("schedule")?;
+                parse_schedule(s).map(Some)
+            }
+        }
+    }
+
+    /// Events and schedules hand a function a body, as `/fn` does: the kinds that
+    /// take one.
+    fn invocable_by(&self, trigger: &str) -> anyhow::Result<()> {
+        match self.function.kind.as_str() {
+            "ingest" | "transform" | "inference" | "pipeline" => Ok(()),
+            other => anyhow::bail!(
+                "[triggers] {trigger} invokes ingest, transform, inference and pipeline functions, not `{other}`"
+            ),
+        }
     }
 
     /// `[triggers] http = "public"`: served to callers without a token.
@@ -591,6 +734,59 @@ mod tests {
         let p = Manifest::parse("[function]\nname='p'\nversion='1.0.0'\nkind='pipeline'\n[pipeline]\nstages=['a','b']\n")
             .unwrap();
         assert_eq!(p.pipeline.unwrap().stages, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn event_and_schedule_triggers() {
+        let base = "[function]\nname='a'\nversion='1.0.0'\nkind='transform'\n[triggers]\n";
+        let m = Manifest::parse(&format!(
+            "{base}events=['drift.detected','new-data']\nbatch_size=50\nbatch_wait='200ms'\n[triggers.retry]\nmax_attempts=3\nbackoff='2s'\n"
+        ))
+        .unwrap();
+        let t = m.event_trigger().unwrap().unwrap();
+        assert_eq!(t.topics, vec!["drift.detected", "new-data"]);
+        assert_eq!(
+            (t.batch_size, t.batch_wait),
+            (50, Duration::from_millis(200))
+        );
+        assert_eq!(t.retry.max_attempts, 3);
+        assert_eq!(t.retry.backoff, Duration::from_secs(2));
+        assert_eq!(t.retry.max_backoff, Duration::from_secs(300), "the default");
+        let d = Manifest::parse(&format!("{base}events=['x']\n")).unwrap();
+        let d = d.event_trigger().unwrap().unwrap();
+        assert_eq!(
+            (d.batch_size, d.retry),
+            (1, crate::events::Retry::default())
+        );
+        assert!(Manifest::parse(&format!("{base}schedule='0 3 * * *'\n"))
+            .unwrap()
+            .schedule()
+            .unwrap()
+            .is_some());
+        assert!(Manifest::parse(&format!("{base}schedule='*/5 * * * * *'\n")).is_ok());
+        for bad in [
+            "events=['Bad Topic']",
+            "events=['x','x']",
+            "events=['x']\nbatch_size=0",
+            "events=['x']\nbatch_size=1001",
+            "events=['x']\nbatch_wait='2h'",
+            "events=['x']\nbatch_wait='soon'",
+            "batch_size=5",
+            "events=['x']\n[triggers.retry]\nmax_attempts=0",
+            "events=['x']\n[triggers.retry]\nbackoff='10s'\nmax_backoff='1s'",
+            "events=['x']\n[triggers.retry]\nnope=1",
+            "schedule='every day'",
+            "schedule='61 * * * *'",
+            "schedule='0 3 * * * 2026'",
+        ] {
+            assert!(Manifest::parse(&format!("{base}{bad}\n")).is_err(), "{bad}");
+        }
+        let monitor = "[function]\nname='m'\nversion='1.0.0'\nkind='monitor'\n[triggers]\n";
+        let err = Manifest::parse(&format!("{monitor}events=['x']\n")).unwrap_err();
+        assert!(err.to_string().contains("not `monitor`"), "{err}");
+        let publish = "[function]\nname='a'\nversion='1.0.0'\nkind='transform'\n[events]\npublish=";
+        assert!(Manifest::parse(&format!("{publish}['drift.detected']\n")).is_ok());
+        assert!(Manifest::parse(&format!("{publish}['a/b']\n")).is_err());
     }
 
     mod props {

@@ -221,6 +221,22 @@ impl Server {
         kib * 1024
     }
 
+    /// Wait up to `secs` for the metric line `series` to reach `at_least`; its value.
+    pub fn wait_metric(&self, series: &str, at_least: f64, secs: u64) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let v = self.metric(series).unwrap_or(0.0);
+            if v >= at_least {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{series} is {v} after {secs} s; expected at least {at_least}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The value of the metric line `series` (name and labels as rendered), if present.
     pub fn metric(&self, series: &str) -> Option<f64> {
         let text = self.get("/metrics").text().expect("metrics text");
@@ -429,9 +445,32 @@ impl Redis {
 
     /// Start on `port` (again, after `kill`, to test reconnects).
     pub fn start_on(port: u16) -> Redis {
+        Redis::spawn(port, &["--save", "", "--appendonly", "no"])
+    }
+
+    /// Start on `port` with its data in `dir`, every write on disk before it is
+    /// answered (AOF, `appendfsync always`): what survives a `kill -9` of Redis.
+    pub fn start_durable(port: u16, dir: &Path) -> Redis {
+        let dir = dir.to_str().expect("a UTF-8 path");
+        Redis::spawn(
+            port,
+            &[
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+                dir,
+            ],
+        )
+    }
+
+    fn spawn(port: u16, flags: &[&str]) -> Redis {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(flags)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

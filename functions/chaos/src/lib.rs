@@ -25,6 +25,8 @@
 //! - `env`: one row with int64 `vars`, how many environment variables it sees.
 //! - `socket`: opens a TCP connection to the first row's text `target`
 //!   (`127.0.0.1:PORT`); text `outcome`: `connected` or `denied: ...`.
+//! - `sleep`: waits the first row's int64 `ms` (at most 60 000) on the wasi clock,
+//!   then echoes (a function that is running when the host is killed).
 //! - anything else (e.g. `echo`): echoes the batch back.
 use quiver_sdk::features::{self, Value};
 use quiver_sdk::{Batch, Error};
@@ -108,6 +110,11 @@ fn chaos(input: Batch) -> Result<Batch, Error> {
                 made += 1;
             }
             Batch::new().with_i64("made", vec![made])
+        }
+        "sleep" => {
+            let ms = input.i64s("ms")?.first().copied().unwrap_or(0).clamp(0, 60_000);
+            wasip2::clocks::monotonic_clock::subscribe_duration(ms as u64 * 1_000_000).block();
+            Ok(input)
         }
         "read-file" => {
             let outcome = match std::fs::read("/etc/passwd") {

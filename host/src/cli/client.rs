@@ -148,6 +148,18 @@ impl Client {
         Ok(self.json(req).await?.1)
     }
 
+    /// GET a route outside `/admin/v1` (`path` without the leading slash).
+    pub async fn get_root(&self, path: &str) -> anyhow::Result<Value> {
+        let url = format!("{}/{path}", self.base);
+        Ok(self.json(self.http.get(url)).await?.1)
+    }
+
+    /// POST JSON to a route outside `/admin/v1`.
+    pub async fn post_root(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let url = format!("{}/{path}", self.base);
+        Ok(self.json(self.http.post(url).json(body)).await?.1)
+    }
+
     pub async fn post_json(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         Ok(self
             .json(self.http.post(self.admin(path)).json(body))

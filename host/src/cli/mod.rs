@@ -55,6 +55,24 @@ enum EventsCommand {
         #[arg(long, default_value = "application/json")]
         content_type: String,
     },
+    /// The dead events of a topic's subscribers: the reason and the attempt count.
+    Dlq {
+        topic: String,
+        /// Only this subscriber's (default: every function subscribing to TOPIC).
+        #[arg(long)]
+        function: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Give dead events back to their subscriber, with a fresh set of attempts.
+    Replay {
+        topic: String,
+        #[arg(long)]
+        function: Option<String>,
+        /// Only these events (repeatable; default: all of them).
+        #[arg(long = "id")]
+        ids: Vec<String>,
+    },
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -98,6 +116,19 @@ struct ServeArgs {
     /// saved when the server stops on Ctrl-C or SIGTERM).
     #[arg(long, env = "QUIVER_USAGE_SAVE_INTERVAL", default_value = "10s")]
     usage_save_interval: humantime::Duration,
+    /// This host's name as an event consumer (default: hostname-pid); unique per host.
+    #[arg(long, env = "QUIVER_HOST_ID")]
+    host_id: Option<String>,
+    /// How long an event is leased to this host; an event a host held this long
+    /// without an answer (it died) goes to another.
+    #[arg(long, env = "QUIVER_EVENT_VISIBILITY", default_value = "30s")]
+    event_visibility: humantime::Duration,
+    /// Events every subscriber is done with are kept this long ...
+    #[arg(long, env = "QUIVER_EVENTS_MAX_AGE", default_value = "7d")]
+    events_max_age: humantime::Duration,
+    /// ... and at most this many per topic (an unacknowledged event is never trimmed).
+    #[arg(long, env = "QUIVER_EVENTS_MAX_LEN", default_value_t = 100_000)]
+    events_max_len: u64,
 }
 
 impl ServeArgs {
@@ -111,6 +142,18 @@ impl ServeArgs {
             onnx_backend: self.onnx_backend,
             tls: self.tls_cert.clone().zip(self.tls_key.clone()),
             usage_save_interval: *self.usage_save_interval,
+            triggers: crate::triggers::TriggerConfig {
+                consumer: self
+                    .host_id
+                    .clone()
+                    .unwrap_or_else(crate::triggers::default_consumer),
+                visibility: *self.event_visibility,
+                trim: crate::events::Trim {
+                    max_age: *self.events_max_age,
+                    max_len: self.events_max_len,
+                },
+                ..Default::default()
+            },
             features: match &self.redis {
                 Some(url) => crate::FeatureStoreConfig::Redis {
                     url: url.clone(),
@@ -355,6 +398,55 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Events(EventsCommand::Dlq {
+            topic,
+            function,
+            limit,
+        }) => {
+            let mut path = format!("events/{}/{topic}/dlq?limit={limit}", client.tenant());
+            if let Some(f) = &function {
+                path.push_str(&format!("&function={f}"));
+            }
+            let v = client.get_root(&path).await?;
+            if cli.json {
+                println!("{v}");
+                return Ok(());
+            }
+            let dead = v["dead"].as_array().cloned().unwrap_or_default();
+            if dead.is_empty() {
+                println!("no dead events on {topic}");
+            }
+            for d in dead {
+                println!(
+                    "{}\t{}\tattempts {}\t{}",
+                    d["id"].as_str().unwrap_or("?"),
+                    d["function"].as_str().unwrap_or("?"),
+                    d["attempts"],
+                    d["reason"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+        Command::Events(EventsCommand::Replay {
+            topic,
+            function,
+            ids,
+        }) => {
+            let mut body = serde_json::json!({});
+            if let Some(f) = function {
+                body["function"] = f.into();
+            }
+            if !ids.is_empty() {
+                body["ids"] = ids.into();
+            }
+            let path = format!("events/{}/{topic}/replay", client.tenant());
+            let v = client.post_root(&path, &body).await?;
+            match cli.json {
+                true => println!("{v}"),
+                false => println!("replayed {} events on {topic}", v["replayed"]),
+            }
+            Ok(())
+        }
         Command::Batch(job) => {
             let done = batch::run(&client, &job, !cli.json).await?;
             let summary = serde_json::json!({
@@ -576,6 +668,7 @@ pub(crate) async fn deploy(
             cache: None,
             inference: None,
             capabilities: None,
+            events: None,
         };
         (manifest.with_overrides(sets)?, Some(path.to_path_buf()))
     } else {

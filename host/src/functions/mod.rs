@@ -294,6 +294,11 @@ impl Functions {
         &self.registry
     }
 
+    /// The registry, for work on a blocking thread.
+    pub fn registry_handle(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
     }

@@ -44,6 +44,7 @@ pub(crate) fn need(method: &Method, route: &str) -> Need {
         r if r.starts_with("/v2/tenants/{tenant}/") => Need::InvokeOrPublic,
         r if r.starts_with("/v2/models/") => Need::Tenant(Scope::Invoke),
         "/events/{tenant}/{topic}" => Need::Tenant(Scope::Invoke),
+        r if r.starts_with("/events/{tenant}/{topic}/") => tenant_read_or_deploy,
         r if r.starts_with("/admin/v1/tenants/{tenant}/tokens") => Need::Tenant(Scope::Admin),
         r if r.starts_with("/admin/v1/tenants/{tenant}/audit") => Need::Tenant(Scope::Admin),
         r if r.starts_with("/admin/v1/tenants/{tenant}/quota") && !read => Need::Platform,

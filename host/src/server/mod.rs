@@ -36,9 +36,11 @@ pub struct AppState {
     pub tenancy: Arc<crate::tenancy::Tenancy>,
     pub metrics: Arc<Metrics>,
     /// The one call path every data-plane trigger goes through.
-    pub calls: Calls,
+    pub calls: Arc<Calls>,
     /// Where published events are kept.
-    pub events: Arc<crate::events::EventLog>,
+    pub events: Arc<dyn crate::events::Bus>,
+    /// The event and schedule triggers (told of deploys and rollbacks).
+    pub triggers: Arc<crate::triggers::Triggers>,
     pub max_body: usize,
 }
 
@@ -634,6 +636,7 @@ async fn deploy(
     let (_, _turn) = tenants::deploy_turn(&state, access.tenant()?).await?;
     tenants::check_deploy(&state, access.tenant()?, &manifest, component.as_deref()).await?;
     let (record, outcome) = state.functions.deploy(&tenant, manifest, component).await?;
+    state.triggers.deployed(&record).await?;
     let status = match outcome {
         PublishOutcome::Created => StatusCode::CREATED,
         PublishOutcome::Unchanged => StatusCode::OK,
@@ -766,6 +769,7 @@ async fn rollback(
             }
             other => other.into(),
         })?;
+    state.triggers.deployed(&rec).await?;
     Ok(Json(
         json!({ "name": name, "serving": rec.version, "digest": rec.digest }),
     ))
