@@ -129,6 +129,9 @@ struct ServeArgs {
     /// ... and at most this many per topic (an unacknowledged event is never trimmed).
     #[arg(long, env = "QUIVER_EVENTS_MAX_LEN", default_value_t = 100_000)]
     events_max_len: u64,
+    /// How often the trim policy runs.
+    #[arg(long, env = "QUIVER_EVENTS_TRIM_INTERVAL", default_value = "60s")]
+    events_trim_interval: humantime::Duration,
 }
 
 impl ServeArgs {
@@ -152,6 +155,7 @@ impl ServeArgs {
                     max_age: *self.events_max_age,
                     max_len: self.events_max_len,
                 },
+                trim_every: *self.events_trim_interval,
                 ..Default::default()
             },
             features: match &self.redis {
