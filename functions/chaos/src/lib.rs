@@ -112,7 +112,12 @@ fn chaos(input: Batch) -> Result<Batch, Error> {
             Batch::new().with_i64("made", vec![made])
         }
         "sleep" => {
-            let ms = input.i64s("ms")?.first().copied().unwrap_or(0).clamp(0, 60_000);
+            let ms = input
+                .i64s("ms")?
+                .first()
+                .copied()
+                .unwrap_or(0)
+                .clamp(0, 60_000);
             wasip2::clocks::monotonic_clock::subscribe_duration(ms as u64 * 1_000_000).block();
             Ok(input)
         }
