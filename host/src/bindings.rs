@@ -11,6 +11,7 @@ pub mod base {
             "quiver:ml/features.get-many": async,
             "quiver:ml/features.put": async,
             "quiver:ml/features.delete": async,
+            "quiver:ml/events.publish": async,
         },
     });
 }
@@ -27,6 +28,7 @@ macro_rules! world {
                     "quiver:ml/log@0.1.0": crate::bindings::base::quiver::ml::log,
                     "quiver:ml/config@0.1.0": crate::bindings::base::quiver::ml::config,
                     "quiver:ml/features@0.1.0": crate::bindings::base::quiver::ml::features,
+                    "quiver:ml/events@0.1.0": crate::bindings::base::quiver::ml::events,
                 },
             });
         }

@@ -11,6 +11,7 @@ use crate::metrics::Metrics;
 use crate::runtime::{InvokeError, Prepared};
 use crate::server::ApiError;
 use crate::tenancy::{FunctionRef, Principal, Running, Tenancy};
+use crate::trace::TraceContext;
 use axum::http::StatusCode;
 use bytes::Bytes;
 use std::future::Future;
@@ -182,6 +183,7 @@ impl Calls {
         &self,
         trigger: Trigger,
         caller: Option<&Principal>,
+        traceparent: Option<&str>,
         target: Result<FunctionRef, ApiError>,
         prepare: P,
         finish: impl FnOnce(&Deployment, Answer, C) -> Result<R, ApiError>,
@@ -193,14 +195,16 @@ impl Calls {
     {
         let started = Instant::now();
         let mut served = None;
-        let result = async {
-            let (d, _running) = self.resolve_for(trigger, caller, &target?).await?;
-            served = Some(d.clone());
-            let (input, ctx) = prepare(d.clone()).await?;
-            let answer = self.run(&d, input).await?;
-            finish(&d, answer, ctx)
-        }
-        .await;
+        let parent = traceparent.and_then(TraceContext::parse);
+        let result = TraceContext::child_of(parent.as_ref())
+            .scope(async {
+                let (d, _running) = self.resolve_for(trigger, caller, &target?).await?;
+                served = Some(d.clone());
+                let (input, ctx) = prepare(d.clone()).await?;
+                let answer = self.run(&d, input).await?;
+                finish(&d, answer, ctx)
+            })
+            .await;
         self.meter(trigger, started, served.as_deref(), &result);
         Called { served, result }
     }

@@ -18,6 +18,7 @@ pub mod runtime;
 pub mod scaler;
 pub mod server;
 pub mod tenancy;
+pub mod trace;
 pub mod triggers;
 
 use std::net::SocketAddr;
@@ -113,12 +114,14 @@ pub async fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         nn::InferencePool::new(threads, 1024)?,
         config.onnx_backend,
     ));
+    let events = config.features.open_bus(&config.data_dir)?;
     let functions = Arc::new(functions::Functions::new(
         registry,
         runtime,
         feature_store,
         models,
         tenancy.clone(),
+        events.clone(),
         server::MAX_COMPONENT_SIZE,
     )?);
     for t in tenancy.tenants() {
@@ -135,7 +138,6 @@ pub async fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         tenancy.clone(),
         metrics.clone(),
     ));
-    let events = config.features.open_bus(&config.data_dir)?;
     let triggers = triggers::Triggers::new(
         events.clone(),
         calls.clone(),

@@ -44,6 +44,7 @@ macro_rules! world_bindings {
                     "quiver:ml/log@0.1.0": crate::base::quiver::ml::log,
                     "quiver:ml/config@0.1.0": crate::base::quiver::ml::config,
                     "quiver:ml/features@0.1.0": crate::base::quiver::ml::features,
+                    "quiver:ml/events@0.1.0": crate::base::quiver::ml::events,
                 },
                 // Interfaces not mapped above (wasi:nn, models) are generated here.
                 generate_all,
@@ -103,6 +104,17 @@ pub fn config(key: &str) -> Option<String> {
 /// ```
 pub mod features {
     pub use crate::base::quiver::ml::features::{delete, get, get_many, put, FeatureColumn, Value};
+}
+
+/// Events on the function's tenant's topics (those its manifest's `[events]
+/// publish` declares).
+///
+/// ```ignore
+/// use quiver_sdk::events::{self, Payload};
+/// let id = events::publish("drift.detected", &Payload::Json(r#"{"psi": 0.3}"#.into()))?;
+/// ```
+pub mod events {
+    pub use crate::base::quiver::ml::events::{publish, Payload};
 }
 
 /// Models bound in the manifest's `[models]` table, run through `wasi:nn`.

@@ -367,3 +367,83 @@ fn a_schedule_runs_its_function_on_every_tick() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not `http`"), "{err}");
 }
+
+#[test]
+fn a_function_publishes_only_to_the_topics_its_manifest_declares() {
+    let server = Server::start();
+    server.deploy_with(
+        "chaos",
+        &["--name", "emitter", "--set", r#"events.publish=["scored"]"#],
+    );
+    // The subscriber tries to publish too, and declares no topics: it fails, once,
+    // and its dead letter shows who published the event and in which trace.
+    server.deploy_with(
+        "chaos",
+        &[
+            "--name",
+            "sink",
+            "--set",
+            r#"triggers.events=["scored"]"#,
+            "--set",
+            "triggers.retry.max_attempts=1",
+        ],
+    );
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let call = |body: &str| {
+        server
+            .http()
+            .post(format!("{}/fn/default/emitter", server.url))
+            .header("content-type", "application/json")
+            .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+            .body(body.to_string())
+            .send()
+            .unwrap()
+    };
+    let r = call(r#"{"mode": "publish", "topic": "scored", "score": 0.25}"#);
+    assert_eq!(r.status(), 200);
+    let out: Value = r.json().unwrap();
+    let id = out["rows"][0]["event_id"].as_str().unwrap().to_string();
+
+    let dead = series(
+        "quiver_event_deliveries_total",
+        &[
+            ("function", "sink"),
+            ("topic", "scored"),
+            ("outcome", "dead"),
+        ],
+    );
+    server.wait_metric(&dead, 1.0, 30);
+    let dlq: Value =
+        serde_json::from_str(&server.cli_ok(&["--json", "events", "dlq", "scored"])).unwrap();
+    let e = &dlq["dead"][0];
+    assert_eq!(e["id"], id.as_str(), "{dlq}");
+    assert_eq!(e["source"], "emitter@1.2.0");
+    assert_eq!(e["payload"][0]["score"], 0.25);
+    let tp = e["traceparent"].as_str().unwrap_or_else(|| panic!("{dlq}"));
+    assert!(
+        tp.starts_with(&format!("00-{trace}-")),
+        "the client's trace: {tp}"
+    );
+    assert!(
+        !tp.contains("00f067aa0ba902b7"),
+        "the call's own span: {tp}"
+    );
+    let reason = e["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("declares no [events] publish topics"),
+        "{reason}"
+    );
+
+    // A topic it does not declare: refused, nothing published.
+    let (status, code, msg) = error_of(call(r#"{"mode": "publish", "topic": "other"}"#));
+    assert_eq!((status, code.as_str()), (400, "invalid_input"), "{msg}");
+    assert!(msg.contains("may not publish to `other`"), "{msg}");
+    let (status, code, _) = error_of(call(r#"{"mode": "publish", "topic": "Bad Topic"}"#));
+    assert_eq!((status, code.as_str()), (400, "invalid_input"));
+    // More than 100 events in one call: the 101st is refused.
+    let (status, code, msg) = error_of(call(
+        r#"{"mode": "publish", "topic": "scored", "count": 101}"#,
+    ));
+    assert_eq!((status, code.as_str()), (429, "limit_exceeded"), "{msg}");
+    server.assert_healthy();
+}

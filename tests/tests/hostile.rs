@@ -433,10 +433,10 @@ fn every_route_refuses_bad_input_and_keeps_serving() {
     );
     let form = Form::new().text(
         "manifest",
-        format!("{MANIFEST}[triggers]\nevents = ['x']\n"),
+        format!("{MANIFEST}[triggers]\nevents = ['Not A Topic']\n"),
     );
     s.expect(
-        "manifest with unsupported trigger",
+        "manifest with an invalid event topic",
         s.multipart(DEPLOY, form),
         422,
         "invalid_manifest",

@@ -27,7 +27,11 @@
 //!   (`127.0.0.1:PORT`); text `outcome`: `connected` or `denied: ...`.
 //! - `sleep`: waits the first row's int64 `ms` (at most 60 000) on the wasi clock,
 //!   then echoes (a function that is running when the host is killed).
+//! - `publish`: publishes the batch as rows to the first row's text `topic`, int64
+//!   `count` times (default 1); returns the host's error as is, or one row with text
+//!   `event_id` (the last one's).
 //! - anything else (e.g. `echo`): echoes the batch back.
+use quiver_sdk::events::{self, Payload};
 use quiver_sdk::features::{self, Value};
 use quiver_sdk::{Batch, Error};
 
@@ -110,6 +114,19 @@ fn chaos(input: Batch) -> Result<Batch, Error> {
                 made += 1;
             }
             Batch::new().with_i64("made", vec![made])
+        }
+        "publish" => {
+            let topic = input.texts("topic")?.first().cloned().unwrap_or_default();
+            let count = input
+                .i64s("count")
+                .ok()
+                .and_then(|c| c.first().copied())
+                .unwrap_or(1);
+            let mut id = String::new();
+            for _ in 0..count {
+                id = events::publish(&topic, &Payload::Rows(input.clone()))?;
+            }
+            Batch::new().with_text("event_id", vec![id])
         }
         "sleep" => {
             let ms = input

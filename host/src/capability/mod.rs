@@ -17,7 +17,10 @@ use quiver_registry::VersionRecord;
 use std::sync::Arc;
 use wasmtime::component::Linker;
 
+pub use events::EventScope;
+
 mod config;
+mod events;
 mod features;
 mod log;
 mod models;
@@ -66,6 +69,7 @@ pub static ALL: &[&dyn Capability] = &[
     &features::Features,
     &models::Models,
     &outbound::Outbound,
+    &events::Events,
 ];
 
 /// The imports a component of `kind` may have: what the capabilities provide it.

@@ -120,6 +120,7 @@ type DeploymentKey = (String, String, String);
 
 pub struct Functions {
     registry: Arc<Registry>,
+    events: Arc<dyn crate::events::Bus>,
     runtime: Arc<Runtime>,
     loaded: Mutex<HashMap<DeploymentKey, Arc<Deployment>>>,
     /// One gate per version being loaded, so concurrent cold requests load it once.
@@ -156,6 +157,7 @@ impl Functions {
         feature_store: Arc<dyn FeatureBackend>,
         models: Arc<ModelCache>,
         tenancy: Arc<crate::tenancy::Tenancy>,
+        events: Arc<dyn crate::events::Bus>,
         max_component_size: usize,
     ) -> anyhow::Result<Self> {
         let cold_starts = IntCounterVec::new(
@@ -224,7 +226,13 @@ impl Functions {
             )?,
             max_component_size,
             tenancy,
+            events,
         })
+    }
+
+    /// The event bus (what `quiver:ml/events` publishes to).
+    pub fn events(&self) -> &Arc<dyn crate::events::Bus> {
+        &self.events
     }
 
     /// Where a tenant's usage is counted (its counters outlive quota changes).

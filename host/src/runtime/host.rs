@@ -28,6 +28,9 @@ pub struct HostState {
     pub(crate) nn: Option<wasmtime_wasi_nn::wit::WasiNnCtx>,
     pub(crate) models: Option<Arc<BoundModels>>,
     pub(crate) egress: crate::egress::Egress,
+    pub(crate) events: Option<Arc<crate::capability::EventScope>>,
+    /// Events this call published so far.
+    pub(crate) published: u32,
 }
 
 impl WasiView for HostState {

@@ -106,6 +106,8 @@ pub struct Invocation {
     pub models: Option<Arc<BoundModels>>,
     /// Where it may send outbound HTTP (default: nowhere).
     pub egress: crate::egress::Egress,
+    /// The topics it may publish to (`None`: it declared none).
+    pub events: Option<Arc<crate::capability::EventScope>>,
 }
 
 impl Invocation {
@@ -135,6 +137,7 @@ impl Invocation {
             features: None,
             models: None,
             egress: Default::default(),
+            events: None,
         }
     }
 }
@@ -384,6 +387,8 @@ impl Runtime {
             nn: inv.models.as_ref().map(|m| m.wasi_nn()),
             models: inv.models.clone(),
             egress: inv.egress.clone(),
+            events: inv.events.clone(),
+            published: 0,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);

@@ -7,6 +7,7 @@
 use super::extract::Path;
 use super::{read_body, Access, ApiError, AppState};
 use crate::events::{EventError, Group, NewEvent, MAX_PAYLOAD};
+use crate::trace::TraceContext;
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -40,15 +41,6 @@ impl From<EventError> for ApiError {
     }
 }
 
-/// A W3C `traceparent` as sent, if it has the header's shape (55 visible characters).
-fn traceparent(headers: &HeaderMap) -> Option<String> {
-    let v = headers.get("traceparent")?.to_str().ok()?;
-    let ok = v.len() == 55
-        && v.split('-').count() == 4
-        && v.bytes().all(|c| c.is_ascii_hexdigit() || c == b'-');
-    ok.then(|| v.to_string())
-}
-
 async fn publish(
     State(state): State<Arc<AppState>>,
     access: Access,
@@ -74,7 +66,9 @@ async fn publish(
         content_type,
         payload: payload.to_vec(),
         source: None,
-        traceparent: traceparent(&headers),
+        traceparent: super::traceparent(&headers)
+            .and_then(|h| TraceContext::parse(&h))
+            .map(|c| c.to_string()),
     };
     let id = state.events.publish(&tenant, &topic, event).await?;
     Ok((

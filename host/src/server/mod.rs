@@ -383,6 +383,12 @@ pub(crate) fn respond(
     resp
 }
 
+/// The caller's W3C trace context header, as text (parsed by the call path).
+pub(crate) fn traceparent(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get("traceparent")?.to_str().ok()?;
+    (v.len() <= 256).then(|| v.to_string())
+}
+
 /// A body-less error for an answer a trigger did not ask for (a call-path bug).
 fn unexpected(what: &str) -> ApiError {
     ApiError::new(
@@ -400,6 +406,7 @@ async fn invoke(
     body: Body,
 ) -> Response {
     let max_body = state.max_body;
+    let traceparent = traceparent(&headers);
     let prepare = move |d: Arc<Deployment>| async move {
         if let DeploymentBody::Component(Prepared::Http(_)) = &d.body {
             let (tenant, name) = (&d.record.tenant, &d.record.name);
@@ -418,6 +425,7 @@ async fn invoke(
         .call(
             Trigger::Fn,
             access.principal.as_deref(),
+            traceparent.as_deref(),
             access.function(&name_ref),
             prepare,
             |_, answer, ()| match answer {
@@ -453,6 +461,7 @@ async fn http_proxy(
     };
     let (name_ref, rest) = (get("name"), get("rest"));
     let max_body = state.max_body;
+    let traceparent = traceparent(req.headers());
     let prepare = move |d: Arc<Deployment>| async move {
         let DeploymentBody::Component(Prepared::Http(_)) = &d.body else {
             let (tenant, name) = (&d.record.tenant, &d.record.name);
@@ -483,6 +492,7 @@ async fn http_proxy(
         .call(
             Trigger::Http,
             access.principal.as_deref(),
+            traceparent.as_deref(),
             access.function(&name_ref),
             prepare,
             |_, answer, ()| match answer {

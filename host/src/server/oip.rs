@@ -214,6 +214,7 @@ async fn infer(
     body: Body,
 ) -> Response {
     let max_body = state.max_body;
+    let traceparent = super::traceparent(&headers);
     let prepare = move |d: Arc<Deployment>| async move {
         check_kind(&d)?;
         let body: Bytes = super::read_body(&headers, body, max_body).await?;
@@ -248,6 +249,7 @@ async fn infer(
         .call(
             Trigger::Oip,
             access.principal.as_deref(),
+            traceparent.as_deref(),
             model_ref(&access, path),
             prepare,
             finish,

@@ -428,11 +428,14 @@ async fn deliver(
         content_type,
         body,
     } = unit;
+    // A batch runs in the trace of its first event.
+    let traceparent = events.first().and_then(|e| e.event.traceparent.clone());
     let called = t
         .calls
         .call(
             Trigger::Event,
             None,
+            traceparent.as_deref(),
             Ok(target.clone()),
             |_| async move { Ok((Input::Body { content_type, body }, ())) },
             |_, _, ()| Ok(Delivered),

@@ -49,6 +49,7 @@ pub(super) async fn run(
             .call(
                 Trigger::Schedule,
                 None,
+                None,
                 Ok(target.clone()),
                 |_| async move {
                     let input = Input::Body {
