@@ -40,7 +40,8 @@ world!(transform, "quiver:ml/transform");
 // wasi:nn is linked from `wasmtime-wasi-nn` (its own bindings); the ones generated
 // here for this world are not used.
 world!(inference, "quiver:ml/inference");
+world!(monitor, "quiver:ml/monitor");
 
 pub use base::quiver::ml::types::{
-    Batch, Column, Error as GuestError, Field, Ingested, RejectedRow,
+    Batch, Column, Error as GuestError, Field, Ingested, RejectedRow, Report,
 };

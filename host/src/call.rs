@@ -29,6 +29,8 @@ pub enum Trigger {
     Event,
     /// `[triggers] schedule`: the host runs a function on its cron tick.
     Schedule,
+    /// `[pipeline] monitor`: the host hands a pipeline's calls to its monitor.
+    Monitor,
 }
 
 impl Trigger {
@@ -39,13 +41,14 @@ impl Trigger {
             Trigger::Oip => "oip",
             Trigger::Event => "event",
             Trigger::Schedule => "schedule",
+            Trigger::Monitor => "monitor",
         }
     }
 
     /// Started by the host on a function's own manifest (no client, no token, and
     /// `[triggers] http = false` does not hide the function from it).
     fn internal(self) -> bool {
-        matches!(self, Trigger::Event | Trigger::Schedule)
+        matches!(self, Trigger::Event | Trigger::Schedule | Trigger::Monitor)
     }
 }
 
@@ -58,6 +61,8 @@ pub enum Input {
     Batch(Batch),
     /// A request for a `wasi:http/proxy` component.
     Http(hyper::Request<Bytes>),
+    /// What a monitor observes: a pipeline's inputs and outputs.
+    Observe { inputs: Batch, outputs: Batch },
 }
 
 /// Whether the result cache answered a call.
@@ -108,6 +113,9 @@ impl Outcome for axum::response::Response {
 pub struct Called<R> {
     pub served: Option<Arc<Deployment>>,
     pub result: Result<R, ApiError>,
+    /// The call's id (its span id): `x-quiver-request-id`, the key of its logged
+    /// predictions and of the feedback that labels them.
+    pub request_id: String,
 }
 
 pub struct Calls {
@@ -196,7 +204,9 @@ impl Calls {
         let started = Instant::now();
         let mut served = None;
         let parent = traceparent.and_then(TraceContext::parse);
-        let result = TraceContext::child_of(parent.as_ref())
+        let context = TraceContext::child_of(parent.as_ref());
+        let request_id = context.span_id();
+        let result = context
             .scope(async {
                 let (d, _running) = self.resolve_for(trigger, caller, &target?).await?;
                 served = Some(d.clone());
@@ -206,7 +216,11 @@ impl Calls {
             })
             .await;
         self.meter(trigger, started, served.as_deref(), &result);
-        Called { served, result }
+        Called {
+            served,
+            result,
+            request_id,
+        }
     }
 
     /// Result cache → admit → run.
@@ -248,6 +262,12 @@ impl Calls {
                     .await?;
                 crate::convert::check_response_size(&out).map_err(InvokeError::BadOutput)?;
                 Ok(Answer::Batch(out))
+            }
+            Input::Observe { inputs, outputs } => {
+                let _ticket = functions.admit(d).await?;
+                let report = functions.observe(d, inputs, outputs).await?;
+                let text = report.to_string();
+                Ok(Answer::Json { text, cache: None })
             }
             Input::Http(req) => {
                 let DeploymentBody::Component(Prepared::Http(pre)) = &d.body else {

@@ -13,6 +13,7 @@ pub mod features;
 pub mod functions;
 pub mod manifest;
 pub mod metrics;
+pub mod monitors;
 pub mod nn;
 pub mod runtime;
 pub mod scaler;
@@ -115,13 +116,20 @@ pub async fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         config.onnx_backend,
     ));
     let events = config.features.open_bus(&config.data_dir)?;
+    let reports = Arc::new(monitors::Reports::open(
+        &config.data_dir.join("reports.db"),
+    )?);
+    let stores = functions::Stores {
+        features: feature_store,
+        models,
+        events: events.clone(),
+        reports,
+    };
     let functions = Arc::new(functions::Functions::new(
         registry,
         runtime,
-        feature_store,
-        models,
+        stores,
         tenancy.clone(),
-        events.clone(),
         server::MAX_COMPONENT_SIZE,
     )?);
     for t in tenancy.tenants() {

@@ -30,6 +30,8 @@ pub struct Manifest {
     pub capabilities: Option<Capabilities>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events: Option<EventsSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor: Option<MonitorSection>,
 }
 
 /// `[events]`: the topics of its tenant a function may publish to through
@@ -242,7 +244,42 @@ pub fn parse_schedule(s: &str) -> anyhow::Result<croner::Cron> {
 #[serde(deny_unknown_fields)]
 pub struct Pipeline {
     pub stages: Vec<String>,
+    /// A `monitor` function of the tenant handed each successful call's (inputs,
+    /// outputs) off the request path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor: Option<String>,
+    /// Observations waiting for the monitor at most; past it new ones are dropped
+    /// and counted (default 1024).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor_buffer: Option<u32>,
 }
+
+/// `[monitor]` of a `monitor` function: how its reports are kept.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorSection {
+    /// Reports are aggregated per window of this length (default 1h).
+    pub window: Option<String>,
+    /// Windows older than this are deleted (default 30d).
+    pub retention: Option<String>,
+}
+
+/// A pipeline's monitor tap, defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MonitorTap {
+    pub monitor: String,
+    pub buffer: usize,
+}
+
+/// A monitor's report windows, defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReportWindows {
+    pub window: Duration,
+    pub retention: Duration,
+}
+
+pub const DEFAULT_MONITOR_BUFFER: u32 = 1024;
+pub const MAX_MONITOR_BUFFER: u32 = 65_536;
 
 /// Resource limits of one invocation, with defaults filled in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -299,6 +336,8 @@ impl Manifest {
         }
         self.event_trigger()?;
         self.schedule()?;
+        self.monitor_tap()?;
+        self.report_windows()?;
         for topic in self.events.iter().flat_map(|e| &e.publish) {
             crate::events::check_topic(topic)
                 .map_err(|m| anyhow::anyhow!("[events] publish: {m}"))?;
@@ -360,6 +399,11 @@ impl Manifest {
             anyhow::bail!("[triggers] events names more than 16 topics");
         }
         let batch_size = t.batch_size.unwrap_or(1);
+        if batch_size > 1 && self.function.kind == "monitor" {
+            anyhow::bail!(
+                "[triggers] batch_size: a monitor takes one event (one observation) a call"
+            );
+        }
         if batch_size == 0 || batch_size > MAX_BATCH_SIZE {
             anyhow::bail!("[triggers] batch_size must be 1-{MAX_BATCH_SIZE}");
         }
@@ -412,14 +456,75 @@ impl Manifest {
     }
 
     /// Events and schedules hand a function a body, as `/fn` does: the kinds that
-    /// take one.
+    /// take one (a monitor takes `{"inputs", "outputs"}`, which events can carry and
+    /// a schedule's tick cannot).
     fn invocable_by(&self, trigger: &str) -> anyhow::Result<()> {
-        match self.function.kind.as_str() {
-            "ingest" | "transform" | "inference" | "pipeline" => Ok(()),
-            other => anyhow::bail!(
-                "[triggers] {trigger} invokes ingest, transform, inference and pipeline functions, not `{other}`"
+        match (self.function.kind.as_str(), trigger) {
+            ("ingest" | "transform" | "inference" | "pipeline", _) | ("monitor", "events") => {
+                Ok(())
+            }
+            (other, _) => anyhow::bail!(
+                "[triggers] {trigger} invokes ingest, transform, inference and pipeline functions{}, not `{other}`",
+                match trigger {
+                    "events" => " (and monitors)",
+                    _ => "",
+                }
             ),
         }
+    }
+
+    /// `[pipeline] monitor`, with its buffer (`None`: no tap).
+    pub fn monitor_tap(&self) -> anyhow::Result<Option<MonitorTap>> {
+        let Some(p) = &self.pipeline else {
+            return Ok(None);
+        };
+        let Some(monitor) = &p.monitor else {
+            if p.monitor_buffer.is_some() {
+                anyhow::bail!("[pipeline] monitor_buffer needs a `monitor`");
+            }
+            return Ok(None);
+        };
+        let (name, version) = crate::functions::split_ref(monitor);
+        if !crate::tenancy::valid_name(name) || version.is_some() {
+            anyhow::bail!(
+                "[pipeline] monitor `{}` must name a function (1-64 characters of a-z, 0-9 and '-'; the version serving is used)",
+                monitor.chars().take(128).collect::<String>()
+            );
+        }
+        let buffer = p.monitor_buffer.unwrap_or(DEFAULT_MONITOR_BUFFER);
+        if buffer == 0 || buffer > MAX_MONITOR_BUFFER {
+            anyhow::bail!("[pipeline] monitor_buffer must be 1-{MAX_MONITOR_BUFFER}");
+        }
+        Ok(Some(MonitorTap {
+            monitor: name.to_string(),
+            buffer: buffer as usize,
+        }))
+    }
+
+    /// `[monitor]` of a monitor function (defaults: windows of 1h kept 30d).
+    pub fn report_windows(&self) -> anyhow::Result<ReportWindows> {
+        let m = match (&self.monitor, self.function.kind.as_str()) {
+            (Some(_), kind) if kind != "monitor" => {
+                anyhow::bail!("a [monitor] table is for kind = \"monitor\", not `{kind}`")
+            }
+            (m, _) => m.clone().unwrap_or_default(),
+        };
+        let parse = |what: &str, v: &Option<String>, default: u64| -> anyhow::Result<Duration> {
+            match v {
+                None => Ok(Duration::from_secs(default)),
+                Some(v) => humantime::parse_duration(v)
+                    .map_err(|e| anyhow::anyhow!("[monitor] {what} `{v}`: {e}")),
+            }
+        };
+        let window = parse("window", &m.window, 3600)?;
+        let retention = parse("retention", &m.retention, 30 * 24 * 3600)?;
+        if window < Duration::from_secs(1) || window > Duration::from_secs(7 * 24 * 3600) {
+            anyhow::bail!("[monitor] window must be 1s-7d");
+        }
+        if retention < window || retention > Duration::from_secs(366 * 24 * 3600) {
+            anyhow::bail!("[monitor] retention must be at least one window and at most 366d");
+        }
+        Ok(ReportWindows { window, retention })
     }
 
     /// `[triggers] http = "public"`: served to callers without a token.
@@ -737,6 +842,44 @@ mod tests {
     }
 
     #[test]
+    fn monitor_taps_and_report_windows() {
+        let p =
+            "[function]\nname='p'\nversion='1.0.0'\nkind='pipeline'\n[pipeline]\nstages=['a']\n";
+        let m = Manifest::parse(&format!("{p}monitor='drift'\n")).unwrap();
+        let tap = m.monitor_tap().unwrap().unwrap();
+        assert_eq!((tap.monitor.as_str(), tap.buffer), ("drift", 1024));
+        for bad in [
+            "monitor='drift@1.0.0'",
+            "monitor='Drift'",
+            "monitor_buffer=5",
+            "monitor='d'\nmonitor_buffer=0",
+        ] {
+            assert!(Manifest::parse(&format!("{p}{bad}\n")).is_err(), "{bad}");
+        }
+        let mon = "[function]\nname='m'\nversion='1.0.0'\nkind='monitor'\n";
+        let w = Manifest::parse(mon).unwrap().report_windows().unwrap();
+        assert_eq!(w.window, Duration::from_secs(3600));
+        let w = Manifest::parse(&format!("{mon}[monitor]\nwindow='5m'\nretention='1d'\n"))
+            .unwrap()
+            .report_windows()
+            .unwrap();
+        assert_eq!((w.window.as_secs(), w.retention.as_secs()), (300, 86400));
+        for bad in [
+            "window='0s'",
+            "window='8d'",
+            "window='1h'\nretention='1m'",
+            "window='x'",
+        ] {
+            assert!(
+                Manifest::parse(&format!("{mon}[monitor]\n{bad}\n")).is_err(),
+                "{bad}"
+            );
+        }
+        let t = "[function]\nname='t'\nversion='1.0.0'\nkind='transform'\n[monitor]\n";
+        assert!(Manifest::parse(t).is_err());
+    }
+
+    #[test]
     fn event_and_schedule_triggers() {
         let base = "[function]\nname='a'\nversion='1.0.0'\nkind='transform'\n[triggers]\n";
         let m = Manifest::parse(&format!(
@@ -782,8 +925,12 @@ mod tests {
             assert!(Manifest::parse(&format!("{base}{bad}\n")).is_err(), "{bad}");
         }
         let monitor = "[function]\nname='m'\nversion='1.0.0'\nkind='monitor'\n[triggers]\n";
-        let err = Manifest::parse(&format!("{monitor}events=['x']\n")).unwrap_err();
+        assert!(Manifest::parse(&format!("{monitor}events=['x']\n")).is_ok());
+        let err = Manifest::parse(&format!("{monitor}schedule='0 3 * * *'\n")).unwrap_err();
         assert!(err.to_string().contains("not `monitor`"), "{err}");
+        let trainer = "[function]\nname='m'\nversion='1.0.0'\nkind='trainer'\n[triggers]\n";
+        let err = Manifest::parse(&format!("{trainer}events=['x']\n")).unwrap_err();
+        assert!(err.to_string().contains("not `trainer`"), "{err}");
         let publish = "[function]\nname='a'\nversion='1.0.0'\nkind='transform'\n[events]\npublish=";
         assert!(Manifest::parse(&format!("{publish}['drift.detected']\n")).is_ok());
         assert!(Manifest::parse(&format!("{publish}['a/b']\n")).is_err());

@@ -70,6 +70,11 @@ impl TraceContext {
         to_hex(&self.trace_id)
     }
 
+    /// The span id, as 16 hex digits (a call's request id).
+    pub fn span_id(&self) -> String {
+        to_hex(&self.span_id)
+    }
+
     /// Run `fut` with this as the current context ([`current`] inside it).
     pub async fn scope<F: std::future::Future>(self, fut: F) -> F::Output {
         CURRENT.scope(self, fut).await

@@ -75,6 +75,17 @@ enum EventsCommand {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum MonitorCommand {
+    /// A monitor's report windows, newest first: per metric last/mean/min/max, alerts.
+    Reports {
+        name: String,
+        /// Windows at most.
+        #[arg(long, default_value_t = 24)]
+        limit: usize,
+    },
+}
+
 #[derive(clap::Args, Debug, Clone)]
 struct ServeArgs {
     /// Address to listen on.
@@ -252,6 +263,9 @@ enum Command {
     /// Events of `--tenant`'s topics.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Monitors of `--tenant`: their reports, per window.
+    #[command(subcommand)]
+    Monitor(MonitorCommand),
     /// The audit log of admin actions (`--tenant`'s, or `--all`); `verify` checks its chain.
     Audit {
         #[command(subcommand)]
@@ -399,6 +413,43 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             match cli.json {
                 true => println!("{v}"),
                 false => println!("published event {} to {topic}", v["id"]),
+            }
+            Ok(())
+        }
+        Command::Monitor(MonitorCommand::Reports { name, limit }) => {
+            let v = client
+                .get(&format!("monitors/{name}/reports?limit={limit}"))
+                .await?;
+            if cli.json {
+                println!("{v}");
+                return Ok(());
+            }
+            let windows = v["windows"].as_array().cloned().unwrap_or_default();
+            if windows.is_empty() {
+                println!("no reports from {name} yet");
+            }
+            for w in windows {
+                let start = w["start_ms"].as_i64().unwrap_or(0);
+                let at = chrono::DateTime::from_timestamp_millis(start)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    .unwrap_or_default();
+                println!(
+                    "{at}\tobservations {}\trows {}\t{}",
+                    w["observations"],
+                    w["rows"],
+                    w["monitor_version"].as_str().unwrap_or("")
+                );
+                if let Some(metrics) = w["metrics"].as_object() {
+                    for (k, m) in metrics {
+                        println!(
+                            "  {k}\tlast {}\tmean {}\tmin {}\tmax {}",
+                            m["last"], m["mean"], m["min"], m["max"]
+                        );
+                    }
+                }
+                for a in w["alerts"].as_array().into_iter().flatten() {
+                    println!("  alert: {}", a.as_str().unwrap_or(""));
+                }
             }
             Ok(())
         }
@@ -673,6 +724,7 @@ pub(crate) async fn deploy(
             inference: None,
             capabilities: None,
             events: None,
+            monitor: None,
         };
         (manifest.with_overrides(sets)?, Some(path.to_path_buf()))
     } else {

@@ -45,6 +45,23 @@ impl Functions {
                 check_stage_kind(i, &rec)?;
                 pinned.push(format!("{}@{}", rec.name, rec.version));
             }
+            if let Some(tap) = manifest
+                .monitor_tap()
+                .map_err(|e| DeployError::Invalid(e.to_string()))?
+            {
+                let rec = self
+                    .resolve(tenant, &tap.monitor, None)
+                    .await
+                    .map_err(|e| {
+                        DeployError::Invalid(format!("[pipeline] monitor `{}`: {e}", tap.monitor))
+                    })?;
+                if rec.kind != "monitor" {
+                    return Err(DeployError::Invalid(format!(
+                        "[pipeline] monitor `{}` is a `{}` function, not a `monitor`",
+                        tap.monitor, rec.kind
+                    )));
+                }
+            }
             if let Some(p) = manifest.pipeline.as_mut() {
                 p.stages = pinned;
             }

@@ -134,6 +134,8 @@ impl Functions {
         let cache_ttl = manifest.cache_ttl().map_err(DeployError::Internal)?;
         let http_trigger = manifest.http_trigger();
         let public = manifest.http_public();
+        let tap = manifest.monitor_tap().map_err(DeployError::Internal)?;
+        let windows = manifest.report_windows().map_err(DeployError::Internal)?;
         let lifecycle = Mutex::new(Lifecycle::new(
             scaling.idle_timeout,
             scaling.min_instances,
@@ -209,6 +211,8 @@ impl Functions {
         Ok(Arc::new(Deployment {
             http_trigger,
             public,
+            tap,
+            windows,
             usage,
             record,
             body,

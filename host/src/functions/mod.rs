@@ -39,6 +39,10 @@ pub struct Deployment {
     pub public: bool,
     /// Where its tenant's usage is counted (the counters outlive quota changes).
     pub usage: Option<crate::tenancy::Usage>,
+    /// `[pipeline] monitor`: each successful call is offered to this monitor.
+    pub tap: Option<crate::manifest::MonitorTap>,
+    /// `[monitor]`: how a monitor's reports are windowed and kept.
+    pub windows: crate::manifest::ReportWindows,
 }
 
 impl Deployment {
@@ -113,14 +117,26 @@ pub enum Input<'a> {
 pub struct Output {
     pub rows: Vec<Value>,
     pub rejected: Vec<RejectedRow>,
+    /// A monitor's answer: its report and the window it went into.
+    pub report: Option<Value>,
 }
 
 /// (tenant, name, version)
 type DeploymentKey = (String, String, String);
 
+/// The stores deployments reach through their capabilities.
+pub struct Stores {
+    pub features: Arc<dyn FeatureBackend>,
+    pub models: Arc<ModelCache>,
+    pub events: Arc<dyn crate::events::Bus>,
+    pub reports: Arc<crate::monitors::Reports>,
+}
+
 pub struct Functions {
     registry: Arc<Registry>,
     events: Arc<dyn crate::events::Bus>,
+    reports: Arc<crate::monitors::Reports>,
+    taps: crate::monitors::Taps,
     runtime: Arc<Runtime>,
     loaded: Mutex<HashMap<DeploymentKey, Arc<Deployment>>>,
     /// One gate per version being loaded, so concurrent cold requests load it once.
@@ -154,12 +170,16 @@ impl Functions {
     pub fn new(
         registry: Arc<Registry>,
         runtime: Arc<Runtime>,
-        feature_store: Arc<dyn FeatureBackend>,
-        models: Arc<ModelCache>,
+        stores: Stores,
         tenancy: Arc<crate::tenancy::Tenancy>,
-        events: Arc<dyn crate::events::Bus>,
         max_component_size: usize,
     ) -> anyhow::Result<Self> {
+        let Stores {
+            features: feature_store,
+            models,
+            events,
+            reports,
+        } = stores;
         let cold_starts = IntCounterVec::new(
             Opts::new("quiver_cold_starts_total", "Loads of a Cold deployment"),
             &["tenant", "function"],
@@ -227,7 +247,19 @@ impl Functions {
             max_component_size,
             tenancy,
             events,
+            reports,
+            taps: crate::monitors::Taps::new()?,
         })
+    }
+
+    /// Monitor reports, per window.
+    pub fn reports(&self) -> &Arc<crate::monitors::Reports> {
+        &self.reports
+    }
+
+    /// Pipelines' monitor taps.
+    pub fn taps(&self) -> &crate::monitors::Taps {
+        &self.taps
     }
 
     /// The event bus (what `quiver:ml/events` publishes to).
@@ -242,7 +274,7 @@ impl Functions {
 
     /// The scaler's metrics, for the server's Prometheus registry.
     pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
-        vec![
+        let mut all: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(self.cold_starts.clone()),
             Box::new(self.cold_start_seconds.clone()),
             Box::new(self.instances.clone()),
@@ -251,7 +283,9 @@ impl Functions {
             Box::new(self.model_parses.clone()),
             Box::new(self.inference_calls.clone()),
             Box::new(self.inference_runs.clone()),
-        ]
+        ];
+        all.extend(self.taps.collectors());
+        all
     }
 
     /// Set the gauges from the loaded deployments (called before each scrape, so a
@@ -482,14 +516,82 @@ impl Functions {
         content_type: &str,
         body: &[u8],
     ) -> Result<Output, InvokeError> {
+        if let DeploymentBody::Component(Prepared::Monitor(_)) = &d.body {
+            let (inputs, outputs) = observation_of(body)?;
+            let report = self.observe(d, inputs, outputs).await?;
+            return Ok(Output {
+                rows: Vec::new(),
+                rejected: Vec::new(),
+                report: Some(report),
+            });
+        }
         let (batch, rejected) = self.run(d, Input::Body { content_type, body }).await?;
         convert::check_response_size(&batch).map_err(InvokeError::BadOutput)?;
         let rows = convert::batch_to_rows(&batch).map_err(InvokeError::BadOutput)?;
-        Ok(Output { rows, rejected })
+        Ok(Output {
+            rows,
+            rejected,
+            report: None,
+        })
+    }
+
+    /// Run a monitor on (inputs, outputs); fold its report into its window. The
+    /// report and the window, as JSON.
+    pub async fn observe(
+        &self,
+        d: &Deployment,
+        inputs: Batch,
+        outputs: Batch,
+    ) -> Result<Value, InvokeError> {
+        let DeploymentBody::Component(Prepared::Monitor(pre)) = &d.body else {
+            return Err(InvokeError::Guest(
+                format!(
+                    "`{}` is a `{}` function, not a monitor",
+                    d.record.name, d.record.kind
+                ),
+                crate::runtime::GuestErrorKind::InvalidInput,
+            ));
+        };
+        let report = self
+            .runtime
+            .observe(pre, &d.invocation, &inputs, &outputs)
+            .await?;
+        crate::monitors::check(&report).map_err(InvokeError::BadOutput)?;
+        let r = &d.record;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |t| t.as_millis() as u64);
+        let rows = crate::monitors::rows(&inputs) as u64;
+        let source = format!("{}@{}", r.name, r.version);
+        let window = self
+            .reports
+            .record(
+                crate::monitors::Reporter {
+                    tenant: &r.tenant,
+                    monitor: &r.name,
+                    source: &source,
+                    windows: d.windows,
+                },
+                now_ms,
+                rows,
+                &report,
+            )
+            .await
+            .map_err(InvokeError::Host)?;
+        let metrics: serde_json::Map<String, Value> = report
+            .metrics
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        Ok(json!({
+            "report": { "metrics": metrics, "alerts": report.alerts },
+            "window": window,
+        }))
     }
 
     /// Run a function or pipeline on its input; the last stage's batch and the rows
-    /// an ingest stage rejected.
+    /// an ingest stage rejected. A pipeline with a monitor tap offers its first
+    /// stage's input (an ingest stage's: its output) and its output to the monitor.
     pub async fn run(
         &self,
         d: &Deployment,
@@ -506,6 +608,8 @@ impl Functions {
         let raw = batch.is_none();
         let mut rejected = Vec::new();
         let pipeline = matches!(d.body, DeploymentBody::Pipeline(_));
+        // What the tap hands the monitor as the pipeline's inputs.
+        let mut tapped: Option<Batch> = None;
         for (i, stage) in stages.into_iter().enumerate() {
             // A pipeline's stages keep their own limits: wait for a slot of each.
             let _slot = match pipeline {
@@ -532,6 +636,9 @@ impl Functions {
                     })?
                 }
             };
+            if i == 0 && d.tap.is_some() && !matches!(prepared, Prepared::Ingest(_)) {
+                tapped = Some(input.clone());
+            }
             batch = Some(match prepared {
                 Prepared::Ingest(pre) => {
                     if !raw || i > 0 {
@@ -546,6 +653,9 @@ impl Functions {
                         .ingest(pre, &stage.invocation, content_type, body)
                         .await?;
                     rejected.extend(out.rejected);
+                    if d.tap.is_some() {
+                        tapped = Some(out.batch.clone());
+                    }
                     out.batch
                 }
                 Prepared::Transform(pre) => {
@@ -561,6 +671,13 @@ impl Functions {
                         "an http component is served at /http/..., not /fn/...".into(),
                     ))
                 }
+                Prepared::Monitor(_) => {
+                    return Err(InvokeError::Guest(
+                        "a monitor takes {\"inputs\": ..., \"outputs\": ...} (POST it to /fn/...); it is not a stage"
+                            .into(),
+                        crate::runtime::GuestErrorKind::InvalidInput,
+                    ))
+                }
                 Prepared::NotInvocable(world) => {
                     return Err(InvokeError::BadOutput(format!(
                         "`{world}` functions cannot be invoked over HTTP by this host yet"
@@ -568,7 +685,17 @@ impl Functions {
                 }
             });
         }
-        Ok((batch.unwrap_or(Batch { fields: Vec::new() }), rejected))
+        let batch = batch.unwrap_or(Batch { fields: Vec::new() });
+        if let (Some(tap), Some(inputs)) = (&d.tap, tapped) {
+            let r = &d.record;
+            self.taps
+                .offer(&r.tenant, &r.name, tap, || crate::monitors::Observation {
+                    inputs,
+                    outputs: batch.clone(),
+                    traceparent: crate::trace::current().map(|c| c.to_string()),
+                });
+        }
+        Ok((batch, rejected))
     }
 
     pub fn invocation(d: &Deployment) -> &Invocation {
@@ -578,6 +705,9 @@ impl Functions {
 
 impl Output {
     pub fn to_json(&self) -> Value {
+        if let Some(report) = &self.report {
+            return report.clone();
+        }
         let rejected: Vec<Value> = self
             .rejected
             .iter()
@@ -585,6 +715,21 @@ impl Output {
             .collect();
         json!({ "rows": self.rows, "rejected": rejected })
     }
+}
+
+/// `{"inputs": ..., "outputs": ...}`, each rows (or columns) as `/fn` takes them.
+fn observation_of(body: &[u8]) -> Result<(Batch, Batch), InvokeError> {
+    let bad = |m: String| InvokeError::Guest(m, crate::runtime::GuestErrorKind::InvalidInput);
+    let doc: Value = serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+    let part = |k: &str| -> Result<Batch, InvokeError> {
+        let v = doc.get(k).ok_or_else(|| {
+            bad(format!(
+                "a monitor takes {{\"inputs\": ..., \"outputs\": ...}}; `{k}` is missing"
+            ))
+        })?;
+        convert::json_to_batch(v).map_err(|e| bad(format!("`{k}`: {e}")))
+    };
+    Ok((part("inputs")?, part("outputs")?))
 }
 
 /// The largest model `quiver models push` accepts.

@@ -3,6 +3,7 @@
 use super::HostState;
 use crate::bindings::inference::Inference;
 use crate::bindings::ingest::Ingest;
+use crate::bindings::monitor::Monitor;
 use crate::bindings::transform::Transform;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -68,5 +69,6 @@ pub(super) enum WarmInstance {
     Ingest(Ingest),
     Transform(Transform),
     Inference(Inference),
+    Monitor(Monitor),
     Http(Proxy),
 }

@@ -5,8 +5,9 @@
 
 use crate::bindings::inference::InferencePre;
 use crate::bindings::ingest::IngestPre;
+use crate::bindings::monitor::MonitorPre;
 use crate::bindings::transform::TransformPre;
-use crate::bindings::{Batch, GuestError, Ingested};
+use crate::bindings::{Batch, GuestError, Ingested, Report};
 use crate::features::FeatureScope;
 use crate::manifest::ResolvedLimits;
 use crate::nn::BoundModels;
@@ -48,6 +49,7 @@ pub enum Prepared {
     Ingest(IngestPre<HostState>),
     Transform(TransformPre<HostState>),
     Inference(InferencePre<HostState>),
+    Monitor(MonitorPre<HostState>),
     Http(ProxyPre<HostState>),
     /// Validated and linked (its kind is named), but this host has no trigger for
     /// its world yet.
@@ -147,6 +149,7 @@ enum Pre<'a> {
     Ingest(&'a IngestPre<HostState>),
     Transform(&'a TransformPre<HostState>),
     Inference(&'a InferencePre<HostState>),
+    Monitor(&'a MonitorPre<HostState>),
     Http(&'a ProxyPre<HostState>),
 }
 
@@ -363,6 +366,7 @@ impl Runtime {
             "ingest" => Prepared::Ingest(IngestPre::new(pre).map_err(wrong)?),
             "transform" => Prepared::Transform(TransformPre::new(pre).map_err(wrong)?),
             "inference" => Prepared::Inference(InferencePre::new(pre).map_err(wrong)?),
+            "monitor" => Prepared::Monitor(MonitorPre::new(pre).map_err(wrong)?),
             "http" => Prepared::Http(ProxyPre::new(pre).map_err(wrong)?),
             other => Prepared::NotInvocable(other.to_string()),
         })
@@ -475,6 +479,10 @@ impl Runtime {
                 .instantiate_async(&mut store)
                 .await
                 .map(WarmInstance::Inference),
+            Pre::Monitor(p) => p
+                .instantiate_async(&mut store)
+                .await
+                .map(WarmInstance::Monitor),
             Pre::Http(p) => p
                 .instantiate_async(&mut store)
                 .await
@@ -565,6 +573,25 @@ impl Runtime {
                     "not an inference function"
                 )))
             }
+        };
+        Self::settle(inv, warm, result)
+    }
+
+    /// A monitor's report on what a function took in and gave back.
+    pub async fn observe(
+        &self,
+        pre: &MonitorPre<HostState>,
+        inv: &Invocation,
+        inputs: &Batch,
+        outputs: &Batch,
+    ) -> Result<Report, InvokeError> {
+        let mut warm = self.checkout(inv, Pre::Monitor(pre)).await?;
+        let limit = Self::deadline(inv, &mut warm.store);
+        let result = match &warm.instance {
+            WarmInstance::Monitor(m) => {
+                tokio::time::timeout(limit, m.call_observe(&mut warm.store, inputs, outputs)).await
+            }
+            _ => return Err(InvokeError::Host(anyhow::anyhow!("not a monitor"))),
         };
         Self::settle(inv, warm, result)
     }

@@ -24,6 +24,7 @@ mod events;
 mod extract;
 mod features;
 mod models;
+mod monitors;
 mod oip;
 mod tenants;
 pub mod tls;
@@ -213,6 +214,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(oip::routes())
         .merge(tenants::routes())
         .merge(events::routes())
+        .merge(monitors::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authorize,
@@ -379,6 +381,9 @@ pub(crate) fn respond(
     if let Some(d) = &called.served {
         resp.headers_mut()
             .insert("x-quiver-version", version_header(d));
+    }
+    if let Ok(id) = HeaderValue::from_str(&called.request_id) {
+        resp.headers_mut().insert("x-quiver-request-id", id);
     }
     resp
 }

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod schedule;
+mod taps;
 
 /// How the triggers run on this host.
 #[derive(Debug, Clone)]
@@ -102,6 +103,8 @@ pub struct Triggers {
     /// Successful deliveries that were not an event's first (a retry, or an event
     /// a crashed or stopped host had leased).
     redelivered: IntCounterVec,
+    /// Calls of monitors on tapped pipelines' observations, by outcome (`ok`, `error`).
+    observations: IntCounterVec,
 }
 
 /// A delivery that went through the call path; its status is what is counted.
@@ -141,7 +144,15 @@ impl Triggers {
             ),
             &["tenant", "function", "topic"],
         )?;
+        let observations = IntCounterVec::new(
+            Opts::new(
+                "quiver_monitor_observations_total",
+                "Calls of a monitor on a tapped pipeline's observations, by outcome (ok, error)",
+            ),
+            &["tenant", "pipeline", "monitor", "outcome"],
+        )?;
         Ok(Arc::new(Triggers {
+            observations,
             redelivered,
             bus,
             calls,
@@ -159,6 +170,7 @@ impl Triggers {
             Box::new(self.deliveries.clone()),
             Box::new(self.ticks.clone()),
             Box::new(self.redelivered.clone()),
+            Box::new(self.observations.clone()),
         ]
     }
 
@@ -178,6 +190,14 @@ impl Triggers {
                 let _ = tokio::time::timeout(rescan, wake).await;
             }
         });
+        if let Some(mut queues) = self.functions.taps().take_queues() {
+            let weak = Arc::downgrade(self);
+            tokio::spawn(async move {
+                while let Some(q) = queues.recv().await {
+                    tokio::spawn(taps::run(weak.clone(), q));
+                }
+            });
+        }
         let weak = Arc::downgrade(self);
         let every = self.config.trim_every.max(Duration::from_millis(10));
         tokio::spawn(async move {
