@@ -12,12 +12,13 @@ pub mod base {
             "quiver:ml/features.put": async,
             "quiver:ml/features.delete": async,
             "quiver:ml/events.publish": async,
+            "quiver:ml/datasets.read": async,
         },
     });
 }
 
 macro_rules! world {
-    ($module:ident, $world:literal) => {
+    ($module:ident, $world:literal $(, $extra:literal => $path:path)*) => {
         pub mod $module {
             wasmtime::component::bindgen!({
                 path: "../wit",
@@ -29,6 +30,7 @@ macro_rules! world {
                     "quiver:ml/config@0.1.0": crate::bindings::base::quiver::ml::config,
                     "quiver:ml/features@0.1.0": crate::bindings::base::quiver::ml::features,
                     "quiver:ml/events@0.1.0": crate::bindings::base::quiver::ml::events,
+                    $($extra: $path,)*
                 },
             });
         }
@@ -40,7 +42,9 @@ world!(transform, "quiver:ml/transform");
 // wasi:nn is linked from `wasmtime-wasi-nn` (its own bindings); the ones generated
 // here for this world are not used.
 world!(inference, "quiver:ml/inference");
-world!(monitor, "quiver:ml/monitor");
+// Only the monitor and trainer worlds import datasets.
+world!(monitor, "quiver:ml/monitor",
+    "quiver:ml/datasets@0.1.0" => crate::bindings::base::quiver::ml::datasets);
 
 pub use base::quiver::ml::types::{
     Batch, Column, Error as GuestError, Field, Ingested, RejectedRow, Report,

@@ -7,6 +7,7 @@ pub mod call;
 pub mod capability;
 pub mod cli;
 pub mod convert;
+pub mod datasets;
 pub mod egress;
 pub mod events;
 pub mod features;
@@ -124,6 +125,7 @@ pub async fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         models,
         events: events.clone(),
         reports,
+        datasets: datasets::Datasets::open(&config.data_dir.join("datasets.db"))?,
     };
     let functions = Arc::new(functions::Functions::new(
         registry,

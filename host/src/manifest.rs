@@ -32,7 +32,26 @@ pub struct Manifest {
     pub events: Option<EventsSection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monitor: Option<MonitorSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datasets: Option<DatasetsSection>,
 }
+
+/// `[datasets]`: whether the function's predictions are logged (and kept how
+/// long), and whose datasets it may read through `quiver:ml/datasets`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetsSection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rows: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read: Vec<String>,
+}
+
+pub const MAX_DATASET_ROWS: u64 = 100_000_000;
 
 /// `[events]`: the topics of its tenant a function may publish to through
 /// `quiver:ml/events` (anything else is refused in the guest).
@@ -338,6 +357,8 @@ impl Manifest {
         self.schedule()?;
         self.monitor_tap()?;
         self.report_windows()?;
+        self.dataset_log()?;
+        self.dataset_reads()?;
         for topic in self.events.iter().flat_map(|e| &e.publish) {
             crate::events::check_topic(topic)
                 .map_err(|m| anyhow::anyhow!("[events] publish: {m}"))?;
@@ -471,6 +492,71 @@ impl Manifest {
                 }
             ),
         }
+    }
+
+    /// `[datasets] log = true`, with its retention (default 30d) and row cap
+    /// (default 1 000 000); `None`: predictions are not logged.
+    pub fn dataset_log(&self) -> anyhow::Result<Option<crate::datasets::LogPolicy>> {
+        let Some(d) = &self.datasets else {
+            return Ok(None);
+        };
+        if d.log != Some(true) {
+            if d.retention.is_some() || d.max_rows.is_some() {
+                anyhow::bail!("[datasets] retention and max_rows are for `log = true`");
+            }
+            return Ok(None);
+        }
+        match self.function.kind.as_str() {
+            "ingest" | "transform" | "inference" | "pipeline" => {}
+            other => anyhow::bail!(
+                "[datasets] log is for functions that predict (ingest, transform, inference, pipeline), not `{other}`"
+            ),
+        }
+        let retention = match &d.retention {
+            None => Duration::from_secs(30 * 24 * 3600),
+            Some(r) => humantime::parse_duration(r)
+                .map_err(|e| anyhow::anyhow!("[datasets] retention `{r}`: {e}"))?,
+        };
+        if retention < Duration::from_secs(60) || retention > Duration::from_secs(366 * 24 * 3600) {
+            anyhow::bail!("[datasets] retention must be 1m-366d");
+        }
+        let max_rows = d.max_rows.unwrap_or(1_000_000);
+        if max_rows == 0 || max_rows > MAX_DATASET_ROWS {
+            anyhow::bail!("[datasets] max_rows must be 1-{MAX_DATASET_ROWS}");
+        }
+        Ok(Some(crate::datasets::LogPolicy {
+            retention,
+            max_rows,
+        }))
+    }
+
+    /// `[datasets] read`: the functions of its tenant whose datasets this one reads
+    /// (monitors and trainers, the worlds that import `quiver:ml/datasets`).
+    pub fn dataset_reads(&self) -> anyhow::Result<Vec<String>> {
+        let read = self
+            .datasets
+            .as_ref()
+            .map(|d| d.read.clone())
+            .unwrap_or_default();
+        if read.is_empty() {
+            return Ok(read);
+        }
+        match self.function.kind.as_str() {
+            "monitor" | "trainer" => {}
+            other => anyhow::bail!("[datasets] read is for monitors and trainers, not `{other}`"),
+        }
+        if read.len() > 16 {
+            anyhow::bail!("[datasets] read names more than 16 functions");
+        }
+        for f in &read {
+            if !crate::tenancy::valid_name(f) {
+                anyhow::bail!(
+                    "[datasets] read: `{}` must name a function (1-64 characters of a-z, 0-9 and '-')",
+                    f.chars().take(128).collect::<String>()
+                );
+            }
+        }
+        Ok(read)
     }
 
     /// `[pipeline] monitor`, with its buffer (`None`: no tap).
@@ -877,6 +963,35 @@ mod tests {
         }
         let t = "[function]\nname='t'\nversion='1.0.0'\nkind='transform'\n[monitor]\n";
         assert!(Manifest::parse(t).is_err());
+    }
+
+    #[test]
+    fn dataset_logging_and_reads() {
+        let p = "[function]\nname='p'\nversion='1.0.0'\nkind='pipeline'\n[pipeline]\nstages=['a']\n[datasets]\n";
+        let m = Manifest::parse(&format!("{p}log=true\nretention='7d'\n")).unwrap();
+        let policy = m.dataset_log().unwrap().unwrap();
+        assert_eq!(
+            (policy.retention.as_secs(), policy.max_rows),
+            (7 * 86400, 1_000_000)
+        );
+        for bad in [
+            "retention='7d'",
+            "log=true\nmax_rows=0",
+            "log=true\nretention='1s'",
+            "read=['x']",
+        ] {
+            assert!(Manifest::parse(&format!("{p}{bad}\n")).is_err(), "{bad}");
+        }
+        let t = "[function]\nname='t'\nversion='1.0.0'\nkind='trainer'\n[datasets]\n";
+        assert_eq!(
+            Manifest::parse(&format!("{t}read=['p']\n"))
+                .unwrap()
+                .dataset_reads()
+                .unwrap(),
+            vec!["p"]
+        );
+        assert!(Manifest::parse(&format!("{t}read=['P Q']\n")).is_err());
+        assert!(Manifest::parse(&format!("{t}log=true\n")).is_err());
     }
 
     #[test]

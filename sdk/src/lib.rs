@@ -33,7 +33,7 @@ pub mod base {
 }
 
 macro_rules! world_bindings {
-    ($module:ident, $world:literal, $macro_name:literal, $path:literal) => {
+    ($module:ident, $world:literal, $macro_name:literal, $path:literal $(, $extra:literal => $to:path)*) => {
         #[doc(hidden)]
         pub mod $module {
             wit_bindgen::generate!({
@@ -45,6 +45,7 @@ macro_rules! world_bindings {
                     "quiver:ml/config@0.1.0": crate::base::quiver::ml::config,
                     "quiver:ml/features@0.1.0": crate::base::quiver::ml::features,
                     "quiver:ml/events@0.1.0": crate::base::quiver::ml::events,
+                    $($extra: $to,)*
                 },
                 // Interfaces not mapped above (wasi:nn, models) are generated here.
                 generate_all,
@@ -78,13 +79,15 @@ world_bindings!(
     monitor_world,
     "quiver:ml/monitor",
     "export",
-    "quiver_sdk::monitor_world"
+    "quiver_sdk::monitor_world",
+    "quiver:ml/datasets@0.1.0" => crate::base::quiver::ml::datasets
 );
 world_bindings!(
     trainer_world,
     "quiver:ml/trainer",
     "export",
-    "quiver_sdk::trainer_world"
+    "quiver_sdk::trainer_world",
+    "quiver:ml/datasets@0.1.0" => crate::base::quiver::ml::datasets
 );
 
 pub use base::quiver::ml::types::{Error, Ingested, ModelArtifact, RejectedRow, Report};
@@ -115,6 +118,18 @@ pub mod features {
 /// ```
 pub mod events {
     pub use crate::base::quiver::ml::events::{publish, Payload};
+}
+
+/// Logged predictions joined to their labels, of the functions the manifest's
+/// `[datasets] read` names (monitors and trainers).
+///
+/// ```ignore
+/// use quiver_sdk::datasets::{self, Query};
+/// let week = datasets::read(&Query { function: "fraud-pipeline".into(),
+///     since_ms: 7 * 86_400_000, labelled_only: true, limit: 100_000 })?;
+/// ```
+pub mod datasets {
+    pub use crate::base::quiver::ml::datasets::{read, Query};
 }
 
 /// Models bound in the manifest's `[models]` table, run through `wasi:nn`.

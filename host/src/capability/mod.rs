@@ -17,9 +17,11 @@ use quiver_registry::VersionRecord;
 use std::sync::Arc;
 use wasmtime::component::Linker;
 
+pub use datasets::DatasetScope;
 pub use events::EventScope;
 
 mod config;
+mod datasets;
 mod events;
 mod features;
 mod log;
@@ -70,6 +72,7 @@ pub static ALL: &[&dyn Capability] = &[
     &models::Models,
     &outbound::Outbound,
     &events::Events,
+    &datasets::Datasets,
 ];
 
 /// The imports a component of `kind` may have: what the capabilities provide it.

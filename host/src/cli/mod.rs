@@ -5,6 +5,7 @@ mod build;
 mod client;
 mod demo;
 mod features_load;
+mod feedback;
 mod models;
 mod tenancy;
 
@@ -266,6 +267,12 @@ enum Command {
     /// Monitors of `--tenant`: their reports, per window.
     #[command(subcommand)]
     Monitor(MonitorCommand),
+    /// Labels for `--tenant`'s earlier predictions (joined by x-quiver-request-id).
+    #[command(subcommand)]
+    Feedback(feedback::FeedbackCommand),
+    /// The predictions `--tenant`'s functions logged ([datasets] log), with labels.
+    #[command(subcommand)]
+    Datasets(feedback::DatasetsCommand),
     /// The audit log of admin actions (`--tenant`'s, or `--all`); `verify` checks its chain.
     Audit {
         #[command(subcommand)]
@@ -416,6 +423,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Feedback(cmd) => feedback::feedback(&client, cmd, cli.json).await,
+        Command::Datasets(cmd) => feedback::datasets(&client, cmd, cli.json).await,
         Command::Monitor(MonitorCommand::Reports { name, limit }) => {
             let v = client
                 .get(&format!("monitors/{name}/reports?limit={limit}"))
@@ -725,6 +734,7 @@ pub(crate) async fn deploy(
             capabilities: None,
             events: None,
             monitor: None,
+            datasets: None,
         };
         (manifest.with_overrides(sets)?, Some(path.to_path_buf()))
     } else {

@@ -136,6 +136,7 @@ impl Functions {
         let public = manifest.http_public();
         let tap = manifest.monitor_tap().map_err(DeployError::Internal)?;
         let windows = manifest.report_windows().map_err(DeployError::Internal)?;
+        let log = manifest.dataset_log().map_err(DeployError::Internal)?;
         let lifecycle = Mutex::new(Lifecycle::new(
             scaling.idle_timeout,
             scaling.min_instances,
@@ -213,6 +214,7 @@ impl Functions {
             public,
             tap,
             windows,
+            log,
             usage,
             record,
             body,

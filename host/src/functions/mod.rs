@@ -43,6 +43,8 @@ pub struct Deployment {
     pub tap: Option<crate::manifest::MonitorTap>,
     /// `[monitor]`: how a monitor's reports are windowed and kept.
     pub windows: crate::manifest::ReportWindows,
+    /// `[datasets] log`: its predictions go to the dataset store.
+    pub log: Option<crate::datasets::LogPolicy>,
 }
 
 impl Deployment {
@@ -130,12 +132,14 @@ pub struct Stores {
     pub models: Arc<ModelCache>,
     pub events: Arc<dyn crate::events::Bus>,
     pub reports: Arc<crate::monitors::Reports>,
+    pub datasets: Arc<crate::datasets::Datasets>,
 }
 
 pub struct Functions {
     registry: Arc<Registry>,
     events: Arc<dyn crate::events::Bus>,
     reports: Arc<crate::monitors::Reports>,
+    datasets: Arc<crate::datasets::Datasets>,
     taps: crate::monitors::Taps,
     runtime: Arc<Runtime>,
     loaded: Mutex<HashMap<DeploymentKey, Arc<Deployment>>>,
@@ -179,6 +183,7 @@ impl Functions {
             models,
             events,
             reports,
+            datasets,
         } = stores;
         let cold_starts = IntCounterVec::new(
             Opts::new("quiver_cold_starts_total", "Loads of a Cold deployment"),
@@ -248,6 +253,7 @@ impl Functions {
             tenancy,
             events,
             reports,
+            datasets,
             taps: crate::monitors::Taps::new()?,
         })
     }
@@ -255,6 +261,11 @@ impl Functions {
     /// Monitor reports, per window.
     pub fn reports(&self) -> &Arc<crate::monitors::Reports> {
         &self.reports
+    }
+
+    /// Logged predictions and their labels.
+    pub fn datasets(&self) -> &Arc<crate::datasets::Datasets> {
+        &self.datasets
     }
 
     /// Pipelines' monitor taps.
@@ -285,6 +296,7 @@ impl Functions {
             Box::new(self.inference_runs.clone()),
         ];
         all.extend(self.taps.collectors());
+        all.extend(self.datasets.collectors());
         all
     }
 
@@ -636,7 +648,8 @@ impl Functions {
                     })?
                 }
             };
-            if i == 0 && d.tap.is_some() && !matches!(prepared, Prepared::Ingest(_)) {
+            let observed = d.tap.is_some() || d.log.is_some();
+            if i == 0 && observed && !matches!(prepared, Prepared::Ingest(_)) {
                 tapped = Some(input.clone());
             }
             batch = Some(match prepared {
@@ -653,7 +666,7 @@ impl Functions {
                         .ingest(pre, &stage.invocation, content_type, body)
                         .await?;
                     rejected.extend(out.rejected);
-                    if d.tap.is_some() {
+                    if d.tap.is_some() || d.log.is_some() {
                         tapped = Some(out.batch.clone());
                     }
                     out.batch
@@ -686,6 +699,33 @@ impl Functions {
             });
         }
         let batch = batch.unwrap_or(Batch { fields: Vec::new() });
+        if let (Some(policy), Some(inputs), Some(call)) = (d.log, &tapped, crate::trace::current())
+        {
+            let r = &d.record;
+            let own = [d];
+            let stages: Vec<&Deployment> = match &d.body {
+                DeploymentBody::Pipeline(stages) => stages.iter().map(|s| s.as_ref()).collect(),
+                _ => own.to_vec(),
+            };
+            let models: Vec<String> = stages
+                .iter()
+                .filter_map(|s| Self::invocation(s).models.as_ref())
+                .flat_map(|m| m.models.iter().map(|b| format!("{}@{}", b.name, b.version)))
+                .collect();
+            self.datasets.log(crate::datasets::Prediction {
+                tenant: r.tenant.clone(),
+                function: r.name.clone(),
+                version: format!("{}@{}", r.name, r.version),
+                models: models.join(","),
+                request_id: call.span_id(),
+                time_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |t| t.as_millis() as u64),
+                inputs: inputs.clone(),
+                outputs: batch.clone(),
+                policy,
+            });
+        }
         if let (Some(tap), Some(inputs)) = (&d.tap, tapped) {
             let r = &d.record;
             self.taps

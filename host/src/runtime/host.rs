@@ -29,6 +29,7 @@ pub struct HostState {
     pub(crate) models: Option<Arc<BoundModels>>,
     pub(crate) egress: crate::egress::Egress,
     pub(crate) events: Option<Arc<crate::capability::EventScope>>,
+    pub(crate) datasets: Option<Arc<crate::capability::DatasetScope>>,
     /// Events this call published so far.
     pub(crate) published: u32,
 }

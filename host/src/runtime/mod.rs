@@ -110,6 +110,8 @@ pub struct Invocation {
     pub egress: crate::egress::Egress,
     /// The topics it may publish to (`None`: it declared none).
     pub events: Option<Arc<crate::capability::EventScope>>,
+    /// The datasets it may read (`None`: it declared none).
+    pub datasets: Option<Arc<crate::capability::DatasetScope>>,
 }
 
 impl Invocation {
@@ -140,6 +142,7 @@ impl Invocation {
             models: None,
             egress: Default::default(),
             events: None,
+            datasets: None,
         }
     }
 }
@@ -392,6 +395,7 @@ impl Runtime {
             models: inv.models.clone(),
             egress: inv.egress.clone(),
             events: inv.events.clone(),
+            datasets: inv.datasets.clone(),
             published: 0,
         };
         let mut store = Store::new(&self.engine, state);

@@ -40,6 +40,8 @@ pub(crate) fn need(method: &Method, route: &str) -> Need {
     match route {
         "/healthz" | "/v2" | "/v2/health/live" | "/v2/health/ready" => Need::Open,
         "/metrics" => Need::AnyToken,
+        // Labels need a token even for a public function.
+        "/fn/{tenant}/{name}/feedback" => Need::Tenant(Scope::Invoke),
         r if r.starts_with("/fn/") || r.starts_with("/http/") => Need::InvokeOrPublic,
         r if r.starts_with("/v2/tenants/{tenant}/") => Need::InvokeOrPublic,
         r if r.starts_with("/v2/models/") => Need::Tenant(Scope::Invoke),
@@ -440,6 +442,10 @@ mod tests {
             Need::Platform
         );
         assert_eq!(need(&post, "/fn/{tenant}/{name}"), Need::InvokeOrPublic);
+        assert_eq!(
+            need(&post, "/fn/{tenant}/{name}/feedback"),
+            Need::Tenant(Scope::Invoke)
+        );
         assert_eq!(
             need(&post, "/v2/models/{name}/infer"),
             Need::Tenant(Scope::Invoke)

@@ -20,6 +20,7 @@ use serde_json::json;
 use std::sync::Arc;
 
 mod auth;
+mod datasets;
 mod events;
 mod extract;
 mod features;
@@ -215,6 +216,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(tenants::routes())
         .merge(events::routes())
         .merge(monitors::routes())
+        .merge(datasets::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authorize,
