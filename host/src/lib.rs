@@ -248,3 +248,10 @@ fn open_registry(data_dir: &Path) -> anyhow::Result<quiver_registry::Registry> {
     quiver_registry::Registry::open(&data_dir.join("registry"))
         .map_err(|e| anyhow::anyhow!("opening the registry under {}: {e}", data_dir.display()))
 }
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

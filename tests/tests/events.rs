@@ -216,9 +216,21 @@ fn events_invoke_their_subscriber_and_failures_retry_into_the_dead_letters() {
     let (status, code, _) = error_of(server.post("/fn/default/worker", "application/json", "{}"));
     assert_eq!((status, code.as_str()), (404, "not_exposed"));
 
+    let lag = series(
+        "quiver_event_lag_seconds_count",
+        &[("function", "worker"), ("topic", "jobs")],
+    );
+    assert_eq!(
+        server.metric(&lag),
+        Some(1.0),
+        "publication to delivery, once an event"
+    );
+
     // A function that always fails: 3 attempts (2 retries), then dead with the reason.
     let failing = publish(&server, "jobs", r#"{"mode": "fail"}"#);
     server.wait_metric(&dead, 1.0, 30);
+    // Only first deliveries count in the lag (a retry's includes its backoff).
+    assert_eq!(server.metric(&lag), Some(2.0));
     assert_eq!(server.metric(&retry), Some(2.0));
     assert_eq!(server.metric(&calls("400")), Some(3.0));
     let dlq: Value =

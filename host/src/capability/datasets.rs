@@ -74,9 +74,7 @@ impl base::quiver::ml::datasets::Host for HostState {
             labelled_only: q.labelled_only,
             limit: (q.limit as usize).min(MAX_READ_ROWS),
         };
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |t| t.as_millis() as u64);
+        let now_ms = crate::unix_ms();
         let rows = scope
             .store
             .read(&scope.tenant, &query, now_ms)

@@ -18,7 +18,7 @@ use redis::streams::{
 use redis::Value;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Every stream this bus has written to, for the trimmer.
 const STREAMS: &str = "quiver:ev:streams";
@@ -35,11 +35,7 @@ pub struct RedisBus {
     known: Mutex<HashSet<String>>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use crate::unix_ms as now_ms;
 
 fn stream_key(tenant: &str, topic: &str) -> String {
     format!("quiver:ev:{tenant}:{topic}")

@@ -570,9 +570,7 @@ impl Functions {
             .await?;
         crate::monitors::check(&report).map_err(InvokeError::BadOutput)?;
         let r = &d.record;
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |t| t.as_millis() as u64);
+        let now_ms = crate::unix_ms();
         let rows = crate::monitors::rows(&inputs) as u64;
         let source = format!("{}@{}", r.name, r.version);
         let window = self
@@ -718,9 +716,7 @@ impl Functions {
                 version: format!("{}@{}", r.name, r.version),
                 models: models.join(","),
                 request_id: call.span_id(),
-                time_ms: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |t| t.as_millis() as u64),
+                time_ms: crate::unix_ms(),
                 inputs: inputs.clone(),
                 outputs: batch.clone(),
                 policy,

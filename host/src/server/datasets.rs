@@ -32,11 +32,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/admin/v1/tenants/{tenant}/datasets/{name}", get(read))
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |t| t.as_millis() as u64)
-}
+use crate::unix_ms as now_ms;
 
 fn bad(code: &'static str, m: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, code, m.into())

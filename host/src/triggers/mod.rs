@@ -17,7 +17,7 @@ use crate::manifest::{EventTrigger, Manifest};
 use crate::server::ApiError;
 use crate::tenancy::{FunctionRef, TenantId};
 use axum::http::StatusCode;
-use prometheus::{IntCounterVec, Opts};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 use quiver_registry::VersionRecord;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -105,6 +105,8 @@ pub struct Triggers {
     redelivered: IntCounterVec,
     /// Calls of monitors on tapped pipelines' observations, by outcome (`ok`, `error`).
     observations: IntCounterVec,
+    /// Publication to the start of its first delivery's call, per event.
+    lag: HistogramVec,
 }
 
 /// A delivery that went through the call path; its status is what is counted.
@@ -151,7 +153,19 @@ impl Triggers {
             ),
             &["tenant", "pipeline", "monitor", "outcome"],
         )?;
+        let lag = HistogramVec::new(
+            HistogramOpts::new(
+                "quiver_event_lag_seconds",
+                "From an event's publication to the start of its first delivery (ms resolution)",
+            )
+            .buckets(vec![
+                0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                5.0, 10.0, 30.0, 60.0,
+            ]),
+            &["tenant", "function", "topic"],
+        )?;
         Ok(Arc::new(Triggers {
+            lag,
             observations,
             redelivered,
             bus,
@@ -171,6 +185,7 @@ impl Triggers {
             Box::new(self.ticks.clone()),
             Box::new(self.redelivered.clone()),
             Box::new(self.observations.clone()),
+            Box::new(self.lag.clone()),
         ]
     }
 
@@ -448,6 +463,12 @@ async fn deliver(
         content_type,
         body,
     } = unit;
+    let now = crate::unix_ms();
+    for e in events.iter().filter(|e| e.attempt == 1) {
+        t.lag
+            .with_label_values(&[group.tenant.as_str(), &group.name, &group.topic])
+            .observe(now.saturating_sub(e.time_ms) as f64 / 1000.0);
+    }
     // A batch runs in the trace of its first event.
     let traceparent = events.first().and_then(|e| e.event.traceparent.clone());
     let called = t
