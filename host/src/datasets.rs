@@ -17,7 +17,7 @@ use rusqlite::{params, Connection};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -132,7 +132,7 @@ pub fn parse_label(v: &Value, i: usize) -> Result<Label, String> {
 }
 
 pub struct Datasets {
-    db: Arc<Mutex<Connection>>,
+    db: crate::sqlite::SharedDb,
     queue: mpsc::Sender<Prediction>,
     dropped: IntCounterVec,
     logged: IntCounterVec,
@@ -173,7 +173,7 @@ impl Datasets {
             &["tenant", "function"],
         )?;
         let d = Arc::new(Datasets {
-            db: Arc::new(Mutex::new(db)),
+            db: crate::sqlite::SharedDb::new(db, "the dataset store"),
             queue: tx,
             dropped,
             logged: logged.clone(),
@@ -198,20 +198,6 @@ impl Datasets {
         }
     }
 
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Connection) -> anyhow::Result<T> + Send + 'static,
-    ) -> anyhow::Result<T> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let db = db
-                .lock()
-                .map_err(|_| anyhow::anyhow!("the dataset store's lock is poisoned"))?;
-            f(&db)
-        })
-        .await?
-    }
-
     /// Store labels (a later label for the same row replaces the earlier); how
     /// many of them match a logged prediction now.
     pub async fn label(
@@ -222,38 +208,39 @@ impl Datasets {
         now_ms: u64,
     ) -> anyhow::Result<usize> {
         let (tenant, function) = (tenant.to_string(), function.to_string());
-        self.blocking(move |db| {
-            let tx = db.unchecked_transaction()?;
-            let mut matched = 0;
-            {
-                let mut put = tx.prepare_cached(
-                    "INSERT INTO labels (tenant, function, request_id, row, label, time_ms)
+        self.db
+            .run(move |db| {
+                let tx = db.unchecked_transaction()?;
+                let mut matched = 0;
+                {
+                    let mut put = tx.prepare_cached(
+                        "INSERT INTO labels (tenant, function, request_id, row, label, time_ms)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                      ON CONFLICT (tenant, function, request_id, row)
                      DO UPDATE SET label = excluded.label, time_ms = excluded.time_ms",
-                )?;
-                let mut found = tx.prepare_cached(
-                    "SELECT 1 FROM predictions
+                    )?;
+                    let mut found = tx.prepare_cached(
+                        "SELECT 1 FROM predictions
                      WHERE tenant = ?1 AND function = ?2 AND request_id = ?3 AND row = ?4",
-                )?;
-                for l in &labels {
-                    put.execute(params![
-                        tenant,
-                        function,
-                        l.request_id,
-                        l.row,
-                        l.label.to_string(),
-                        now_ms as i64
-                    ])?;
-                    if found.exists(params![tenant, function, l.request_id, l.row])? {
-                        matched += 1;
+                    )?;
+                    for l in &labels {
+                        put.execute(params![
+                            tenant,
+                            function,
+                            l.request_id,
+                            l.row,
+                            l.label.to_string(),
+                            now_ms as i64
+                        ])?;
+                        if found.exists(params![tenant, function, l.request_id, l.row])? {
+                            matched += 1;
+                        }
                     }
                 }
-            }
-            tx.commit()?;
-            Ok(matched)
-        })
-        .await
+                tx.commit()?;
+                Ok(matched)
+            })
+            .await
     }
 
     /// Predictions of the last `since_ms` (joined to their labels), oldest first,
@@ -261,7 +248,7 @@ impl Datasets {
     /// `label` when only labelled rows are read, else `labelled`.
     pub async fn read(&self, tenant: &str, q: &Query, now_ms: u64) -> anyhow::Result<Vec<Value>> {
         let (tenant, q) = (tenant.to_string(), q.clone());
-        self.blocking(move |db| {
+        self.db.run(move |db| {
             let since = now_ms.saturating_sub(q.since_ms) as i64;
             let limit = q.limit.clamp(1, MAX_READ_ROWS) as i64;
             let join = match q.labelled_only {
@@ -329,7 +316,7 @@ impl Datasets {
 /// retention of the functions it wrote for, and (at most once a minute each) what
 /// is past their row cap.
 async fn writer(
-    db: Arc<Mutex<Connection>>,
+    db: crate::sqlite::SharedDb,
     mut rx: mpsc::Receiver<Prediction>,
     logged: IntCounterVec,
 ) {
@@ -359,12 +346,8 @@ async fn writer(
             }
             due.push((p.tenant.clone(), p.function.clone(), p.policy, cap));
         }
-        let db = db.clone();
         let logged = logged.clone();
-        let done = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            let db = db
-                .lock()
-                .map_err(|_| anyhow::anyhow!("the dataset store's lock is poisoned"))?;
+        let done = db.run(move |db| {
             let tx = db.unchecked_transaction()?;
             {
                 let mut put = tx.prepare_cached(
@@ -419,12 +402,9 @@ async fn writer(
             }
             tx.commit()?;
             Ok(())
-        })
-        .await;
-        match done {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!("logging predictions: {e:#}"),
-            Err(e) => tracing::warn!("logging predictions: {e}"),
+        });
+        if let Err(e) = done.await {
+            tracing::warn!("logging predictions: {e:#}");
         }
     }
 }

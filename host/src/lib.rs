@@ -12,6 +12,7 @@ pub mod egress;
 pub mod events;
 pub mod features;
 pub mod functions;
+pub mod logs;
 pub mod manifest;
 pub mod metrics;
 pub mod monitors;
@@ -19,6 +20,7 @@ pub mod nn;
 pub mod runtime;
 pub mod scaler;
 pub mod server;
+pub mod sqlite;
 pub mod tenancy;
 pub mod trace;
 pub mod triggers;
@@ -126,6 +128,7 @@ pub async fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         events: events.clone(),
         reports,
         datasets: datasets::Datasets::open(&config.data_dir.join("datasets.db"))?,
+        logs: logs::Logs::new()?,
     };
     let functions = Arc::new(functions::Functions::new(
         registry,

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use tokio::sync::mpsc;
 
 /// The most metrics one report may carry, and one window may hold.
@@ -147,7 +147,7 @@ pub struct Reporter<'a> {
 
 /// The embedded report store.
 pub struct Reports {
-    db: Arc<Mutex<Connection>>,
+    db: crate::sqlite::SharedDb,
 }
 
 impl Reports {
@@ -162,22 +162,8 @@ impl Reports {
                  report TEXT NOT NULL, PRIMARY KEY (tenant, monitor, start_ms));",
         )?;
         Ok(Reports {
-            db: Arc::new(Mutex::new(db)),
+            db: crate::sqlite::SharedDb::new(db, "the report store"),
         })
-    }
-
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Connection) -> anyhow::Result<T> + Send + 'static,
-    ) -> anyhow::Result<T> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let db = db
-                .lock()
-                .map_err(|_| anyhow::anyhow!("the report store's lock is poisoned"))?;
-            f(&db)
-        })
-        .await?
     }
 
     /// Fold `report` (on `rows` input rows, by `source` = `name@version`) into the
@@ -197,7 +183,7 @@ impl Reports {
             by.source.to_string(),
         );
         let report = report.clone();
-        self.blocking(move |db| {
+        self.db.run(move |db| {
             let len = (windows.window.as_millis() as u64).max(1);
             let start = now_ms / len * len;
             let tx = db.unchecked_transaction()?;
@@ -247,20 +233,21 @@ impl Reports {
     ) -> anyhow::Result<Vec<Window>> {
         let (tenant, monitor) = (tenant.to_string(), monitor.to_string());
         let limit = limit.clamp(1, MAX_LISTED) as i64;
-        self.blocking(move |db| {
-            let mut stmt = db.prepare(
-                "SELECT report FROM windows WHERE tenant = ?1 AND monitor = ?2
+        self.db
+            .run(move |db| {
+                let mut stmt = db.prepare(
+                    "SELECT report FROM windows WHERE tenant = ?1 AND monitor = ?2
                  ORDER BY start_ms DESC LIMIT ?3",
-            )?;
-            let rows =
-                stmt.query_map(params![tenant, monitor, limit], |r| r.get::<_, String>(0))?;
-            let mut out = Vec::new();
-            for text in rows {
-                out.push(serde_json::from_str(&text?)?);
-            }
-            Ok(out)
-        })
-        .await
+                )?;
+                let rows =
+                    stmt.query_map(params![tenant, monitor, limit], |r| r.get::<_, String>(0))?;
+                let mut out = Vec::new();
+                for text in rows {
+                    out.push(serde_json::from_str(&text?)?);
+                }
+                Ok(out)
+            })
+            .await
     }
 }
 

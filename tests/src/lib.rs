@@ -519,3 +519,16 @@ impl Drop for Redis {
         self.kill();
     }
 }
+
+/// A JSON array of fraud-pipeline transactions, one per amount (txn ids `t-0`, ...).
+pub fn txns(amounts: &[f64]) -> String {
+    let rows: Vec<serde_json::Value> = amounts
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            serde_json::json!({"txn_id": format!("t-{i}"), "amount": a,
+                "ts": 1763812800 + i as i64 * 60, "merchant": "coffee-corner"})
+        })
+        .collect();
+    serde_json::Value::Array(rows).to_string()
+}

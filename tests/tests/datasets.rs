@@ -4,20 +4,8 @@
 //! /fn/{tenant}/{name}/feedback`, `quiver feedback load file.csv`) and join them;
 //! `quiver datasets read` and a monitor's `quiver:ml/datasets.read` read the window.
 
-use quiver_tests::{error_of, Server};
+use quiver_tests::{error_of, txns, Server};
 use serde_json::{json, Value};
-
-fn txns(amounts: &[f64]) -> String {
-    let rows: Vec<Value> = amounts
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            json!({"txn_id": format!("t-{i}"), "amount": a, "ts": 1763812800 + i as i64 * 60,
-                   "merchant": "coffee-corner"})
-        })
-        .collect();
-    Value::Array(rows).to_string()
-}
 
 fn json_of(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))

@@ -4,7 +4,7 @@
 //! a full tap buffer drops and counts (`quiver_monitor_dropped_total`); monitors
 //! are invocable with `{"inputs", "outputs"}`.
 
-use quiver_tests::{error_of, Server};
+use quiver_tests::{error_of, txns, Server};
 use serde_json::{json, Value};
 
 fn series(metric: &str, labels: &[(&str, &str)]) -> String {
@@ -13,18 +13,6 @@ fn series(metric: &str, labels: &[(&str, &str)]) -> String {
     labels.sort();
     let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
     format!("{metric}{{{}}}", inner.join(","))
-}
-
-fn txns(amounts: &[f64]) -> String {
-    let rows: Vec<Value> = amounts
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            json!({"txn_id": format!("t-{i}"), "amount": a, "ts": 1763812800 + i as i64 * 60,
-                   "merchant": "coffee-corner"})
-        })
-        .collect();
-    Value::Array(rows).to_string()
 }
 
 fn reports(server: &Server, monitor: &str) -> Value {

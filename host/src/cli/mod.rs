@@ -6,6 +6,7 @@ mod client;
 mod demo;
 mod features_load;
 mod feedback;
+mod logs;
 mod models;
 mod tenancy;
 
@@ -42,8 +43,23 @@ pub struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// The host's own log lines (stderr): `text`, or `json` (one object a line).
+    #[arg(
+        long,
+        global = true,
+        env = "QUIVER_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -229,6 +245,16 @@ enum Command {
     Ls,
     /// List the versions of a function.
     Versions { name: String },
+    /// A function's stdout, stderr and log lines (the newest 1000 are kept).
+    Logs {
+        name: String,
+        /// Keep printing new lines as they come.
+        #[arg(long, short)]
+        follow: bool,
+        /// The newest N lines first.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
     /// Serve the previous version of a function (or --to VERSION).
     Rollback {
         name: String,
@@ -558,6 +584,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             Ok(())
+        }
+        Command::Logs {
+            name,
+            follow,
+            limit,
+        } => {
+            logs::logs(
+                &client,
+                &name,
+                limit.clamp(1, crate::logs::MAX_READ),
+                follow,
+                cli.json,
+            )
+            .await
         }
         Command::Versions { name } => {
             let out = client.get(&format!("functions/{name}/versions")).await?;

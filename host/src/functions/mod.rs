@@ -133,6 +133,7 @@ pub struct Stores {
     pub events: Arc<dyn crate::events::Bus>,
     pub reports: Arc<crate::monitors::Reports>,
     pub datasets: Arc<crate::datasets::Datasets>,
+    pub logs: Arc<crate::logs::Logs>,
 }
 
 pub struct Functions {
@@ -140,6 +141,7 @@ pub struct Functions {
     events: Arc<dyn crate::events::Bus>,
     reports: Arc<crate::monitors::Reports>,
     datasets: Arc<crate::datasets::Datasets>,
+    logs: Arc<crate::logs::Logs>,
     taps: crate::monitors::Taps,
     runtime: Arc<Runtime>,
     loaded: Mutex<HashMap<DeploymentKey, Arc<Deployment>>>,
@@ -184,6 +186,7 @@ impl Functions {
             events,
             reports,
             datasets,
+            logs,
         } = stores;
         let cold_starts = IntCounterVec::new(
             Opts::new("quiver_cold_starts_total", "Loads of a Cold deployment"),
@@ -254,6 +257,7 @@ impl Functions {
             events,
             reports,
             datasets,
+            logs,
             taps: crate::monitors::Taps::new()?,
         })
     }
@@ -266,6 +270,11 @@ impl Functions {
     /// Logged predictions and their labels.
     pub fn datasets(&self) -> &Arc<crate::datasets::Datasets> {
         &self.datasets
+    }
+
+    /// Functions' captured output and log lines.
+    pub fn logs(&self) -> &Arc<crate::logs::Logs> {
+        &self.logs
     }
 
     /// Pipelines' monitor taps.
@@ -297,6 +306,7 @@ impl Functions {
         ];
         all.extend(self.taps.collectors());
         all.extend(self.datasets.collectors());
+        all.extend(self.logs.collectors());
         all
     }
 

@@ -30,6 +30,12 @@ pub struct HostState {
     pub(crate) egress: crate::egress::Egress,
     pub(crate) events: Option<Arc<crate::capability::EventScope>>,
     pub(crate) datasets: Option<Arc<crate::capability::DatasetScope>>,
+    /// The guest's stdout and stderr, kept until its call ends.
+    pub(crate) stdout: crate::logs::Capture,
+    pub(crate) stderr: crate::logs::Capture,
+    pub(crate) logs: Option<Arc<crate::logs::LogSink>>,
+    /// The running call's trace id.
+    pub(crate) trace_id: String,
     /// Events this call published so far.
     pub(crate) published: u32,
 }

@@ -9,6 +9,7 @@ use crate::bindings::monitor::MonitorPre;
 use crate::bindings::transform::TransformPre;
 use crate::bindings::{Batch, GuestError, Ingested, Report};
 use crate::features::FeatureScope;
+use crate::logs::Capture;
 use crate::manifest::ResolvedLimits;
 use crate::nn::BoundModels;
 use anyhow::Context as _;
@@ -112,6 +113,8 @@ pub struct Invocation {
     pub events: Option<Arc<crate::capability::EventScope>>,
     /// The datasets it may read (`None`: it declared none).
     pub datasets: Option<Arc<crate::capability::DatasetScope>>,
+    /// Where its output and log lines go (`None`: to the host's tracing only).
+    pub logs: Option<Arc<crate::logs::LogSink>>,
 }
 
 impl Invocation {
@@ -143,6 +146,7 @@ impl Invocation {
             egress: Default::default(),
             events: None,
             datasets: None,
+            logs: None,
         }
     }
 }
@@ -378,8 +382,16 @@ impl Runtime {
     fn store(&self, inv: &Invocation) -> Store<HostState> {
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_RESOURCES);
+        let (stdout, stderr) = (Capture::default(), Capture::default());
         let state = HostState {
-            wasi: WasiCtx::builder().build(),
+            wasi: WasiCtx::builder()
+                .stdout(stdout.clone())
+                .stderr(stderr.clone())
+                .build(),
+            stdout,
+            stderr,
+            logs: inv.logs.clone(),
+            trace_id: String::new(),
             table,
             http: WasiHttpCtx::new(),
             limiter: MemoryLimiter {
@@ -510,6 +522,10 @@ impl Runtime {
         warm: Warm,
         result: Result<wasmtime::Result<Result<T, GuestError>>, tokio::time::error::Elapsed>,
     ) -> Result<T, InvokeError> {
+        let s = warm.store.data();
+        if let Some(sink) = &s.logs {
+            sink.flush(&s.trace_id, &s.stdout, &s.stderr);
+        }
         match result {
             Err(_) => Err(InvokeError::Timeout(inv.limits.timeout)),
             Ok(Ok(Err(_))) if Self::past_deadline(&warm.store) => {
@@ -525,7 +541,10 @@ impl Runtime {
 
     /// Arm the deadline for one call; returns the host-side backstop timeout.
     fn deadline(inv: &Invocation, store: &mut Store<HostState>) -> Duration {
-        store.data_mut().deadline = Instant::now() + inv.limits.timeout;
+        let state = store.data_mut();
+        state.deadline = Instant::now() + inv.limits.timeout;
+        // Read here, in the calling task: an http guest's call runs in a task of its own.
+        state.trace_id = crate::trace::current().map_or_else(String::new, |c| c.trace_id());
         store.set_epoch_deadline(1);
         inv.limits.timeout + Duration::from_millis(250)
     }

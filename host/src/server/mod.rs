@@ -24,6 +24,7 @@ mod datasets;
 mod events;
 mod extract;
 mod features;
+mod logs;
 mod models;
 mod monitors;
 mod oip;
@@ -217,6 +218,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(events::routes())
         .merge(monitors::routes())
         .merge(datasets::routes())
+        .merge(logs::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authorize,
