@@ -94,18 +94,21 @@ for f in txn-features fraud-score drift-monitor; do "$Q" deploy "functions/$f" >
 "$Q" deploy functions/ingest-json >/dev/null
 "$Q" deploy functions/fraud-pipeline >/dev/null
 "$Q" deploy functions/fraud-pipeline --name tapped-pipeline --set 'pipeline.monitor="drift-monitor"' >/dev/null
+# A monitor that does nothing (slow-monitor, no sleep): the tap's own cost.
+"$Q" deploy functions/slow-monitor --name noop-monitor --set config.sleep_ms=0 >/dev/null
+"$Q" deploy functions/fraud-pipeline --name noop-pipeline --set 'pipeline.monitor="noop-monitor"' >/dev/null
 cat > "$data/post.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["content-type"] = "application/json"
 wrk.body = [==[$(tr -d '\n' < functions/fraud-pipeline/sample.json)]==]
 LUA
-echo "connections round plain_p50 tapped_p50 plain_rps tapped_rps (fraud-pipeline over /fn, ${secs}s each)"
+echo "connections round plain_p50 noop_tap_p50 drift_tap_p50 plain_rps noop_tap_rps drift_tap_rps (fraud-pipeline over /fn, ${secs}s each)"
 for c in 1 "$conns"; do for r in 1 2; do
-  for f in fraud-pipeline tapped-pipeline; do
+  for f in fraud-pipeline noop-pipeline tapped-pipeline; do
     out=$(wrk -t1 -c"$c" -d"${secs}s" --latency -H "$AUTH" -s "$data/post.lua" "http://127.0.0.1:18110/fn/default/$f")
     eval "${f%%-*}_p50=\$(echo \"\$out\" | awk '\$1==\"50%\" {print \$2}')"
     eval "${f%%-*}_rps=\$(echo \"\$out\" | awk '/Requests\/sec/ {print \$2}')"
   done
-  echo "$c $r $fraud_p50 $tapped_p50 $fraud_rps $tapped_rps"
+  echo "$c $r $fraud_p50 $noop_p50 $tapped_p50 $fraud_rps $noop_rps $tapped_rps"
 done; done
-echo "monitor observations: $(metric 18110 "$QUIVER_TOKEN" 'quiver_monitor_observations_total{monitor="drift-monitor",outcome="ok"') ok, dropped: $(metric 18110 "$QUIVER_TOKEN" 'quiver_monitor_dropped_total')"
+echo "drift-monitor calls: $(metric 18110 "$QUIVER_TOKEN" 'quiver_monitor_observations_total{monitor="drift-monitor",outcome="ok"') ok, observations dropped: $(metric 18110 "$QUIVER_TOKEN" 'quiver_monitor_dropped_total')"

@@ -23,9 +23,10 @@ cargo clippy --locked -p quiver-host --lib -- -D warnings
 (cd sdk && cargo clippy --locked --target wasm32-wasip2 --all-targets -- -D warnings)
 
 # The feature-store tests run a real Redis server (started by the tests on loopback);
-# the TLS test makes a certificate with openssl and calls the host with curl.
+# the TLS test makes a certificate with openssl and calls the host with curl; a
+# real Prometheus scrapes /metrics in tests/tests/prometheus.rs.
 missing=()
-for tool in redis-server:redis-server openssl:openssl curl:curl; do
+for tool in redis-server:redis-server openssl:openssl curl:curl prometheus:prometheus; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

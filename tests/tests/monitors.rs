@@ -183,7 +183,7 @@ fn a_full_tap_drops_and_counts_and_the_pipeline_answers_every_call() {
         .send()
         .unwrap();
     assert!(r.status().is_success(), "{}", r.text().unwrap());
-    let calls = 40;
+    let calls = 200;
     for _ in 0..calls {
         let r = server.post("/fn/default/ingest-only", "application/json", txns(&[1.0]));
         assert_eq!(r.status(), 200);
@@ -193,9 +193,9 @@ fn a_full_tap_drops_and_counts_and_the_pipeline_answers_every_call() {
         &[("pipeline", "ingest-only"), ("monitor", "slow-monitor")],
     );
     let lost = server.metric(&dropped).unwrap_or(0.0);
-    // The monitor sleeps 300 ms a call; 40 calls arrive in far less than that
-    // times the buffer, so most are dropped, and every one is counted: what was
-    // not dropped reaches the monitor.
+    // The monitor sleeps 300 ms a call (after taking what came in the first
+    // 100 ms); 200 calls keep coming while it sleeps, so the buffer of 2 overflows
+    // and drops, and every drop is counted: what was not dropped reaches the monitor.
     assert!(lost >= 1.0, "a buffer of 2 overflows: {lost}");
     let mut seen = 0.0;
     for _ in 0..100 {

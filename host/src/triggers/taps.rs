@@ -1,7 +1,8 @@
 //! Monitor taps: one task per tap queue (tenant, pipeline, monitor) runs the
 //! monitor, through the call path as `Trigger::Monitor`, on what the pipeline's
-//! calls left in the queue: all that waits (up to [`MAX_ROWS`] input rows) joined
-//! into one batch per shape. Best effort: a failed call of the monitor is counted
+//! calls left in the queue: what comes within [`LINGER`] of the first observation
+//! (up to [`MAX_ROWS`] input rows) joined into one batch per shape, so that a busy
+//! pipeline costs its monitor a call every [`LINGER`], not one per request. Best effort: a failed call of the monitor is counted
 //! and logged, not retried (the observations are gone, as a dropped one is).
 
 use super::{Delivered, Triggers};
@@ -11,6 +12,8 @@ use crate::tenancy::{FunctionRef, TenantId};
 
 /// Input rows one call of a monitor takes from its queue at most.
 pub const MAX_ROWS: usize = 10_000;
+/// How long a call of a monitor waits for more observations after the first.
+pub const LINGER: std::time::Duration = std::time::Duration::from_millis(100);
 
 pub(super) async fn run(triggers: std::sync::Weak<Triggers>, mut queue: TapQueue) {
     let key = queue.key.clone();
@@ -24,13 +27,15 @@ pub(super) async fn run(triggers: std::sync::Weak<Triggers>, mut queue: TapQueue
     while let Some(first) = queue.rx.recv().await {
         let mut rows = monitors::rows(&first.inputs);
         let mut taken = vec![first];
+        // Taking them as they come keeps the queue from filling while this waits.
+        let until = tokio::time::Instant::now() + LINGER;
         while rows < MAX_ROWS {
-            match queue.rx.try_recv() {
-                Ok(o) => {
+            match tokio::time::timeout_at(until, queue.rx.recv()).await {
+                Ok(Some(o)) => {
                     rows += monitors::rows(&o.inputs);
                     taken.push(o);
                 }
-                Err(_) => break,
+                Ok(None) | Err(_) => break,
             }
         }
         let Some(t) = triggers.upgrade() else { return };
