@@ -102,6 +102,21 @@ fn a_tapped_pipeline_hands_its_calls_to_its_monitor_which_reports_and_alerts() {
     );
     assert_eq!(window["alerts"], json!([]), "{window}");
     assert_eq!(window["monitor_version"], "drift-monitor@1.0.0");
+    // As Prometheus series: the model version's predictions, the monitor's last metrics.
+    let scores = series(
+        "quiver_prediction_value_count",
+        &[
+            ("function", "fraud-score"),
+            ("model", "fraud-model@1.0.0"),
+            ("output", "score"),
+        ],
+    );
+    assert_eq!(server.metric(&scores), Some(12.0));
+    let last_rows = series(
+        "quiver_monitor_metric",
+        &[("monitor", "drift-monitor"), ("metric", "batch.rows")],
+    );
+    assert!(server.metric(&last_rows).unwrap_or(0.0) >= 4.0);
 
     // Amounts far from the reference: an alert in the window, and an event.
     let r = server.post(

@@ -162,6 +162,7 @@ impl Functions {
             _ => scaling.max_concurrency.min(scaling.max_instances),
         };
         let admission = Admission::new(capacity, scaling.max_queue, scaling.queue_timeout);
+        let manifest_inference = manifest.inference.clone();
         let body = if record.kind == "pipeline" {
             let mut stages = Vec::new();
             for stage in manifest.pipeline.map(|p| p.stages).unwrap_or_default() {
@@ -209,7 +210,29 @@ impl Functions {
                 cache_identity.push(format!("{}@{}:{}", m.name, m.version, m.digest));
             }
         }
+        let predicted = match (record.kind.as_str(), &manifest_inference) {
+            ("inference", Some(inf)) => {
+                let outputs: Vec<String> = inf
+                    .outputs
+                    .iter()
+                    .filter(|o| matches!(o.datatype.as_str(), "FP64" | "FP32"))
+                    .map(|o| o.name.clone())
+                    .collect();
+                let models: Vec<String> = invocation
+                    .models
+                    .iter()
+                    .flat_map(|m| &m.models)
+                    .map(|m| format!("{}@{}", m.name, m.version))
+                    .collect();
+                (!outputs.is_empty()).then(|| super::ml_metrics::Predicted {
+                    outputs,
+                    models: models.join(","),
+                })
+            }
+            _ => None,
+        };
         Ok(Arc::new(Deployment {
+            predicted,
             http_trigger,
             public,
             tap,

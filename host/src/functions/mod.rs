@@ -18,6 +18,7 @@ use std::time::Instant;
 
 mod deploy;
 mod load;
+mod ml_metrics;
 mod retention;
 
 pub use retention::GcSummary;
@@ -45,6 +46,8 @@ pub struct Deployment {
     pub windows: crate::manifest::ReportWindows,
     /// `[datasets] log`: its predictions go to the dataset store.
     pub log: Option<crate::datasets::LogPolicy>,
+    /// An inference function's declared numeric outputs, observed per model version.
+    pub predicted: Option<ml_metrics::Predicted>,
 }
 
 impl Deployment {
@@ -142,6 +145,7 @@ pub struct Functions {
     reports: Arc<crate::monitors::Reports>,
     datasets: Arc<crate::datasets::Datasets>,
     logs: Arc<crate::logs::Logs>,
+    ml: ml_metrics::MlMetrics,
     taps: crate::monitors::Taps,
     runtime: Arc<Runtime>,
     loaded: Mutex<HashMap<DeploymentKey, Arc<Deployment>>>,
@@ -258,6 +262,7 @@ impl Functions {
             reports,
             datasets,
             logs,
+            ml: ml_metrics::MlMetrics::new()?,
             taps: crate::monitors::Taps::new()?,
         })
     }
@@ -307,6 +312,7 @@ impl Functions {
         all.extend(self.taps.collectors());
         all.extend(self.datasets.collectors());
         all.extend(self.logs.collectors());
+        all.extend(self.ml.collectors());
         all
     }
 
@@ -580,6 +586,7 @@ impl Functions {
             .await?;
         crate::monitors::check(&report).map_err(InvokeError::BadOutput)?;
         let r = &d.record;
+        self.ml.reported(&r.tenant, &r.name, &report);
         let now_ms = crate::unix_ms();
         let rows = crate::monitors::rows(&inputs) as u64;
         let source = format!("{}@{}", r.name, r.version);
@@ -685,7 +692,12 @@ impl Functions {
                         .await?
                 }
                 Prepared::Inference(pre) => {
-                    self.runtime.infer(pre, &stage.invocation, &input).await?
+                    let out = self.runtime.infer(pre, &stage.invocation, &input).await?;
+                    if let Some(p) = &stage.predicted {
+                        let r = &stage.record;
+                        self.ml.predicted(&r.tenant, &r.name, p, &out);
+                    }
+                    out
                 }
                 Prepared::Http(_) => {
                     return Err(InvokeError::BadOutput(
