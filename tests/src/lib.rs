@@ -532,3 +532,12 @@ pub fn txns(amounts: &[f64]) -> String {
         .collect();
     serde_json::Value::Array(rows).to_string()
 }
+
+/// A series of tenant `default` as `/metrics` renders it (labels sorted by name).
+pub fn series(metric: &str, labels: &[(&str, &str)]) -> String {
+    let mut labels = labels.to_vec();
+    labels.push(("tenant", "default"));
+    labels.sort();
+    let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    format!("{metric}{{{}}}", inner.join(","))
+}

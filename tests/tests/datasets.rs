@@ -281,23 +281,14 @@ fn bad_feedback_gets_a_clear_error_and_stores_nothing() {
     // The CLI names the line of a bad CSV, and refuses a file without the columns.
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("bad.csv");
-    std::fs::write(&csv, "request_id,row,label\nabc,x,1\n").unwrap();
-    let err = server.cli_err(&[
-        "feedback",
-        "load",
-        csv.to_str().unwrap(),
-        "--function",
-        "ingest-json",
-    ]);
+    let load = |text: &str| {
+        std::fs::write(&csv, text).unwrap();
+        let file = csv.to_str().unwrap();
+        server.cli_err(&["feedback", "load", file, "--function", "ingest-json"])
+    };
+    let err = load("request_id,row,label\nabc,x,1\n");
     assert!(err.contains("line 2") && err.contains("`row`"), "{err}");
-    std::fs::write(&csv, "id,label\nabc,1\n").unwrap();
-    let err = server.cli_err(&[
-        "feedback",
-        "load",
-        csv.to_str().unwrap(),
-        "--function",
-        "ingest-json",
-    ]);
+    let err = load("id,label\nabc,1\n");
     assert!(err.contains("no `request_id` column"), "{err}");
     server.assert_healthy();
 }

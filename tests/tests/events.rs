@@ -5,7 +5,7 @@
 //! `replay` show and return them; a host killed while an event's function runs
 //! processes it once more after restart; `[triggers] schedule` runs on its ticks.
 
-use quiver_tests::{error_of, Server};
+use quiver_tests::{error_of, series, Server};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -145,15 +145,6 @@ fn events_are_published_durably_and_bad_ones_are_refused() {
 
 fn publish(server: &Server, topic: &str, json: &str) -> Value {
     serde_json::from_str(&server.cli_ok(&["--json", "events", "publish", topic, json])).unwrap()
-}
-
-/// A series of tenant `default` as `/metrics` renders it (labels sorted by name).
-fn series(metric: &str, labels: &[(&str, &str)]) -> String {
-    let mut labels = labels.to_vec();
-    labels.push(("tenant", "default"));
-    labels.sort();
-    let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    format!("{metric}{{{}}}", inner.join(","))
 }
 
 #[test]

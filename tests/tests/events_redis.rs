@@ -5,19 +5,10 @@
 //! go to the dead-letter stream and come back with replay; a schedule runs once
 //! per tick across hosts; trimming never drops what a group has not acknowledged.
 
-use quiver_tests::{free_port, Redis, Server};
+use quiver_tests::{free_port, series, Redis, Server};
 use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// A series of tenant `default` as `/metrics` renders it (labels sorted by name).
-fn series(metric: &str, labels: &[(&str, &str)]) -> String {
-    let mut labels = labels.to_vec();
-    labels.push(("tenant", "default"));
-    labels.sort();
-    let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    format!("{metric}{{{}}}", inner.join(","))
-}
 
 fn delivered(function: &str, outcome: &str) -> String {
     series(

@@ -4,16 +4,8 @@
 //! a full tap buffer drops and counts (`quiver_monitor_dropped_total`); monitors
 //! are invocable with `{"inputs", "outputs"}`.
 
-use quiver_tests::{error_of, txns, Server};
+use quiver_tests::{error_of, series, txns, Server};
 use serde_json::{json, Value};
-
-fn series(metric: &str, labels: &[(&str, &str)]) -> String {
-    let mut labels = labels.to_vec();
-    labels.push(("tenant", "default"));
-    labels.sort();
-    let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    format!("{metric}{{{}}}", inner.join(","))
-}
 
 fn reports(server: &Server, monitor: &str) -> Value {
     serde_json::from_str(&server.cli_ok(&["--json", "monitor", "reports", monitor])).unwrap()
