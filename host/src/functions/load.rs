@@ -190,6 +190,19 @@ impl Functions {
         };
         // The serving version and every model version it binds (a pipeline: its
         // stages') key its cached results, so a new version or model starts afresh.
+        let bound: Vec<&Arc<BoundModels>> = match &body {
+            DeploymentBody::Pipeline(stages) => stages
+                .iter()
+                .filter_map(|s| s.invocation.models.as_ref())
+                .collect(),
+            DeploymentBody::Component(_) => invocation.models.iter().collect(),
+        };
+        let model_versions = bound
+            .iter()
+            .flat_map(|m| &m.models)
+            .map(|m| format!("{}@{}", m.name, m.version))
+            .collect::<Vec<_>>()
+            .join(",");
         let mut cache_identity = Vec::new();
         if cache_ttl.is_some() {
             let r = &record;
@@ -199,14 +212,7 @@ impl Functions {
                 r.version.clone(),
                 r.digest.clone(),
             ];
-            let models: Vec<&Arc<BoundModels>> = match &body {
-                DeploymentBody::Pipeline(stages) => stages
-                    .iter()
-                    .filter_map(|s| s.invocation.models.as_ref())
-                    .collect(),
-                DeploymentBody::Component(_) => invocation.models.iter().collect(),
-            };
-            for m in models.iter().flat_map(|m| &m.models) {
+            for m in bound.iter().flat_map(|m| &m.models) {
                 cache_identity.push(format!("{}@{}:{}", m.name, m.version, m.digest));
             }
         }
@@ -218,21 +224,13 @@ impl Functions {
                     .filter(|o| matches!(o.datatype.as_str(), "FP64" | "FP32"))
                     .map(|o| o.name.clone())
                     .collect();
-                let models: Vec<String> = invocation
-                    .models
-                    .iter()
-                    .flat_map(|m| &m.models)
-                    .map(|m| format!("{}@{}", m.name, m.version))
-                    .collect();
-                (!outputs.is_empty()).then(|| super::ml_metrics::Predicted {
-                    outputs,
-                    models: models.join(","),
-                })
+                (!outputs.is_empty()).then_some(super::ml_metrics::Predicted { outputs })
             }
             _ => None,
         };
         Ok(Arc::new(Deployment {
             predicted,
+            model_versions,
             http_trigger,
             public,
             tap,

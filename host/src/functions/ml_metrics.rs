@@ -17,8 +17,6 @@ pub const MAX_MONITOR_SERIES: usize = 256;
 pub struct Predicted {
     /// Its declared FP32/FP64 outputs.
     pub outputs: Vec<String>,
-    /// The model versions it binds, `name@version` comma-separated.
-    pub models: String,
 }
 
 pub struct MlMetrics {
@@ -58,12 +56,20 @@ impl MlMetrics {
         ]
     }
 
-    pub fn predicted(&self, tenant: &str, function: &str, p: &Predicted, out: &Batch) {
+    /// `models`: the model versions the function binds (`name@version`, comma-separated).
+    pub fn predicted(
+        &self,
+        tenant: &str,
+        function: &str,
+        models: &str,
+        p: &Predicted,
+        out: &Batch,
+    ) {
         for f in out.fields.iter().filter(|f| p.outputs.contains(&f.name)) {
             if let Column::Float64(values) = &f.values {
                 let h = self
                     .predictions
-                    .with_label_values(&[tenant, function, &p.models, &f.name]);
+                    .with_label_values(&[tenant, function, models, &f.name]);
                 for v in values.iter().filter(|v| v.is_finite()) {
                     h.observe(*v);
                 }

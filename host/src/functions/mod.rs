@@ -48,6 +48,9 @@ pub struct Deployment {
     pub log: Option<crate::datasets::LogPolicy>,
     /// An inference function's declared numeric outputs, observed per model version.
     pub predicted: Option<ml_metrics::Predicted>,
+    /// The model versions it (a pipeline: its stages) binds, `name@version`
+    /// comma-separated (empty: none).
+    pub model_versions: String,
 }
 
 impl Deployment {
@@ -695,7 +698,8 @@ impl Functions {
                     let out = self.runtime.infer(pre, &stage.invocation, &input).await?;
                     if let Some(p) = &stage.predicted {
                         let r = &stage.record;
-                        self.ml.predicted(&r.tenant, &r.name, p, &out);
+                        self.ml
+                            .predicted(&r.tenant, &r.name, &stage.model_versions, p, &out);
                     }
                     out
                 }
@@ -722,21 +726,11 @@ impl Functions {
         if let (Some(policy), Some(inputs), Some(call)) = (d.log, &tapped, crate::trace::current())
         {
             let r = &d.record;
-            let own = [d];
-            let stages: Vec<&Deployment> = match &d.body {
-                DeploymentBody::Pipeline(stages) => stages.iter().map(|s| s.as_ref()).collect(),
-                _ => own.to_vec(),
-            };
-            let models: Vec<String> = stages
-                .iter()
-                .filter_map(|s| Self::invocation(s).models.as_ref())
-                .flat_map(|m| m.models.iter().map(|b| format!("{}@{}", b.name, b.version)))
-                .collect();
             self.datasets.log(crate::datasets::Prediction {
                 tenant: r.tenant.clone(),
                 function: r.name.clone(),
                 version: format!("{}@{}", r.name, r.version),
-                models: models.join(","),
+                models: d.model_versions.clone(),
                 request_id: call.span_id(),
                 time_ms: crate::unix_ms(),
                 inputs: inputs.clone(),
