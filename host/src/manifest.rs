@@ -129,7 +129,17 @@ pub struct ResolvedInference {
 pub struct ModelRef {
     pub alias: String,
     pub name: String,
-    pub range: semver::VersionReq,
+    pub pin: ModelPin,
+}
+
+/// How a `[models]` entry picks its version.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelPin {
+    /// `name@^1`: the highest matching version, resolved (and pinned) at deploy.
+    Range(semver::VersionReq),
+    /// `name@champion`: the version the alias points at, resolved when the
+    /// deployment loads (a move of the alias reloads the functions that bind it).
+    Alias(String),
 }
 
 /// `[cache]`: serve identical inputs from the result cache for `ttl`.
@@ -716,15 +726,22 @@ impl Manifest {
                 let (name, range) = spec.split_once('@').unwrap_or((spec, "*"));
                 quiver_registry::check_model_name(name)
                     .map_err(|e| anyhow::anyhow!("[models] {alias}: {e}"))?;
-                let range = semver::VersionReq::parse(range).map_err(|e| {
-                    anyhow::anyhow!(
-                        "[models] {alias} = `{spec}`: `{range}` is not a semver range: {e}"
-                    )
-                })?;
+                let pin = match range.starts_with(|c: char| c.is_ascii_lowercase()) {
+                    true => {
+                        quiver_registry::check_alias(range)
+                            .map_err(|e| anyhow::anyhow!("[models] {alias} = `{spec}`: {e}"))?;
+                        ModelPin::Alias(range.to_string())
+                    }
+                    false => ModelPin::Range(semver::VersionReq::parse(range).map_err(|e| {
+                        anyhow::anyhow!(
+                            "[models] {alias} = `{spec}`: `{range}` is neither a semver range nor an alias: {e}"
+                        )
+                    })?),
+                };
                 Ok(ModelRef {
                     alias: alias.clone(),
                     name: name.to_string(),
-                    range,
+                    pin,
                 })
             })
             .collect()

@@ -76,7 +76,12 @@ const SCHEMA: &str = "PRAGMA journal_mode = WAL;
      CREATE TABLE IF NOT EXISTS channels (
          tenant TEXT NOT NULL, name TEXT NOT NULL, channel TEXT NOT NULL,
          version TEXT NOT NULL,
-         PRIMARY KEY (tenant, name, channel));";
+         PRIMARY KEY (tenant, name, channel));
+     CREATE TABLE IF NOT EXISTS alias_history (
+         seq INTEGER PRIMARY KEY AUTOINCREMENT, tenant TEXT NOT NULL, name TEXT NOT NULL,
+         alias TEXT NOT NULL, from_version TEXT, to_version TEXT NOT NULL,
+         actor TEXT NOT NULL, reason TEXT NOT NULL, at TEXT NOT NULL);
+     CREATE INDEX IF NOT EXISTS alias_history_name ON alias_history (tenant, name, seq);";
 
 /// What [`Index::insert`] found: it inserted the row, or one was already there (the
 /// caller compares digests).
@@ -92,7 +97,7 @@ pub struct Index {
 }
 
 /// A connection to read with: one from the pool, or the writer of an in-memory index.
-enum ReadConn<'a> {
+pub(crate) enum ReadConn<'a> {
     Pooled(r2d2::PooledConnection<SqliteConnectionManager>),
     Writer(MutexGuard<'a, Connection>),
 }
@@ -136,13 +141,13 @@ impl Index {
         })
     }
 
-    fn writer(&self) -> Result<MutexGuard<'_, Connection>> {
+    pub(crate) fn writer(&self) -> Result<MutexGuard<'_, Connection>> {
         self.writer
             .lock()
             .map_err(|_| RegistryError::Storage("index lock poisoned".into()))
     }
 
-    fn reader(&self) -> Result<ReadConn<'_>> {
+    pub(crate) fn reader(&self) -> Result<ReadConn<'_>> {
         match &self.readers {
             Some(pool) => pool
                 .get()
@@ -419,7 +424,7 @@ fn get_on(
         .optional()?)
 }
 
-fn channel_on(
+pub(crate) fn channel_on(
     conn: &Connection,
     tenant: &str,
     name: &str,
@@ -434,7 +439,7 @@ fn channel_on(
         .optional()?)
 }
 
-fn upsert_channel(
+pub(crate) fn upsert_channel(
     conn: &Connection,
     tenant: &str,
     name: &str,

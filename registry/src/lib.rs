@@ -9,12 +9,14 @@
 //! [`Registry::gc`] removes the blobs no row references.
 #![forbid(unsafe_code)]
 
+mod aliases;
 mod blob;
 mod index;
 mod models;
 mod retention;
 pub mod validate;
 
+pub use aliases::{check_alias, AliasMove, MAX_ALIAS_REASON};
 pub use blob::{BlobStore, Digest};
 pub use index::{Index, VersionRecord, BUSY_TIMEOUT, READERS};
 pub use models::{check_model_name, MODEL_KIND};

@@ -469,9 +469,17 @@ fn bad_models_and_mismatched_inputs_are_clear_errors() {
         "deploy",
         "functions/fraud-score",
         "--set",
+        "models.fraud=wide-model@>>1",
+    ]);
+    assert!(err.contains("neither a semver range nor an alias"), "{err}");
+    // A word is an alias: one that is not set is named.
+    let err = server.cli_err(&[
+        "deploy",
+        "functions/fraud-score",
+        "--set",
         "models.fraud=wide-model@not-a-range",
     ]);
-    assert!(err.contains("not a semver range"), "{err}");
+    assert!(err.contains("no alias `not-a-range`"), "{err}");
     server.assert_healthy();
     // And the right model still works next to it.
     with_fraud_score(&server);

@@ -160,6 +160,13 @@ impl Client {
         Ok(self.json(self.http.post(url).json(body)).await?.1)
     }
 
+    pub async fn put_json(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        Ok(self
+            .json(self.http.put(self.admin(path)).json(body))
+            .await?
+            .1)
+    }
+
     pub async fn post_json(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         Ok(self
             .json(self.http.post(self.admin(path)).json(body))

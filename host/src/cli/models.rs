@@ -25,7 +25,24 @@ pub enum ModelsCommand {
         /// Lineage: a training metric, `name=value` (repeatable).
         #[arg(long = "metric", value_name = "NAME=VALUE")]
         metrics: Vec<String>,
+        /// Lineage: the version of this model it was trained from.
+        #[arg(long)]
+        parent: Option<String>,
     },
+    /// Point an alias (`champion`, `challenger`...) at a version; `[models] m =
+    /// "NAME@ALIAS"` follows it. Every move is kept: `quiver models history`.
+    Alias {
+        name: String,
+        alias: String,
+        version: String,
+        /// Why (kept in the history).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Where each alias of a model points, and every move: who, when, from, to, why.
+    History { name: String },
+    /// NAME@VERSION and the versions it was trained from, back to the first.
+    Lineage { model: String },
     /// The newest version of every model.
     Ls,
     /// Every version of one model.
@@ -43,6 +60,7 @@ fn lineage(
     dataset_digest: Option<String>,
     trainer: Option<String>,
     metrics: &[String],
+    parent: Option<String>,
 ) -> anyhow::Result<Option<Value>> {
     let mut m = serde_json::Map::new();
     for kv in metrics {
@@ -54,13 +72,17 @@ fn lineage(
             .with_context(|| format!("--metric `{kv}`: `{v}` is not a number"))?;
         m.insert(k.to_string(), json!(v));
     }
-    if dataset_digest.is_none() && trainer.is_none() && m.is_empty() {
+    if dataset_digest.is_none() && trainer.is_none() && m.is_empty() && parent.is_none() {
         return Ok(None);
+    }
+    if let Some(p) = &parent {
+        semver::Version::parse(p).with_context(|| format!("--parent `{p}` is not a version"))?;
     }
     Ok(Some(json!({
         "dataset_digest": dataset_digest,
         "trainer": trainer,
         "metrics": m,
+        "parent": parent,
     })))
 }
 
@@ -101,13 +123,14 @@ pub async fn run(client: &Client, cmd: ModelsCommand, json_out: bool) -> anyhow:
             dataset_digest,
             trainer,
             metrics,
+            parent,
         } => {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let meta = json!({
                 "name": name,
                 "version": version,
-                "lineage": lineage(dataset_digest, trainer, &metrics)?,
+                "lineage": lineage(dataset_digest, trainer, &metrics, parent)?,
             });
             let out = client.push_model(&meta, bytes).await?;
             if !json_out {
@@ -127,6 +150,85 @@ pub async fn run(client: &Client, cmd: ModelsCommand, json_out: bool) -> anyhow:
                 return Ok(());
             }
             out
+        }
+        ModelsCommand::Alias {
+            name,
+            alias,
+            version,
+            reason,
+        } => {
+            let body = json!({ "version": version, "reason": reason });
+            let out = client
+                .put_json(&format!("models/{name}/aliases/{alias}"), &body)
+                .await?;
+            if !json_out {
+                match out["moved"].is_null() {
+                    true => println!("{name}@{alias} already is {version}"),
+                    false => println!(
+                        "{name}@{alias}: {} -> {version}",
+                        out["moved"]["from"].as_str().unwrap_or("(new)")
+                    ),
+                }
+                return Ok(());
+            }
+            out
+        }
+        ModelsCommand::History { name } => {
+            let out = client.get(&format!("models/{name}/aliases")).await?;
+            if !json_out {
+                for (alias, v) in out["aliases"].as_object().into_iter().flatten() {
+                    println!("{alias} -> {}", s(v));
+                }
+                for m in out["history"].as_array().into_iter().flatten() {
+                    println!(
+                        "{}  {:<12} {} -> {}  by {}  {}",
+                        s(&m["at"]),
+                        s(&m["alias"]),
+                        m["from"].as_str().unwrap_or("(new)"),
+                        s(&m["to"]),
+                        s(&m["actor"]),
+                        s(&m["reason"])
+                    );
+                }
+                return Ok(());
+            }
+            out
+        }
+        ModelsCommand::Lineage { model } => {
+            let (name, version) = crate::functions::split_ref(&model);
+            let version = version.with_context(|| {
+                format!("name the version: `quiver models lineage {name}@VERSION`")
+            })?;
+            let all = client.get(&format!("models/{name}/versions")).await?;
+            let versions = all["versions"].as_array().cloned().unwrap_or_default();
+            let mut chain = Vec::new();
+            let mut at = Some(version.to_string());
+            while let Some(v) = at.take() {
+                if chain.len() > versions.len() {
+                    anyhow::bail!("the lineage of {name} has a cycle at {v}");
+                }
+                let m = versions
+                    .iter()
+                    .find(|m| m["version"] == v.as_str())
+                    .with_context(|| format!("model `{name}@{v}` not found"))?;
+                at = m["lineage"]["parent"].as_str().map(str::to_string);
+                chain.push(m.clone());
+            }
+            if !json_out {
+                for m in &chain {
+                    let l = &m["lineage"];
+                    println!(
+                        "{name}@{}  trainer {}  dataset {}  metrics {}  {}",
+                        s(&m["version"]),
+                        l["trainer"].as_str().unwrap_or("-"),
+                        l["dataset_digest"].as_str().unwrap_or("-"),
+                        l["metrics"],
+                        short(&m["digest"])
+                    );
+                }
+                return Ok(());
+            }
+            json!({ "name": name, "lineage": chain })
         }
         ModelsCommand::Ls => client.get("models").await?,
         ModelsCommand::Versions { name } => client.get(&format!("models/{name}/versions")).await?,

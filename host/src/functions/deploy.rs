@@ -139,12 +139,15 @@ impl Functions {
         let inference = manifest.inference().map_err(invalid)?;
         for r in manifest.model_refs().map_err(invalid)? {
             let rec = self
-                .resolve_model(tenant, &r.name, &r.range)
+                .resolve_model_ref(tenant, &r)
                 .await
                 .map_err(|e| DeployError::Invalid(format!("[models] {}: {e}", r.alias)))?;
-            manifest
-                .models
-                .insert(r.alias, format!("{}@={}", rec.name, rec.version));
+            // A range is pinned now; an alias stays an alias (it resolves at load).
+            if let crate::manifest::ModelPin::Range(_) = r.pin {
+                manifest
+                    .models
+                    .insert(r.alias, format!("{}@={}", rec.name, rec.version));
+            }
         }
         // Beyond the default (tract on the CPU), prove the target works here now:
         // load the models on it, rather than fail on the first request.

@@ -257,7 +257,7 @@ impl Functions {
         let inference = manifest.inference().map_err(DeployError::Internal)?;
         let mut bound = Vec::new();
         for r in manifest.model_refs().map_err(DeployError::Internal)? {
-            let rec = self.resolve_model(tenant, &r.name, &r.range).await?;
+            let rec = self.resolve_model_ref(tenant, &r).await?;
             let this = self.clone();
             let digest = rec.digest()?;
             let target = inference.target.clone();

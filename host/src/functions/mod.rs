@@ -522,6 +522,64 @@ impl Functions {
             .await
     }
 
+    /// The version a `[models]` entry binds now: its range's highest, or where its
+    /// alias points.
+    pub async fn resolve_model_ref(
+        &self,
+        tenant: &str,
+        r: &crate::manifest::ModelRef,
+    ) -> Result<VersionRecord, DeployError> {
+        match &r.pin {
+            crate::manifest::ModelPin::Range(range) => {
+                self.resolve_model(tenant, &r.name, range).await
+            }
+            crate::manifest::ModelPin::Alias(alias) => {
+                let (t, n, a) = (tenant.to_string(), r.name.clone(), alias.clone());
+                self.registry_call(move |reg| {
+                    let version = reg.model_alias(&t, &n, &a)?;
+                    reg.model(&t, &n, &version)
+                })
+                .await
+            }
+        }
+    }
+
+    /// Move `alias` of model `name` to `version`, recording `actor` and `reason`;
+    /// the loaded deployments that bind the model go Cold, so their next call
+    /// loads what the alias points at now.
+    pub async fn move_model_alias(
+        &self,
+        tenant: &str,
+        name: &str,
+        alias: &str,
+        version: &str,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Option<quiver_registry::AliasMove>, DeployError> {
+        let (t, n, a, v, who, why) = (
+            tenant.to_string(),
+            name.to_string(),
+            alias.to_string(),
+            version.to_string(),
+            actor.to_string(),
+            reason.to_string(),
+        );
+        let moved = self
+            .registry_call(move |r| r.move_model_alias(&t, &n, &a, &v, &who, &why))
+            .await?;
+        if moved.is_some() {
+            let prefix = format!("{name}@");
+            self.unload_where(
+                |d| {
+                    d.record.tenant == tenant
+                        && d.model_versions.split(',').any(|m| m.starts_with(&prefix))
+                },
+                "a model alias moved: unloaded",
+            );
+        }
+        Ok(moved)
+    }
+
     /// Run a registry call on a blocking thread (SQLite, hashing, fsync): never on an
     /// async worker, which would stall every request it polls.
     pub async fn registry_call<T: Send + 'static>(

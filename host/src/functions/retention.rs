@@ -58,7 +58,15 @@ impl Functions {
     ) -> Result<VersionRecord, DeployError> {
         let tenant = tenant.as_str();
         if !force {
-            let bound_by = self.functions_binding(tenant, name, version).await?;
+            let mut bound_by = self.functions_binding(tenant, name, version).await?;
+            let (t, n) = (tenant.to_string(), name.to_string());
+            let aliases = self.registry_call(move |r| r.model_aliases(&t, &n)).await?;
+            bound_by.extend(
+                aliases
+                    .into_iter()
+                    .filter(|(_, v)| v == version)
+                    .map(|(a, _)| format!("alias `{a}`")),
+            );
             if !bound_by.is_empty() {
                 return Err(DeployError::Registry(RegistryError::Invalid(format!(
                     "model `{name}@{version}` is bound by {}; delete those first or pass --force",

@@ -24,6 +24,14 @@ pub fn routes() -> Router<Arc<AppState>> {
             "/admin/v1/tenants/{tenant}/models/{name}/versions/{version}",
             axum::routing::delete(remove),
         )
+        .route(
+            "/admin/v1/tenants/{tenant}/models/{name}/aliases",
+            get(aliases),
+        )
+        .route(
+            "/admin/v1/tenants/{tenant}/models/{name}/aliases/{alias}",
+            axum::routing::put(move_alias),
+        )
         .layer(DefaultBodyLimit::max(PUSH_LIMIT))
 }
 
@@ -174,4 +182,91 @@ async fn versions(
         "name": name,
         "versions": versions.iter().map(model_json).collect::<Vec<_>>(),
     })))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AliasMoveBody {
+    version: String,
+    #[serde(default)]
+    reason: String,
+}
+
+/// `PUT …/models/{name}/aliases/{alias}` `{"version", "reason"?}`: point the alias at
+/// the version (which must exist); the move is kept in the alias history.
+async fn move_alias(
+    State(state): State<Arc<AppState>>,
+    access: Access,
+    Path((_, name, alias)): Path<(String, String, String)>,
+    body: Result<Json<AliasMoveBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = access.tenant()?.clone();
+    check_model_name(&name)?;
+    quiver_registry::check_alias(&alias)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_alias", e.to_string()))?;
+    let Json(b) =
+        body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.body_text()))?;
+    super::check_version(&b.version)?;
+    if b.reason.len() > quiver_registry::MAX_ALIAS_REASON {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!(
+                "a reason is at most {} bytes",
+                quiver_registry::MAX_ALIAS_REASON
+            ),
+        ));
+    }
+    let moved = state
+        .functions
+        .move_model_alias(
+            tenant.as_str(),
+            &name,
+            &alias,
+            &b.version,
+            &access.actor(),
+            &b.reason,
+        )
+        .await?;
+    Ok(Json(json!({
+        "name": name,
+        "alias": alias,
+        "version": b.version,
+        "moved": moved,
+    })))
+}
+
+/// `GET …/models/{name}/aliases`: where each alias points, and every move, oldest first.
+async fn aliases(
+    State(state): State<Arc<AppState>>,
+    access: Access,
+    Path((_, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = access.tenant()?.clone();
+    check_model_name(&name)?;
+    let (t, n) = (tenant.clone(), name.clone());
+    let (versions, aliases, history) = state
+        .functions
+        .registry_call(move |r| {
+            Ok((
+                r.model_versions(t.as_str(), &n)?,
+                r.model_aliases(t.as_str(), &n)?,
+                r.alias_history(t.as_str(), &n)?,
+            ))
+        })
+        .await?;
+    if versions.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("model `{name}` not found"),
+        ));
+    }
+    let current: serde_json::Map<String, Value> = aliases
+        .into_iter()
+        .map(|(a, v)| (a, Value::String(v)))
+        .collect();
+    Ok(Json(
+        json!({ "name": name, "aliases": current, "history": history }),
+    ))
 }
