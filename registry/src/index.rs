@@ -81,7 +81,10 @@ const SCHEMA: &str = "PRAGMA journal_mode = WAL;
          seq INTEGER PRIMARY KEY AUTOINCREMENT, tenant TEXT NOT NULL, name TEXT NOT NULL,
          alias TEXT NOT NULL, from_version TEXT, to_version TEXT NOT NULL,
          actor TEXT NOT NULL, reason TEXT NOT NULL, at TEXT NOT NULL);
-     CREATE INDEX IF NOT EXISTS alias_history_name ON alias_history (tenant, name, seq);";
+     CREATE INDEX IF NOT EXISTS alias_history_name ON alias_history (tenant, name, seq);
+     CREATE TABLE IF NOT EXISTS traffic (
+         tenant TEXT NOT NULL, name TEXT NOT NULL, version TEXT NOT NULL,
+         weight INTEGER NOT NULL, PRIMARY KEY (tenant, name, version));";
 
 /// What [`Index::insert`] found: it inserted the row, or one was already there (the
 /// caller compares digests).

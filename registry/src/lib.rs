@@ -14,6 +14,7 @@ mod blob;
 mod index;
 mod models;
 mod retention;
+mod traffic;
 pub mod validate;
 
 pub use aliases::{check_alias, AliasMove, MAX_ALIAS_REASON};
@@ -21,6 +22,7 @@ pub use blob::{BlobStore, Digest};
 pub use index::{Index, VersionRecord, BUSY_TIMEOUT, READERS};
 pub use models::{check_model_name, MODEL_KIND};
 pub use retention::{Deleted, GcReport};
+pub use traffic::MAX_SPLIT;
 
 use index::Inserted;
 use std::path::Path;

@@ -245,6 +245,15 @@ enum Command {
     Ls,
     /// List the versions of a function.
     Versions { name: String },
+    /// Split a function's traffic across versions (`1.2.0=90 1.3.0=10`); no split
+    /// given: show it. `--clear` (or a rollback) returns it to the serving version.
+    Traffic {
+        name: String,
+        /// VERSION=WEIGHT, repeated.
+        split: Vec<String>,
+        #[arg(long, conflicts_with = "split")]
+        clear: bool,
+    },
     /// A function's stdout, stderr and log lines (the newest 1000 are kept).
     Logs {
         name: String,
@@ -582,6 +591,45 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     f["cold_starts"],
                     short(&f["digest"])
                 );
+            }
+            Ok(())
+        }
+        Command::Traffic { name, split, clear } => {
+            let path = format!("functions/{name}/traffic");
+            let out = match (split.is_empty(), clear) {
+                (true, false) => client.get(&path).await?,
+                _ => {
+                    let mut weights = serde_json::Map::new();
+                    for s in &split {
+                        let (v, w) = s
+                            .split_once('=')
+                            .with_context(|| format!("`{s}` is not VERSION=WEIGHT"))?;
+                        let w: u32 = w
+                            .parse()
+                            .with_context(|| format!("`{s}`: the weight is not a whole number"))?;
+                        weights.insert(v.to_string(), w.into());
+                    }
+                    client
+                        .put_json(&path, &serde_json::json!({ "split": weights }))
+                        .await?
+                }
+            };
+            if cli.json {
+                println!("{out}");
+                return Ok(());
+            }
+            match out["split"].as_object().filter(|s| !s.is_empty()) {
+                None => println!("{name}: no split; the serving version takes every call"),
+                Some(s) => {
+                    let total: u64 = s.values().filter_map(Value::as_u64).sum();
+                    for (v, w) in s {
+                        let w = w.as_u64().unwrap_or(0);
+                        println!(
+                            "{name}@{v}\t{w}\t{:.1} %",
+                            100.0 * w as f64 / total.max(1) as f64
+                        );
+                    }
+                }
             }
             Ok(())
         }

@@ -207,7 +207,12 @@ impl Functions {
         let tenant = tenant.as_str();
         let (t, n, to) = (tenant.to_string(), name.to_string(), to.map(str::to_string));
         let rec = self
-            .registry_call(move |r| r.rollback(&t, &n, to.as_deref()))
+            .registry_call(move |r| {
+                let rec = r.rollback(&t, &n, to.as_deref())?;
+                // A rollback is to one version: a split in place ends.
+                r.set_traffic(&t, &n, &[])?;
+                Ok(rec)
+            })
             .await?;
         self.forget_serving(tenant, name);
         Ok(rec)

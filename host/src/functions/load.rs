@@ -27,6 +27,18 @@ impl Functions {
                 if let Some(d) = self.serving.read().map_err(|_| poisoned())?.get(&key) {
                     return Ok(d.clone());
                 }
+                // A traffic split picks a version per call (and is never cached as
+                // serving, so the lookup above misses while one is set).
+                if let Some(split) = self.split(tenant, name).await? {
+                    let version = super::traffic::pick(&split);
+                    let pinned = crate::tenancy::FunctionRef::new(
+                        target.tenant.clone(),
+                        name,
+                        Some(&version),
+                    )
+                    .map_err(|e| DeployError::Internal(anyhow::anyhow!("{e:?}")))?;
+                    return Box::pin(self.get(&pinned)).await;
+                }
                 // A deploy or rollback that lands while this loads bumps the
                 // generation: what this request resolved may be stale by then, so it
                 // serves this request (it was serving when asked) but is not cached

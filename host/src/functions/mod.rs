@@ -20,6 +20,7 @@ mod deploy;
 mod load;
 mod ml_metrics;
 mod retention;
+mod traffic;
 
 pub use retention::GcSummary;
 
@@ -166,6 +167,8 @@ pub struct Functions {
     /// serves: a cold load that started before it must not cache its result as
     /// serving (see `get`).
     serving_generation: AtomicU64,
+    /// Traffic splits read from the registry, by `tenant/name` (`None`: none set).
+    splits: RwLock<HashMap<String, Option<traffic::Split>>>,
     feature_store: Arc<dyn FeatureBackend>,
     result_cache: ResultCache,
     models: Arc<ModelCache>,
@@ -234,6 +237,7 @@ impl Functions {
             queue_depth,
             serving: RwLock::new(HashMap::new()),
             serving_generation: AtomicU64::new(0),
+            splits: RwLock::new(HashMap::new()),
             result_cache: ResultCache::new(feature_store.clone()),
             feature_store,
             models,
@@ -491,6 +495,9 @@ impl Functions {
         if let Ok(mut serving) = self.serving.write() {
             self.serving_generation.fetch_add(1, Ordering::AcqRel);
             serving.remove(&format!("{tenant}/{name}"));
+        }
+        if let Ok(mut splits) = self.splits.write() {
+            splits.remove(&format!("{tenant}/{name}"));
         }
     }
 

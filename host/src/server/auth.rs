@@ -388,6 +388,7 @@ fn audited_action(method: &Method, route: &str) -> Option<&'static str> {
         ("POST", _, Some("/functions")) => "deploy",
         ("DELETE", _, Some("/functions/{name}/versions/{version}")) => "rm",
         ("POST", _, Some("/functions/{name}/rollback")) => "rollback",
+        ("PUT", _, Some("/functions/{name}/traffic")) => "traffic",
         ("POST", _, Some("/features/{group}")) => "features.load",
         ("POST", _, Some("/models")) => "models.push",
         ("DELETE", _, Some("/models/{name}/versions/{version}")) => "models.rm",

@@ -30,6 +30,7 @@ mod monitors;
 mod oip;
 mod tenants;
 pub mod tls;
+mod traffic;
 
 pub use auth::Access;
 pub(crate) use auth::{hidden, unauthorized};
@@ -219,6 +220,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(monitors::routes())
         .merge(datasets::routes())
         .merge(logs::routes())
+        .merge(traffic::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authorize,
@@ -307,7 +309,7 @@ pub const MAX_COMPONENT_SIZE: usize = 64 << 20;
 const UPLOAD_LIMIT: usize = MAX_COMPONENT_SIZE + (1 << 20);
 pub use crate::convert::MAX_RESPONSE;
 
-fn check_name(what: &str, s: &str) -> Result<(), ApiError> {
+pub(crate) fn check_name(what: &str, s: &str) -> Result<(), ApiError> {
     if crate::tenancy::valid_name(s) {
         Ok(())
     } else {

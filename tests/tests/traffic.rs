@@ -1,0 +1,100 @@
+//! Traffic splits: `quiver traffic NAME 1.0.0=50 1.1.0=50` sends each unpinned call
+//! to one of the versions by weight (`x-quiver-version` says which); a pinned call
+//! is untouched; `--clear` and `rollback` return every call to one version.
+
+use quiver_tests::{error_of, read_sample, Server};
+use serde_json::Value;
+
+fn versions_of(server: &Server, calls: usize) -> (usize, usize) {
+    let sample = read_sample("txn-features");
+    let mut counts = (0, 0);
+    for _ in 0..calls {
+        let r = server.post(
+            "/fn/default/txn-features",
+            "application/json",
+            sample.clone(),
+        );
+        assert_eq!(r.status(), 200);
+        match r.headers()["x-quiver-version"].to_str().unwrap() {
+            "1.0.0" => counts.0 += 1,
+            "1.1.0" => counts.1 += 1,
+            other => panic!("served by {other}"),
+        }
+    }
+    counts
+}
+
+#[test]
+fn a_split_sends_calls_to_versions_by_weight_until_cleared() {
+    let server = Server::start();
+    server.deploy("txn-features");
+    server.deploy_with("txn-features", &["--version", "1.1.0"]);
+    assert_eq!(versions_of(&server, 20), (0, 20), "stable serves all");
+
+    let out = server.cli_ok(&["traffic", "txn-features", "1.0.0=50", "1.1.0=50"]);
+    assert!(out.contains("txn-features@1.0.0\t50\t50.0 %"), "{out}");
+    let (a, b) = versions_of(&server, 200);
+    // Binomial(200, 0.5): outside [60, 140] has a probability under 1e-8.
+    assert!((60..=140).contains(&a) && a + b == 200, "{a} / {b}");
+    // A pinned call is not split.
+    let r = server.post(
+        "/fn/default/txn-features@1.1.0",
+        "application/json",
+        read_sample("txn-features"),
+    );
+    assert_eq!(r.headers()["x-quiver-version"], "1.1.0");
+    let shown: Value =
+        serde_json::from_str(&server.cli_ok(&["--json", "traffic", "txn-features"])).unwrap();
+    assert_eq!(shown["split"]["1.0.0"], 50);
+
+    // All to one version, then cleared: stable again.
+    server.cli_ok(&["traffic", "txn-features", "1.0.0=1"]);
+    assert_eq!(versions_of(&server, 20), (20, 0));
+    server.cli_ok(&["traffic", "txn-features", "--clear"]);
+    assert_eq!(versions_of(&server, 20), (0, 20));
+
+    // A rollback ends a split: one version serves.
+    server.cli_ok(&["traffic", "txn-features", "1.0.0=10", "1.1.0=90"]);
+    server.cli_ok(&["rollback", "txn-features"]);
+    assert_eq!(versions_of(&server, 20), (20, 0));
+    let text = server.cli_ok(&["traffic", "txn-features"]);
+    assert!(text.contains("no split"), "{text}");
+
+    // Bad splits are refused and change nothing.
+    server.cli_ok(&["traffic", "txn-features", "1.0.0=1"]);
+    let path = format!(
+        "{}/admin/v1/tenants/default/functions/txn-features/traffic",
+        server.url
+    );
+    let many: serde_json::Map<String, Value> = (0..17)
+        .map(|i| (format!("1.0.{i}"), Value::from(1)))
+        .collect();
+    let many = serde_json::json!({ "split": many }).to_string();
+    for (body, status, code) in [
+        (r#"{"split": {"9.9.9": 1}}"#, 404, "not_found"),
+        (r#"{"split": {"1.0.0": 0}}"#, 400, "invalid_split"),
+        (r#"{"split": {"1.0.0": -1}}"#, 400, "invalid_body"),
+        (r#"{"split": {"one": 1}}"#, 400, "invalid_version"),
+        (r#"{"weights": {}}"#, 400, "invalid_body"),
+        ("[1", 400, "invalid_body"),
+        (many.as_str(), 400, "invalid_split"),
+    ] {
+        let r = server
+            .http()
+            .put(&path)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .unwrap();
+        let (s, c, m) = error_of(r);
+        assert_eq!((s, c.as_str()), (status, code), "{body:.60}: {m}");
+    }
+    assert_eq!(versions_of(&server, 10), (10, 0), "the split stands");
+    let err = server.cli_err(&["traffic", "txn-features", "1.0.0"]);
+    assert!(err.contains("VERSION=WEIGHT"), "{err}");
+    let (s, _, _) = error_of(server.get("/admin/v1/tenants/default/functions/nobody/traffic"));
+    assert_eq!(s, 404);
+    let audit = server.cli_ok(&["audit"]);
+    assert!(audit.contains("traffic"), "{audit}");
+    server.assert_healthy();
+}
