@@ -13,7 +13,7 @@
 
 use crate::bindings::Batch;
 use prometheus::{IntCounterVec, Opts};
-use rusqlite::{params, Connection};
+use rusqlite::params;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::path::Path;
@@ -141,11 +141,9 @@ pub struct Datasets {
 impl Datasets {
     /// Open (or create) `path` and start the writer. Blocking; needs a runtime.
     pub fn open(path: &Path) -> anyhow::Result<Arc<Datasets>> {
-        let db = Connection::open(path)?;
-        db.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;
-             CREATE TABLE IF NOT EXISTS predictions (
+        let db = crate::sqlite::SharedDb::open(
+            path,
+            "CREATE TABLE IF NOT EXISTS predictions (
                  tenant TEXT NOT NULL, function TEXT NOT NULL, request_id TEXT NOT NULL,
                  row INTEGER NOT NULL, time_ms INTEGER NOT NULL, version TEXT NOT NULL,
                  models TEXT NOT NULL, inputs TEXT NOT NULL, outputs TEXT NOT NULL,
@@ -156,6 +154,7 @@ impl Datasets {
                  row INTEGER NOT NULL, label TEXT NOT NULL, time_ms INTEGER NOT NULL,
                  PRIMARY KEY (tenant, function, request_id, row));
              CREATE INDEX IF NOT EXISTS labels_time ON labels (tenant, function, time_ms);",
+            "the dataset store",
         )?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let dropped = IntCounterVec::new(
@@ -173,7 +172,7 @@ impl Datasets {
             &["tenant", "function"],
         )?;
         let d = Arc::new(Datasets {
-            db: crate::sqlite::SharedDb::new(db, "the dataset store"),
+            db,
             queue: tx,
             dropped,
             logged: logged.clone(),

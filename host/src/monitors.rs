@@ -8,7 +8,7 @@
 use crate::bindings::{Batch, Column, Report};
 use crate::manifest::{MonitorTap, ReportWindows};
 use prometheus::{IntCounterVec, Opts};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::collections::HashMap;
@@ -153,17 +153,14 @@ pub struct Reports {
 impl Reports {
     /// Open (or create) `path`. Blocking.
     pub fn open(path: &Path) -> anyhow::Result<Reports> {
-        let db = Connection::open(path)?;
-        db.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;
-             CREATE TABLE IF NOT EXISTS windows (
+        let db = crate::sqlite::SharedDb::open(
+            path,
+            "CREATE TABLE IF NOT EXISTS windows (
                  tenant TEXT NOT NULL, monitor TEXT NOT NULL, start_ms INTEGER NOT NULL,
                  report TEXT NOT NULL, PRIMARY KEY (tenant, monitor, start_ms));",
+            "the report store",
         )?;
-        Ok(Reports {
-            db: crate::sqlite::SharedDb::new(db, "the report store"),
-        })
+        Ok(Reports { db })
     }
 
     /// Fold `report` (on `rows` input rows, by `source` = `name@version`) into the

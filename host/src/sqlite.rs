@@ -19,6 +19,20 @@ impl SharedDb {
         }
     }
 
+    /// Open (or create) `path` in WAL mode (`synchronous = NORMAL`: what these stores
+    /// keep may lose its last writes to a power cut, never its consistency) and make
+    /// `schema`. Blocking.
+    pub fn open(
+        path: &std::path::Path,
+        schema: &str,
+        what: &'static str,
+    ) -> anyhow::Result<SharedDb> {
+        let conn = Connection::open(path)?;
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
+        conn.execute_batch(schema)?;
+        Ok(SharedDb::new(conn, what))
+    }
+
     /// Run `f` on the connection, on a blocking thread.
     pub async fn run<T: Send + 'static>(
         &self,

@@ -4,7 +4,7 @@
 //! `BEGIN IMMEDIATE` transaction that checks the version, moves the channel and
 //! appends the history row, so the history never disagrees with the alias.
 
-use crate::index::{channel_on, upsert_channel};
+use crate::index::{channel_on, upsert_channel, version_exists};
 use crate::models::PREFIX;
 use crate::{Registry, RegistryError, Result};
 use rusqlite::{params, TransactionBehavior};
@@ -70,12 +70,7 @@ impl Registry {
         let key = format!("{PREFIX}{name}");
         let mut conn = self.index().writer()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let exists: bool = tx.query_row(
-            "SELECT EXISTS(SELECT 1 FROM versions WHERE tenant = ?1 AND name = ?2 AND version = ?3)",
-            params![tenant, key, version],
-            |r| r.get(0),
-        )?;
-        if !exists {
+        if !version_exists(&tx, tenant, &key, version)? {
             return Err(RegistryError::NotFound(format!(
                 "model `{name}@{version}` not found"
             )));

@@ -279,11 +279,7 @@ impl Index {
     ) -> Result<bool> {
         let mut conn = self.writer()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let exists: bool = tx.query_row(
-            "SELECT EXISTS(SELECT 1 FROM versions WHERE tenant = ?1 AND name = ?2 AND version = ?3)",
-            params![tenant, name, version],
-            |r| r.get(0),
-        )?;
+        let exists = version_exists(&tx, tenant, name, version)?;
         if exists {
             upsert_channel(&tx, tenant, name, channel, version)?;
         }
@@ -440,6 +436,20 @@ pub(crate) fn channel_on(
             |r| r.get(0),
         )
         .optional()?)
+}
+
+/// Whether `name@version` of `tenant` is in the index (inside the caller's transaction).
+pub(crate) fn version_exists(
+    conn: &Connection,
+    tenant: &str,
+    name: &str,
+    version: &str,
+) -> Result<bool> {
+    Ok(conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM versions WHERE tenant = ?1 AND name = ?2 AND version = ?3)",
+        params![tenant, name, version],
+        |r| r.get(0),
+    )?)
 }
 
 pub(crate) fn upsert_channel(

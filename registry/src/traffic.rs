@@ -2,6 +2,7 @@
 //! in proportion to their weights instead of to `stable`. Set in one transaction
 //! that checks every version exists; an empty split removes it.
 
+use crate::index::version_exists;
 use crate::{Registry, RegistryError, Result};
 use rusqlite::{params, TransactionBehavior};
 
@@ -24,12 +25,7 @@ impl Registry {
                     "{version}: a weight is a positive number (drop the version instead)"
                 )));
             }
-            let exists: bool = tx.query_row(
-                "SELECT EXISTS(SELECT 1 FROM versions WHERE tenant = ?1 AND name = ?2 AND version = ?3)",
-                params![tenant, name, version],
-                |r| r.get(0),
-            )?;
-            if !exists {
+            if !version_exists(&tx, tenant, name, version)? {
                 return Err(RegistryError::NotFound(format!(
                     "`{name}@{version}` not found"
                 )));

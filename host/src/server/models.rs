@@ -49,6 +49,18 @@ struct PushMetadata {
     lineage: Option<Value>,
 }
 
+/// 404 for a model with no versions.
+fn exists(name: &str, versions: &[VersionRecord]) -> Result<(), ApiError> {
+    match versions.is_empty() {
+        true => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("model `{name}` not found"),
+        )),
+        false => Ok(()),
+    }
+}
+
 /// A model name from a client: refused with 400 `invalid_name`, like function names.
 fn check_model_name(name: &str) -> Result<(), ApiError> {
     quiver_registry::check_model_name(name)
@@ -171,13 +183,7 @@ async fn versions(
         .functions
         .registry_call(move |r| r.model_versions(t.as_str(), &n))
         .await?;
-    if versions.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("model `{name}` not found"),
-        ));
-    }
+    exists(&name, &versions)?;
     Ok(Json(json!({
         "name": name,
         "versions": versions.iter().map(model_json).collect::<Vec<_>>(),
@@ -255,13 +261,7 @@ async fn aliases(
             ))
         })
         .await?;
-    if versions.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("model `{name}` not found"),
-        ));
-    }
+    exists(&name, &versions)?;
     let current: serde_json::Map<String, Value> = aliases
         .into_iter()
         .map(|(a, v)| (a, Value::String(v)))
