@@ -201,6 +201,7 @@ fn main() {
                 ..info.clone()
             };
             inv.models = Some(Arc::new(BoundModels::new(
+                "bench",
                 Batching::OFF,
                 &pool,
                 64,
@@ -220,6 +221,7 @@ fn main() {
             );
             probe_inv.config = Arc::new(config.into_iter().collect());
             probe_inv.models = Some(Arc::new(BoundModels::new(
+                "bench",
                 Batching::OFF,
                 &pool,
                 64,

@@ -45,6 +45,27 @@ impl Trigger {
         }
     }
 
+    /// The call span's kind: a client's request is a server span, an event's
+    /// delivery a consumer span, the host's own ticks internal.
+    fn span_kind(self) -> opentelemetry::trace::SpanKind {
+        use opentelemetry::trace::SpanKind;
+        match self {
+            Trigger::Fn | Trigger::Http | Trigger::Oip => SpanKind::Server,
+            Trigger::Event => SpanKind::Consumer,
+            Trigger::Schedule | Trigger::Monitor => SpanKind::Internal,
+        }
+    }
+
+    /// OpenTelemetry's `faas.trigger`.
+    fn faas_trigger(self) -> &'static str {
+        match self {
+            Trigger::Fn | Trigger::Http | Trigger::Oip => "http",
+            Trigger::Event => "pubsub",
+            Trigger::Schedule => "timer",
+            Trigger::Monitor => "other",
+        }
+    }
+
     /// Started by the host on a function's own manifest (no client, no token, and
     /// `[triggers] http = false` does not hide the function from it).
     fn internal(self) -> bool {
@@ -206,6 +227,7 @@ impl Calls {
         let parent = traceparent.and_then(TraceContext::parse);
         let context = TraceContext::child_of(parent.as_ref());
         let request_id = context.span_id();
+        let mut span = crate::trace::Span::call(context, parent.as_ref(), trigger.span_kind());
         let result = context
             .scope(async {
                 let (d, _running) = self.resolve_for(trigger, caller, &target?).await?;
@@ -216,6 +238,9 @@ impl Calls {
             })
             .await;
         self.meter(trigger, started, served.as_deref(), &result);
+        if span.is_recording() {
+            describe(&mut span, trigger, served.as_deref(), &result);
+        }
         Called {
             served,
             result,
@@ -236,7 +261,7 @@ impl Calls {
                         return Ok(Answer::Json { text, cache });
                     }
                 }
-                let _ticket = functions.admit(d).await?;
+                let _ticket = crate::trace::in_span("queue", functions.admit(d)).await?;
                 let out = functions.invoke(d, &content_type, &body).await?;
                 let text = out.to_json().to_string();
                 if text.len() > crate::convert::MAX_RESPONSE {
@@ -256,7 +281,7 @@ impl Calls {
                 Ok(Answer::Json { text, cache })
             }
             Input::Batch(batch) => {
-                let _ticket = functions.admit(d).await?;
+                let _ticket = crate::trace::in_span("queue", functions.admit(d)).await?;
                 let (out, _rejected) = functions
                     .run(d, crate::functions::Input::Batch(batch))
                     .await?;
@@ -264,7 +289,7 @@ impl Calls {
                 Ok(Answer::Batch(out))
             }
             Input::Observe { inputs, outputs } => {
-                let _ticket = functions.admit(d).await?;
+                let _ticket = crate::trace::in_span("queue", functions.admit(d)).await?;
                 let report = functions.observe(d, inputs, outputs).await?;
                 let text = report.to_string();
                 Ok(Answer::Json { text, cache: None })
@@ -277,7 +302,7 @@ impl Calls {
                         format!("`{}` is not an `http` function", d.record.name),
                     ));
                 };
-                let ticket = functions.admit(d).await?;
+                let ticket = crate::trace::in_span("queue", functions.admit(d)).await?;
                 let resp = functions
                     .runtime()
                     .http(pre, Functions::invocation(d), req, ticket)
@@ -321,7 +346,7 @@ impl Calls {
             .inc();
         let elapsed = started.elapsed();
         m.latency
-            .with_label_values(&[tenant, name])
+            .with_label_values(&[tenant, name, &d.record.version])
             .observe(elapsed.as_secs_f64());
         if let Some(usage) = &d.usage {
             usage.invoked(elapsed, Functions::invocation(d).limits.memory_bytes);
@@ -331,6 +356,42 @@ impl Calls {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
+    }
+}
+
+/// Name and attribute a call's span once its outcome is known: what it ran (the
+/// resolved deployment's names only: nothing from an unresolved URL) and how it ended.
+fn describe<R: Outcome>(
+    span: &mut crate::trace::Span,
+    trigger: Trigger,
+    served: Option<&Deployment>,
+    result: &Result<R, ApiError>,
+) {
+    span.set_attr("quiver.trigger", trigger.as_str());
+    span.set_attr("faas.trigger", trigger.faas_trigger());
+    let status = match result {
+        Ok(r) => r.status(),
+        Err(e) => e.status(),
+    };
+    span.set_attr("http.response.status_code", i64::from(status.as_u16()));
+    match served {
+        Some(d) => {
+            let r = &d.record;
+            span.rename(format!("{} {}", trigger.as_str(), r.name));
+            span.set_attr("quiver.tenant", r.tenant.clone());
+            span.set_attr("quiver.function", r.name.clone());
+            span.set_attr("quiver.version", r.version.clone());
+            span.set_attr("faas.name", r.name.clone());
+            span.set_attr("faas.version", r.version.clone());
+            if !d.model_versions.is_empty() {
+                span.set_attr("quiver.model_versions", d.model_versions.clone());
+            }
+        }
+        None => span.rename(format!("{} (unresolved)", trigger.as_str())),
+    }
+    if let Err(e) = result {
+        span.set_attr("error.type", e.code());
+        span.fail(e.code());
     }
 }
 

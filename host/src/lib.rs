@@ -17,6 +17,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod monitors;
 pub mod nn;
+pub mod otel;
 pub mod runtime;
 pub mod scaler;
 pub mod server;
@@ -47,6 +48,19 @@ pub struct ServerConfig {
     pub usage_save_interval: std::time::Duration,
     /// Event and schedule triggers: this host's consumer name, leases, trimming.
     pub triggers: triggers::TriggerConfig,
+    /// Also write function logs to files: (directory, max bytes per file).
+    pub function_logs: Option<(PathBuf, u64)>,
+    /// Export spans and metrics to this OTLP/HTTP receiver (off when `None`).
+    pub otlp: Option<OtlpConfig>,
+}
+
+/// Where and how often telemetry goes out over OTLP.
+#[derive(Debug, Clone)]
+pub struct OtlpConfig {
+    /// The receiver's base URL (`/v1/traces` and `/v1/metrics` are added).
+    pub endpoint: String,
+    /// How often metrics are pushed.
+    pub metrics_interval: std::time::Duration,
 }
 
 /// Where `quiver:ml/features` keeps its data.
@@ -128,7 +142,7 @@ pub async fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         events: events.clone(),
         reports,
         datasets: datasets::Datasets::open(&config.data_dir.join("datasets.db"))?,
-        logs: logs::Logs::new()?,
+        logs: logs::Logs::with_files(config.function_logs.clone())?,
     };
     let functions = Arc::new(functions::Functions::new(
         registry,
@@ -159,6 +173,9 @@ pub async fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
     )?;
     for collector in triggers.collectors() {
         metrics.register(collector)?;
+    }
+    if let Some(otlp) = &config.otlp {
+        otel::start(&otlp.endpoint, metrics.clone(), otlp.metrics_interval)?;
     }
     triggers.start();
     let state = Arc::new(server::AppState {

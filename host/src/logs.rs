@@ -3,7 +3,10 @@
 //! kept in a ring of the newest [`RING_LINES`] lines per function (what `quiver logs
 //! NAME [--follow]` reads). A call keeps at most [`CALL_BYTES`] of output; the rest
 //! is dropped and counted (`quiver_log_dropped_bytes_total`), never an error: a
-//! chatty guest is not made to fail by its logging.
+//! chatty guest is not made to fail by its logging. With `--function-log-dir` each
+//! line is also appended, as one JSON object, to `<dir>/<tenant>/<function>.log`,
+//! which is rotated to `.log.1` past `--function-log-max-size` (so a function's
+//! files hold at most twice that).
 
 use prometheus::{IntCounterVec, Opts};
 use serde::Serialize;
@@ -42,10 +45,60 @@ pub struct Logs {
     rings: Mutex<HashMap<(String, String), VecDeque<LogLine>>>,
     seq: AtomicU64,
     dropped: IntCounterVec,
+    files: Option<Files>,
+}
+
+/// The optional copy of every line on disk.
+struct Files {
+    dir: std::path::PathBuf,
+    max_bytes: u64,
+    open: Mutex<HashMap<(String, String), (std::fs::File, u64)>>,
+}
+
+impl Files {
+    fn append(&self, tenant: &str, function: &str, lines: &[LogLine]) -> std::io::Result<()> {
+        use std::io::Write as _;
+        let mut text = Vec::new();
+        for l in lines {
+            serde_json::to_writer(&mut text, l)?;
+            text.push(b'\n');
+        }
+        let Ok(mut open) = self.open.lock() else {
+            return Ok(());
+        };
+        let key = (tenant.to_string(), function.to_string());
+        let path = self.dir.join(tenant).join(format!("{function}.log"));
+        if let Some((_, size)) = open.get(&key) {
+            if size + text.len() as u64 > self.max_bytes {
+                open.remove(&key);
+                std::fs::rename(&path, path.with_extension("log.1"))?;
+            }
+        }
+        let (file, size) = match open.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                std::fs::create_dir_all(self.dir.join(tenant))?;
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)?;
+                let size = file.metadata()?.len();
+                e.insert((file, size))
+            }
+        };
+        file.write_all(&text)?;
+        *size += text.len() as u64;
+        Ok(())
+    }
 }
 
 impl Logs {
     pub fn new() -> anyhow::Result<Arc<Logs>> {
+        Self::with_files(None)
+    }
+
+    /// Also write every line to `(dir, max bytes per file)`.
+    pub fn with_files(files: Option<(std::path::PathBuf, u64)>) -> anyhow::Result<Arc<Logs>> {
         let dropped = IntCounterVec::new(
             Opts::new(
                 "quiver_log_dropped_bytes_total",
@@ -53,10 +106,23 @@ impl Logs {
             ),
             &["tenant", "function"],
         )?;
+        let files = match files {
+            Some((dir, max_bytes)) => {
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+                Some(Files {
+                    dir,
+                    max_bytes: max_bytes.max(4096),
+                    open: Mutex::new(HashMap::new()),
+                })
+            }
+            None => None,
+        };
         Ok(Arc::new(Logs {
             rings: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
             dropped,
+            files,
         }))
     }
 
@@ -73,6 +139,7 @@ impl Logs {
             .entry((sink.tenant.clone(), sink.function.clone()))
             .or_default();
         let time_ms = crate::unix_ms();
+        let first = ring.len();
         for line in text.lines() {
             ring.push_back(LogLine {
                 seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
@@ -82,8 +149,18 @@ impl Logs {
                 version: sink.version.clone(),
                 text: cut(line, LINE_BYTES).to_string(),
             });
-            if ring.len() > RING_LINES {
-                ring.pop_front();
+        }
+        let new: Vec<LogLine> = match &self.files {
+            Some(_) => ring.iter().skip(first).cloned().collect(),
+            None => Vec::new(),
+        };
+        while ring.len() > RING_LINES {
+            ring.pop_front();
+        }
+        drop(rings);
+        if let (Some(files), false) = (&self.files, new.is_empty()) {
+            if let Err(e) = files.append(&sink.tenant, &sink.function, &new) {
+                tracing::warn!("writing {}/{}'s log file: {e}", sink.tenant, sink.function);
             }
         }
     }
@@ -218,6 +295,34 @@ mod tests {
             function: "f".into(),
             version: "f@1.0.0".into(),
         }
+    }
+
+    #[test]
+    fn lines_go_to_the_function_s_file_which_rotates_past_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = Logs::with_files(Some((dir.path().to_path_buf(), 4096))).unwrap();
+        let s = sink(&logs);
+        s.line("info", "abc", "first");
+        let path = dir.path().join("t/f.log");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["text"], "first");
+        assert_eq!(line["trace_id"], "abc");
+        assert_eq!(line["version"], "f@1.0.0");
+        for i in 0..100 {
+            s.line("info", "abc", &format!("line {i} {}", "x".repeat(60)));
+        }
+        let now = std::fs::metadata(&path).unwrap().len();
+        let old = std::fs::metadata(path.with_extension("log.1"))
+            .unwrap()
+            .len();
+        assert!(now <= 4096 && old <= 4096, "{now} {old}");
+        let last = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            last.trim_end()
+                .ends_with(&format!("line 99 {}\"}}", "x".repeat(60))),
+            "{last}"
+        );
     }
 
     #[test]

@@ -4,7 +4,13 @@
 //! publishes carries the call's context, so a trace runs from a client's request
 //! through the events it causes to the functions they trigger.
 
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry::KeyValue;
+use std::borrow::Cow;
 use std::fmt;
+use std::time::SystemTime;
 
 /// `00-{trace id}-{span id}-{flags}` (version 00 of the W3C format).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +76,11 @@ impl TraceContext {
         to_hex(&self.trace_id)
     }
 
+    /// Whether the trace is sampled (W3C flag 01): only sampled spans are exported.
+    pub fn sampled(&self) -> bool {
+        self.flags & 1 == 1
+    }
+
     /// The span id, as 16 hex digits (a call's request id).
     pub fn span_id(&self) -> String {
         to_hex(&self.span_id)
@@ -78,6 +89,147 @@ impl TraceContext {
     /// Run `fut` with this as the current context ([`current`] inside it).
     pub async fn scope<F: std::future::Future>(self, fut: F) -> F::Output {
         CURRENT.scope(self, fut).await
+    }
+}
+
+/// A span being timed: recorded when dropped, and only while spans are exported
+/// ([`crate::otel`]) and its trace is sampled; otherwise inert (no clock read, no
+/// allocation), so instrumenting a path costs nothing with export off.
+#[must_use = "a span ends when dropped"]
+pub struct Span(Option<Box<Live>>);
+
+struct Live {
+    context: TraceContext,
+    parent: Option<(TraceContext, bool)>,
+    name: Cow<'static, str>,
+    kind: SpanKind,
+    start: SystemTime,
+    attributes: Vec<KeyValue>,
+    status: Status,
+}
+
+/// A child of the current context (see [`current`]).
+pub fn span(name: &'static str) -> Span {
+    match (crate::otel::enabled(), current()) {
+        (true, Some(parent)) if parent.sampled() => Span::open(
+            TraceContext::child_of(Some(&parent)),
+            Some((parent, false)),
+            name.into(),
+            SpanKind::Internal,
+        ),
+        _ => Span(None),
+    }
+}
+
+/// Run `fut` in a span named `name`, a child of the current context.
+pub async fn in_span<F: std::future::Future>(name: &'static str, fut: F) -> F::Output {
+    let s = span(name);
+    s.scope(fut).await
+}
+
+impl Span {
+    /// The span of a call: `context` is the call's own (its span id is the request
+    /// id), `parent` the caller's `traceparent`, a remote parent.
+    pub fn call(context: TraceContext, parent: Option<&TraceContext>, kind: SpanKind) -> Span {
+        match crate::otel::enabled() && context.sampled() {
+            true => Span::open(context, parent.map(|p| (*p, true)), "call".into(), kind),
+            false => Span(None),
+        }
+    }
+
+    fn open(
+        context: TraceContext,
+        parent: Option<(TraceContext, bool)>,
+        name: Cow<'static, str>,
+        kind: SpanKind,
+    ) -> Span {
+        Span(Some(Box::new(Live {
+            context,
+            parent,
+            name,
+            kind,
+            start: SystemTime::now(),
+            attributes: Vec::new(),
+            status: Status::Unset,
+        })))
+    }
+
+    /// Whether this span is recorded (export on, trace sampled).
+    pub fn is_recording(&self) -> bool {
+        self.0.is_some()
+    }
+
+    pub fn attr(mut self, key: &'static str, value: impl Into<opentelemetry::Value>) -> Self {
+        self.set_attr(key, value);
+        self
+    }
+
+    pub fn set_attr(&mut self, key: &'static str, value: impl Into<opentelemetry::Value>) {
+        if let Some(live) = &mut self.0 {
+            live.attributes.push(KeyValue::new(key, value));
+        }
+    }
+
+    pub fn rename(&mut self, name: String) {
+        if let Some(live) = &mut self.0 {
+            live.name = name.into();
+        }
+    }
+
+    /// Mark the span failed, with why.
+    pub fn fail(&mut self, description: impl Into<String>) {
+        if let Some(live) = &mut self.0 {
+            live.status = Status::error(description.into());
+        }
+    }
+
+    /// Run `fut` with this span as the current context, so the spans opened inside
+    /// are its children (what `fut` publishes carries it as `traceparent`).
+    pub async fn scope<F: std::future::Future>(&self, fut: F) -> F::Output {
+        match &self.0 {
+            Some(live) => live.context.scope(fut).await,
+            None => fut.await,
+        }
+    }
+}
+
+impl Drop for Span {
+    fn drop(&mut self) {
+        let Some(live) = self.0.take() else { return };
+        let Live {
+            context,
+            parent,
+            name,
+            kind,
+            start,
+            attributes,
+            status,
+        } = *live;
+        let (parent_span_id, parent_span_is_remote) = match parent {
+            Some((p, remote)) => (SpanId::from_bytes(p.span_id), remote),
+            None => (SpanId::INVALID, false),
+        };
+        crate::otel::record(opentelemetry_sdk::trace::SpanData {
+            span_context: SpanContext::new(
+                TraceId::from_bytes(context.trace_id),
+                SpanId::from_bytes(context.span_id),
+                TraceFlags::new(context.flags),
+                false,
+                TraceState::default(),
+            ),
+            parent_span_id,
+            parent_span_is_remote,
+            span_kind: kind,
+            name,
+            start_time: start,
+            end_time: SystemTime::now(),
+            attributes,
+            dropped_attributes_count: 0,
+            events: Default::default(),
+            links: Default::default(),
+            status,
+            instrumentation_scope: crate::otel::scope(),
+        });
     }
 }
 

@@ -189,3 +189,55 @@ fn the_host_logs_json_lines_when_asked() {
     assert_eq!(v["fields"]["message"], "runtime ready", "{v}");
     assert!(v["fields"]["pooling"].is_boolean(), "{v}");
 }
+
+#[test]
+fn function_logs_are_also_written_to_files_when_asked() {
+    let logs = tempfile::tempdir().unwrap();
+    let dir = logs.path().to_str().unwrap().to_string();
+    let server = Server::start_with(&["--function-log-dir", &dir]);
+    server.deploy("log-probe");
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let r = server
+        .http()
+        .post(format!("{}/fn/default/log-probe", server.url))
+        .header("content-type", "application/json")
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .body(json!([{"lines": 2}, {"lines": 1}]).to_string())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let path = logs.path().join("default/log-probe.log");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    // The same lines the ring holds, in the same shape.
+    let mut seen: Vec<(String, String)> = lines
+        .iter()
+        .map(|l| {
+            assert_eq!(l["trace_id"], trace, "{l}");
+            assert_eq!(l["version"], "log-probe@1.0.0", "{l}");
+            (
+                l["stream"].as_str().unwrap().to_string(),
+                l["text"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("info", "log 0"),
+            ("info", "log 1"),
+            ("stderr", "err 0"),
+            ("stderr", "err 1"),
+            ("stdout", "out 0.0"),
+            ("stdout", "out 0.1"),
+            ("stdout", "out 1.0"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect::<Vec<_>>()
+    );
+}

@@ -93,6 +93,7 @@ impl Prometheus {
 fn a_real_prometheus_scrapes_the_hosts_series() {
     let server = Server::start();
     server.deploy("txn-features");
+    server.deploy_fraud_score();
     let sample =
         std::fs::read(quiver_tests::repo().join("functions/txn-features/sample.json")).unwrap();
     for _ in 0..5 {
@@ -103,6 +104,16 @@ fn a_real_prometheus_scrapes_the_hosts_series() {
         );
         assert_eq!(r.status(), 200);
     }
+    let (rows, _) = quiver_tests::fraud_reference();
+    let body = quiver_tests::fraud_input_rows(&rows[..4]).to_string();
+    let r = server.post("/fn/default/fraud-score", "application/json", body);
+    assert_eq!(r.status(), 200);
+    let r = server.post(
+        "/events/default/scored",
+        "application/json",
+        br#"{"x": 1}"#.to_vec(),
+    );
+    assert_eq!(r.status(), 202);
     let target = server.url.trim_start_matches("http://").to_string();
     let prom = Prometheus::start(&target, &server.admin_token);
     assert_eq!(prom.wait(r#"up{job="quiver"}"#, |v| v == 1.0), 1.0);
@@ -121,4 +132,25 @@ fn a_real_prometheus_scrapes_the_hosts_series() {
         r#"quiver_cold_starts_total{function="txn-features"}"#,
         |v| v >= 1.0,
     );
+    // Host calls: feature reads (txn-features keeps per-merchant stats), the
+    // model's computes by backend and model version, batch sizes, publishes.
+    prom.wait(
+        r#"sum(quiver_feature_rows_total{tenant="default",source="store"})"#,
+        |v| v >= 5.0,
+    );
+    prom.wait(
+        r#"sum(quiver_inference_duration_seconds_count{model="fraud-model",version="1.0.0",backend="tract"})"#,
+        |v| v >= 1.0,
+    );
+    let rows = prom.wait(
+        r#"sum(quiver_batch_rows_sum{function="fraud-score"})"#,
+        |v| v >= 4.0,
+    );
+    assert_eq!(rows, 4.0);
+    prom.wait(
+        r#"quiver_events_published_total{tenant="default",via="api"}"#,
+        |v| v >= 1.0,
+    );
+    // The runtime's counters are registered series too (no hand-made text).
+    prom.wait("quiver_instantiations_total", |v| v >= 1.0);
 }

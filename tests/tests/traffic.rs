@@ -46,6 +46,16 @@ fn a_split_sends_calls_to_versions_by_weight_until_cleared() {
     let shown: Value =
         serde_json::from_str(&server.cli_ok(&["--json", "traffic", "txn-features"])).unwrap();
     assert_eq!(shown["split"]["1.0.0"], 50);
+    // The canary comparison: each version's calls and latency on this host.
+    let compare = &shown["compare"]["versions"];
+    assert_eq!(compare["1.0.0"]["calls"], a as u64, "{shown}");
+    assert_eq!(compare["1.1.0"]["calls"], (b + 20 + 1) as u64, "{shown}");
+    assert_eq!(compare["1.1.0"]["errors"], 0);
+    for v in ["1.0.0", "1.1.0"] {
+        let p50 = compare[v]["p50_ms"].as_f64().unwrap();
+        let p99 = compare[v]["p99_ms"].as_f64().unwrap();
+        assert!(p50 > 0.0 && p50 <= p99, "{v}: {p50} {p99}");
+    }
 
     // All to one version, then cleared: stable again.
     server.cli_ok(&["traffic", "txn-features", "1.0.0=1"]);

@@ -118,21 +118,34 @@ impl base::quiver::ml::events::Host for HostState {
                 text.into_bytes()
             }
         };
-        let event = NewEvent {
-            content_type: "application/json".into(),
-            payload: body,
-            source: Some(scope.source.clone()),
-            traceparent: crate::trace::current().map(|c| c.to_string()),
-        };
         self.published += 1;
-        scope
-            .bus
-            .publish(&scope.tenant, &topic, event)
-            .await
-            .map_err(|e| match e {
-                EventError::Invalid(m) => GuestError::InvalidInput(m),
-                EventError::Unavailable(m) => GuestError::Unavailable(m),
-                other => GuestError::Internal(other.to_string()),
+        // The event carries the publish span as its `traceparent`: the call it
+        // triggers is that span's child.
+        let mut span = crate::trace::span("events.publish")
+            .attr("messaging.destination.name", topic.clone())
+            .attr("messaging.operation.type", "send");
+        let published = span
+            .scope(async {
+                let event = NewEvent {
+                    content_type: "application/json".into(),
+                    payload: body,
+                    source: Some(scope.source.clone()),
+                    traceparent: crate::trace::current().map(|c| c.to_string()),
+                };
+                scope.bus.publish(&scope.tenant, &topic, event).await
             })
+            .await;
+        match &published {
+            Ok(_) => crate::metrics::HOST_CALLS
+                .events_published
+                .with_label_values(&[scope.tenant.as_str(), "function"])
+                .inc(),
+            Err(e) => span.fail(e.to_string()),
+        }
+        published.map_err(|e| match e {
+            EventError::Invalid(m) => GuestError::InvalidInput(m),
+            EventError::Unavailable(m) => GuestError::Unavailable(m),
+            other => GuestError::Internal(other.to_string()),
+        })
     }
 }

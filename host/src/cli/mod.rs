@@ -160,6 +160,20 @@ struct ServeArgs {
     /// How often the trim policy runs.
     #[arg(long, env = "QUIVER_EVENTS_TRIM_INTERVAL", default_value = "60s")]
     events_trim_interval: humantime::Duration,
+    /// Export traces and metrics over OTLP/HTTP (protobuf) to this receiver
+    /// (`http://127.0.0.1:4318`; `/v1/traces` and `/v1/metrics` are added). Off by default.
+    #[arg(long, env = "QUIVER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// Also append every function's log lines (JSON, one per line) to
+    /// `<dir>/<tenant>/<function>.log`.
+    #[arg(long, env = "QUIVER_FUNCTION_LOG_DIR")]
+    function_log_dir: Option<PathBuf>,
+    /// A function's log file is rotated to `.log.1` past this size.
+    #[arg(long, env = "QUIVER_FUNCTION_LOG_MAX_SIZE", default_value = "16MiB")]
+    function_log_max_size: bytesize::ByteSize,
+    /// How often metrics are pushed to --otlp-endpoint.
+    #[arg(long, env = "QUIVER_OTLP_METRICS_INTERVAL", default_value = "10s")]
+    otlp_metrics_interval: humantime::Duration,
 }
 
 impl ServeArgs {
@@ -186,6 +200,18 @@ impl ServeArgs {
                 trim_every: *self.events_trim_interval,
                 ..Default::default()
             },
+            function_logs: self
+                .function_log_dir
+                .clone()
+                .map(|d| (d, self.function_log_max_size.as_u64())),
+            otlp: self
+                .otlp_endpoint
+                .clone()
+                .map(|endpoint| crate::OtlpConfig {
+                    endpoint,
+                    metrics_interval: (*self.otlp_metrics_interval)
+                        .max(std::time::Duration::from_millis(100)),
+                }),
             features: match &self.redis {
                 Some(url) => crate::FeatureStoreConfig::Redis {
                     url: url.clone(),
@@ -869,6 +895,7 @@ async fn stop_signal() {
 
 /// Save tenants' usage before the process exits.
 async fn server_stop(state: &std::sync::Arc<crate::server::AppState>) {
+    let _ = tokio::task::spawn_blocking(crate::otel::flush).await;
     let tenancy = state.tenancy.clone();
     match tokio::task::spawn_blocking(move || tenancy.save_usage()).await {
         Ok(Ok(())) => {}

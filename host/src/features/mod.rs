@@ -200,16 +200,52 @@ impl FeatureScope {
         entities: &[&str],
         names: &[String],
     ) -> Result<Vec<Vec<Option<Value>>>, FeatureError> {
+        let started = Instant::now();
+        let _span = crate::trace::span("features.get")
+            .attr("quiver.feature_group", group.to_string())
+            .attr("quiver.entities", entities.len() as i64);
+        let out = self.read_uncounted(group, entities, names).await;
+        let m = &crate::metrics::HOST_CALLS;
+        m.feature_seconds
+            .with_label_values(&[&self.tenant])
+            .observe(started.elapsed().as_secs_f64());
+        if let Ok((rows, from_near)) = &out {
+            for (i, row) in rows.iter().enumerate() {
+                let source = match from_near.get(i) {
+                    Some(true) => "near_cache",
+                    _ => "store",
+                };
+                let result = match row.iter().any(Option::is_some) {
+                    true => "hit",
+                    false => "miss",
+                };
+                m.feature_rows
+                    .with_label_values(&[&self.tenant, source, result])
+                    .inc();
+            }
+        }
+        out.map(|(rows, _)| rows)
+    }
+
+    /// The rows, and for each whether the near cache served it.
+    async fn read_uncounted(
+        &self,
+        group: &str,
+        entities: &[&str],
+        names: &[String],
+    ) -> Result<(Vec<Vec<Option<Value>>>, Vec<bool>), FeatureError> {
         let keys = entities
             .iter()
             .map(|e| self.key(group, e))
             .collect::<Result<Vec<_>, _>>()?;
         let Some(near) = self.near.get(group) else {
-            return self.backend.get_many(&keys, names).await;
+            let rows = self.backend.get_many(&keys, names).await?;
+            return Ok((rows, Vec::new()));
         };
         let now = Instant::now();
         let mut rows: Vec<Option<Vec<Option<Value>>>> =
             entities.iter().map(|e| near.get(e, names, now)).collect();
+        let from_near: Vec<bool> = rows.iter().map(Option::is_some).collect();
         let missing: Vec<usize> = (0..rows.len()).filter(|i| rows[*i].is_none()).collect();
         if !missing.is_empty() {
             let fetch: Vec<EntityKey> = missing.iter().map(|i| keys[*i].clone()).collect();
@@ -219,7 +255,8 @@ impl FeatureScope {
                 rows[i] = Some(row);
             }
         }
-        Ok(rows.into_iter().map(Option::unwrap_or_default).collect())
+        let rows = rows.into_iter().map(Option::unwrap_or_default).collect();
+        Ok((rows, from_near))
     }
 
     fn key(&self, group: &str, entity: &str) -> Result<EntityKey, FeatureError> {

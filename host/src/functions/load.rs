@@ -98,7 +98,14 @@ impl Functions {
             }
             let started = Instant::now();
             let generation = self.serving_generation.load(Ordering::Acquire);
-            let loaded = self.load_uncached(record).await;
+            let mut span = crate::trace::span("cold_start")
+                .attr("quiver.function", key.1.clone())
+                .attr("quiver.version", key.2.clone());
+            let loaded = span.scope(self.load_uncached(record)).await;
+            if let Err(e) = &loaded {
+                span.fail(e.to_string());
+            }
+            drop(span);
             if let Ok(mut loading) = self.loading.lock() {
                 loading.remove(&key);
             }
@@ -297,6 +304,7 @@ impl Functions {
         }
         let scaling = manifest.scaling().map_err(DeployError::Internal)?;
         Ok(Arc::new(BoundModels::new(
+            tenant,
             inference.batching,
             self.models.pool(),
             scaling.max_concurrency.min(scaling.max_instances) as usize,

@@ -316,6 +316,7 @@ impl Functions {
             Box::new(self.inference_calls.clone()),
             Box::new(self.inference_runs.clone()),
         ];
+        all.extend(self.runtime.collectors());
         all.extend(self.taps.collectors());
         all.extend(self.datasets.collectors());
         all.extend(self.logs.collectors());
@@ -734,6 +735,13 @@ impl Functions {
             let observed = d.tap.is_some() || d.log.is_some();
             if i == 0 && observed && !matches!(prepared, Prepared::Ingest(_)) {
                 tapped = Some(input.clone());
+            }
+            if !matches!(prepared, Prepared::Ingest(_)) {
+                let r = &stage.record;
+                crate::metrics::HOST_CALLS
+                    .batch_rows
+                    .with_label_values(&[&r.tenant, &r.name])
+                    .observe(crate::monitors::rows(&input) as f64);
             }
             batch = Some(match prepared {
                 Prepared::Ingest(pre) => {

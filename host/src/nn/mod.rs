@@ -330,16 +330,31 @@ pub fn check_target(target: ExecutionTarget) -> Result<(), BackendError> {
 /// A wasi-nn graph over a shared, already optimized model and the executor that
 /// runs it (straight, or on the inference pool with batching).
 pub fn graph(executor: Arc<Executor<OnnxModel>>) -> Graph {
-    let g: Box<dyn BackendGraph> = Box::new(TractGraph(executor));
+    graph_timed(executor, None)
+}
+
+/// A graph whose computes are timed into `timing` and traced.
+pub fn graph_timed(executor: Arc<Executor<OnnxModel>>, timing: Option<Arc<Timing>>) -> Graph {
+    let g: Box<dyn BackendGraph> = Box::new(TractGraph(executor, timing));
     g.into()
 }
 
-struct TractGraph(Arc<Executor<OnnxModel>>);
+/// What a compute of one bound model version is counted and traced as.
+pub struct Timing {
+    /// `quiver_inference_duration_seconds` for this tenant, model version and backend.
+    pub seconds: prometheus::Histogram,
+    pub model: String,
+    pub version: String,
+    pub backend: &'static str,
+}
+
+struct TractGraph(Arc<Executor<OnnxModel>>, Option<Arc<Timing>>);
 
 impl BackendGraph for TractGraph {
     fn init_execution_context(&self) -> Result<ExecutionContext, BackendError> {
         let ctx: Box<dyn BackendExecutionContext> = Box::new(TractContext {
             executor: self.0.clone(),
+            timing: self.1.clone(),
             inputs: vec![None; self.0.model().inputs.len()],
             outputs: Vec::new(),
         });
@@ -349,6 +364,7 @@ impl BackendGraph for TractGraph {
 
 struct TractContext {
     executor: Arc<Executor<OnnxModel>>,
+    timing: Option<Arc<Timing>>,
     inputs: Vec<Option<tract_onnx::prelude::Tensor>>,
     outputs: Vec<tract_onnx::prelude::Tensor>,
 }
@@ -379,7 +395,21 @@ impl TractContext {
             })?;
             inputs.push(t);
         }
-        self.outputs = self.executor.run(inputs).map_err(tensor_error)?;
+        let Some(timing) = &self.timing else {
+            self.outputs = self.executor.run(inputs).map_err(tensor_error)?;
+            return Ok(());
+        };
+        let mut span = crate::trace::span("wasi-nn.compute")
+            .attr("quiver.model", timing.model.clone())
+            .attr("quiver.model_version", timing.version.clone())
+            .attr("quiver.backend", timing.backend);
+        let started = std::time::Instant::now();
+        let ran = self.executor.run(inputs);
+        timing.seconds.observe(started.elapsed().as_secs_f64());
+        if let Err(e) = &ran {
+            span.fail(e.clone());
+        }
+        self.outputs = ran.map_err(tensor_error)?;
         Ok(())
     }
 }

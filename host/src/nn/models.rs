@@ -143,6 +143,7 @@ pub struct BoundModels {
 impl BoundModels {
     /// `concurrency`: the deployment's, which bounds its unfinished pool runs.
     pub fn new(
+        tenant: &str,
         batching: Batching,
         pool: &Arc<InferencePool>,
         concurrency: usize,
@@ -155,7 +156,19 @@ impl BoundModels {
             let exec = Arc::new(
                 Executor::new(model, Some(pool.clone()), batching).with_max_unfinished(concurrency),
             );
-            graphs.insert(info.alias.clone(), super::graph(exec.clone()));
+            let backend = exec.model().backend();
+            let timing = super::Timing {
+                seconds: crate::metrics::HOST_CALLS
+                    .inference_seconds
+                    .with_label_values(&[tenant, &info.name, &info.version, backend]),
+                model: info.name.clone(),
+                version: info.version.clone(),
+                backend,
+            };
+            graphs.insert(
+                info.alias.clone(),
+                super::graph_timed(exec.clone(), Some(Arc::new(timing))),
+            );
             executors.push(exec);
             models.push(info);
         }

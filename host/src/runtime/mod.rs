@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker, ResourceTable};
@@ -175,8 +175,8 @@ pub struct Runtime {
     engine_hash: String,
     components: Mutex<HashMap<String, Component>>,
     pooling: bool,
-    compilations: AtomicU64,
-    instantiations: AtomicU64,
+    compilations: prometheus::IntCounter,
+    instantiations: prometheus::IntCounter,
 }
 
 impl Runtime {
@@ -225,8 +225,14 @@ impl Runtime {
             engine_hash,
             components: Mutex::new(HashMap::new()),
             pooling,
-            compilations: AtomicU64::new(0),
-            instantiations: AtomicU64::new(0),
+            compilations: prometheus::IntCounter::new(
+                "quiver_compilations_total",
+                "Components compiled rather than loaded from the AOT cache",
+            )?,
+            instantiations: prometheus::IntCounter::new(
+                "quiver_instantiations_total",
+                "Instances of typed functions created",
+            )?,
         }))
     }
 
@@ -236,12 +242,20 @@ impl Runtime {
 
     /// How many components this process compiled (rather than loaded from the AOT cache).
     pub fn compilations(&self) -> u64 {
-        self.compilations.load(Ordering::Relaxed)
+        self.compilations.get()
     }
 
     /// How many typed-function instances this process created (reuse keeps it low).
     pub fn instantiations(&self) -> u64 {
-        self.instantiations.load(Ordering::Relaxed)
+        self.instantiations.get()
+    }
+
+    /// The runtime's counters, for the server's Prometheus registry.
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.compilations.clone()),
+            Box::new(self.instantiations.clone()),
+        ]
     }
 
     /// Drop compiled code from memory (the AOT artifact stays on disk).
@@ -297,7 +311,7 @@ impl Runtime {
                 let bytes = bytes()?;
                 let component = Component::new(&self.engine, &bytes)
                     .map_err(|e| anyhow::anyhow!("compiling component: {e}"))?;
-                self.compilations.fetch_add(1, Ordering::Relaxed);
+                self.compilations.inc();
                 // The artifact only saves the next load a compile: failing to write
                 // it (a full disk, a collection racing it) fails nothing.
                 if let Err(e) = component
@@ -481,6 +495,8 @@ impl Runtime {
             return Ok(warm);
         }
         let busy = Busy::new(&inv.pool);
+        let _span =
+            crate::trace::span("instantiate").attr("quiver.deployment", inv.tag.to_string());
         let mut store = self.store(inv);
         let instance = match pre {
             Pre::Ingest(p) => p
@@ -504,7 +520,7 @@ impl Runtime {
                 .await
                 .map(WarmInstance::Http),
         };
-        self.instantiations.fetch_add(1, Ordering::Relaxed);
+        self.instantiations.inc();
         match instance {
             Ok(instance) => Ok(Warm {
                 store,
@@ -537,6 +553,13 @@ impl Runtime {
             }
             Ok(Err(e)) => Err(Self::classify(inv, &warm.store, e)),
         }
+    }
+
+    /// A guest call in a span of its own, the current context while it runs (so the
+    /// host calls it makes are its children).
+    async fn guest<F: std::future::Future>(inv: &Invocation, call: F) -> F::Output {
+        let span = crate::trace::span("guest").attr("quiver.deployment", inv.tag.to_string());
+        span.scope(call).await
     }
 
     /// Arm the deadline for one call; returns the host-side backstop timeout.
@@ -572,7 +595,11 @@ impl Runtime {
         let limit = Self::deadline(inv, &mut warm.store);
         let result = match &warm.instance {
             WarmInstance::Transform(t) => {
-                tokio::time::timeout(limit, t.call_transform(&mut warm.store, input)).await
+                tokio::time::timeout(
+                    limit,
+                    Self::guest(inv, t.call_transform(&mut warm.store, input)),
+                )
+                .await
             }
             _ => return Err(InvokeError::Host(anyhow::anyhow!("not a transform"))),
         };
@@ -589,7 +616,11 @@ impl Runtime {
         let limit = Self::deadline(inv, &mut warm.store);
         let result = match &warm.instance {
             WarmInstance::Inference(f) => {
-                tokio::time::timeout(limit, f.call_infer(&mut warm.store, input)).await
+                tokio::time::timeout(
+                    limit,
+                    Self::guest(inv, f.call_infer(&mut warm.store, input)),
+                )
+                .await
             }
             _ => {
                 return Err(InvokeError::Host(anyhow::anyhow!(
@@ -612,7 +643,11 @@ impl Runtime {
         let limit = Self::deadline(inv, &mut warm.store);
         let result = match &warm.instance {
             WarmInstance::Monitor(m) => {
-                tokio::time::timeout(limit, m.call_observe(&mut warm.store, inputs, outputs)).await
+                tokio::time::timeout(
+                    limit,
+                    Self::guest(inv, m.call_observe(&mut warm.store, inputs, outputs)),
+                )
+                .await
             }
             _ => return Err(InvokeError::Host(anyhow::anyhow!("not a monitor"))),
         };
@@ -630,8 +665,11 @@ impl Runtime {
         let limit = Self::deadline(inv, &mut warm.store);
         let result = match &warm.instance {
             WarmInstance::Ingest(i) => {
-                tokio::time::timeout(limit, i.call_ingest(&mut warm.store, content_type, body))
-                    .await
+                tokio::time::timeout(
+                    limit,
+                    Self::guest(inv, i.call_ingest(&mut warm.store, content_type, body)),
+                )
+                .await
             }
             _ => return Err(InvokeError::Host(anyhow::anyhow!("not an ingest"))),
         };

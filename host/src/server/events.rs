@@ -71,6 +71,10 @@ async fn publish(
             .map(|c| c.to_string()),
     };
     let id = state.events.publish(&tenant, &topic, event).await?;
+    crate::metrics::HOST_CALLS
+        .events_published
+        .with_label_values(&[tenant.as_str(), "api"])
+        .inc();
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "tenant": tenant, "topic": topic, "id": id })),

@@ -577,22 +577,13 @@ async fn update_usage(state: &AppState) {
 /// Prometheus text. The platform admin sees every series; a tenant's token sees
 /// only the series labelled with its tenant.
 async fn metrics(State(state): State<Arc<AppState>>, access: Access) -> Response {
-    let runtime = state.functions.runtime();
     state.functions.update_gauges();
     update_usage(&state).await;
     if let Some(tenant) = access.principal.as_ref().and_then(|p| p.tenant.as_ref()) {
         let text = state.metrics.render_tenant(tenant.as_str());
         return ([("content-type", "text/plain; version=0.0.4")], text).into_response();
     }
-    let text = format!(
-        "{}# HELP quiver_instantiations_total Instances of typed functions created\n\
-         # TYPE quiver_instantiations_total counter\nquiver_instantiations_total {}\n\
-         # HELP quiver_compilations_total Components compiled rather than loaded from the AOT cache\n\
-         # TYPE quiver_compilations_total counter\nquiver_compilations_total {}\n",
-        state.metrics.render(),
-        runtime.instantiations(),
-        runtime.compilations()
-    );
+    let text = state.metrics.render();
     ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }
 

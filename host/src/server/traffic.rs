@@ -1,6 +1,8 @@
 //! `PUT /admin/v1/tenants/{tenant}/functions/{name}/traffic` `{"split": {"1.2.0": 90,
 //! "1.3.0": 10}}` (`{"split": {}}` clears it) and `GET` of the same: a function's
-//! traffic split (what `quiver traffic` sets and shows).
+//! traffic split (what `quiver traffic` sets and shows). `GET` also compares the
+//! versions (calls, errors, latency p50/p99, prediction distributions per model
+//! version) from this host's metrics: the canary comparison.
 
 use super::extract::Path;
 use super::{Access, ApiError, AppState};
@@ -82,5 +84,8 @@ async fn show(
         .resolve(tenant.as_str(), &name, None)
         .await?;
     let split = state.functions.traffic(tenant.as_str(), &name).await?;
-    Ok(answer(&name, split))
+    let Json(mut body) = answer(&name, split);
+    // The canary comparison: how each version has done on this host.
+    body["compare"] = state.metrics.compare(tenant.as_str(), &name);
+    Ok(Json(body))
 }
