@@ -24,9 +24,10 @@ cargo clippy --locked -p quiver-host --lib -- -D warnings
 
 # The feature-store tests run a real Redis server (started by the tests on loopback);
 # the TLS test makes a certificate with openssl and calls the host with curl; a
-# real Prometheus scrapes /metrics in tests/tests/prometheus.rs.
+# real Prometheus scrapes /metrics in tests/tests/prometheus.rs; headless Chromium
+# loads the dashboard in tests/tests/dashboard.rs.
 missing=()
-for tool in redis-server:redis-server openssl:openssl curl:curl prometheus:prometheus; do
+for tool in redis-server:redis-server openssl:openssl curl:curl prometheus:prometheus chromium:chromium; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -31,6 +31,8 @@ pub enum Trigger {
     Schedule,
     /// `[pipeline] monitor`: the host hands a pipeline's calls to its monitor.
     Monitor,
+    /// A copy of an answered call, run on the function's shadow version.
+    Shadow,
 }
 
 impl Trigger {
@@ -42,6 +44,7 @@ impl Trigger {
             Trigger::Event => "event",
             Trigger::Schedule => "schedule",
             Trigger::Monitor => "monitor",
+            Trigger::Shadow => "shadow",
         }
     }
 
@@ -52,7 +55,7 @@ impl Trigger {
         match self {
             Trigger::Fn | Trigger::Http | Trigger::Oip => SpanKind::Server,
             Trigger::Event => SpanKind::Consumer,
-            Trigger::Schedule | Trigger::Monitor => SpanKind::Internal,
+            Trigger::Schedule | Trigger::Monitor | Trigger::Shadow => SpanKind::Internal,
         }
     }
 
@@ -62,14 +65,17 @@ impl Trigger {
             Trigger::Fn | Trigger::Http | Trigger::Oip => "http",
             Trigger::Event => "pubsub",
             Trigger::Schedule => "timer",
-            Trigger::Monitor => "other",
+            Trigger::Monitor | Trigger::Shadow => "other",
         }
     }
 
     /// Started by the host on a function's own manifest (no client, no token, and
     /// `[triggers] http = false` does not hide the function from it).
     fn internal(self) -> bool {
-        matches!(self, Trigger::Event | Trigger::Schedule | Trigger::Monitor)
+        matches!(
+            self,
+            Trigger::Event | Trigger::Schedule | Trigger::Monitor | Trigger::Shadow
+        )
     }
 }
 
@@ -139,6 +145,7 @@ pub struct Called<R> {
     pub request_id: String,
 }
 
+#[derive(Clone)]
 pub struct Calls {
     functions: Arc<Functions>,
     tenancy: Arc<Tenancy>,
@@ -228,16 +235,22 @@ impl Calls {
         let context = TraceContext::child_of(parent.as_ref());
         let request_id = context.span_id();
         let mut span = crate::trace::Span::call(context, parent.as_ref(), trigger.span_kind());
+        let mut mirror = None;
         let result = context
             .scope(async {
-                let (d, _running) = self.resolve_for(trigger, caller, &target?).await?;
+                let target = target?;
+                let (d, _running) = self.resolve_for(trigger, caller, &target).await?;
                 served = Some(d.clone());
                 let (input, ctx) = prepare(d.clone()).await?;
+                mirror = self.mirror(trigger, &target, &d, &input).await;
                 let answer = self.run(&d, input).await?;
                 finish(&d, answer, ctx)
             })
             .await;
         self.meter(trigger, started, served.as_deref(), &result);
+        if let (Some((target, input)), true) = (mirror, result.is_ok()) {
+            self.shadow(target, input, context);
+        }
         if span.is_recording() {
             describe(&mut span, trigger, served.as_deref(), &result);
         }
@@ -246,6 +259,73 @@ impl Calls {
             result,
             request_id,
         }
+    }
+
+    /// A copy of the call for `d`'s shadow version, when it has one and the call
+    /// may be mirrored: an unpinned call from a client or an event or schedule
+    /// trigger, on a typed input (not a monitor's observation or an `http`
+    /// request), served by another version than the shadow.
+    async fn mirror(
+        &self,
+        trigger: Trigger,
+        target: &FunctionRef,
+        d: &Deployment,
+        input: &Input,
+    ) -> Option<(FunctionRef, Input)> {
+        if matches!(trigger, Trigger::Monitor | Trigger::Shadow) || target.version().is_some() {
+            return None;
+        }
+        let copy = match input {
+            Input::Body { content_type, body } => Input::Body {
+                content_type: content_type.clone(),
+                body: body.clone(),
+            },
+            Input::Batch(b) => Input::Batch(b.clone()),
+            Input::Http(_) | Input::Observe { .. } => return None,
+        };
+        let r = &d.record;
+        let shadow = self.functions.shadow(&r.tenant, &r.name).await.ok()??;
+        if *shadow == *r.version {
+            return None;
+        }
+        let pinned = FunctionRef::new(target.tenant.clone(), &r.name, Some(&shadow)).ok()?;
+        Some((pinned, copy))
+    }
+
+    /// Run the copy on the shadow version after the caller has its answer, in a
+    /// task of its own: counted and timed under the shadow's version (trigger
+    /// `shadow`), its span a child of the call's, its answer dropped (a function with
+    /// `[datasets] log` logs its rows under its own version). At most
+    /// [`MAX_SHADOWS`] run at once on a host; past that a copy is skipped and
+    /// counted, never queued behind the callers.
+    fn shadow(&self, target: FunctionRef, input: Input, call: TraceContext) {
+        let Ok(permit) = SHADOWS.clone().try_acquire_owned() else {
+            self.metrics
+                .shadow_skipped
+                .with_label_values(&[target.tenant.as_str(), target.name()])
+                .inc();
+            return;
+        };
+        let calls = self.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let started = Instant::now();
+            let context = TraceContext::child_of(Some(&call));
+            let mut span =
+                crate::trace::Span::call(context, Some(&call), Trigger::Shadow.span_kind());
+            let mut served = None;
+            let result: Result<Mirrored, ApiError> = context
+                .scope(async {
+                    let (d, _running) = calls.resolve_for(Trigger::Shadow, None, &target).await?;
+                    served = Some(d.clone());
+                    calls.run(&d, input).await.map(|_| Mirrored)
+                })
+                .await;
+            calls.meter(Trigger::Shadow, started, served.as_deref(), &result);
+            if span.is_recording() {
+                describe(&mut span, Trigger::Shadow, served.as_deref(), &result);
+            }
+        });
     }
 
     /// Result cache → admit → run.
@@ -392,6 +472,21 @@ fn describe<R: Outcome>(
     if let Err(e) = result {
         span.set_attr("error.type", e.code());
         span.fail(e.code());
+    }
+}
+
+/// Shadow copies running at once on this host, at most.
+pub const MAX_SHADOWS: usize = 64;
+
+static SHADOWS: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
+    std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(MAX_SHADOWS)));
+
+/// A shadow copy's outcome: answered (its answer is not kept).
+struct Mirrored;
+
+impl Outcome for Mirrored {
+    fn status(&self) -> StatusCode {
+        StatusCode::OK
     }
 }
 

@@ -187,6 +187,8 @@ pub async fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         triggers,
         max_body: config.max_body,
     });
+    // The dashboard's history of request rate, latency and cold starts.
+    server::ui::spawn_sampler(&state);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("binding {}: {e}", config.listen))?;

@@ -87,6 +87,8 @@ pub struct Metrics {
     pub unresolved: IntCounterVec,
     /// Per tenant, what it used since this host started and what it stores.
     pub usage: prometheus::GaugeVec,
+    /// Shadow copies not run because [`crate::call::MAX_SHADOWS`] were running.
+    pub shadow_skipped: IntCounterVec,
 }
 
 impl Metrics {
@@ -128,6 +130,14 @@ impl Metrics {
             ),
             &["tenant", "measure"],
         )?;
+        let shadow_skipped = IntCounterVec::new(
+            Opts::new(
+                "quiver_shadow_skipped_total",
+                "Copies of calls for a shadow version not run: the host's shadow slots were full",
+            ),
+            &["tenant", "function"],
+        )?;
+        registry.register(Box::new(shadow_skipped.clone()))?;
         registry.register(Box::new(usage.clone()))?;
         registry.register(Box::new(unresolved.clone()))?;
         registry.register(Box::new(invocations.clone()))?;
@@ -146,6 +156,7 @@ impl Metrics {
             latency,
             unresolved,
             usage,
+            shadow_skipped,
         })
     }
 

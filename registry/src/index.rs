@@ -84,7 +84,10 @@ const SCHEMA: &str = "PRAGMA journal_mode = WAL;
      CREATE INDEX IF NOT EXISTS alias_history_name ON alias_history (tenant, name, seq);
      CREATE TABLE IF NOT EXISTS traffic (
          tenant TEXT NOT NULL, name TEXT NOT NULL, version TEXT NOT NULL,
-         weight INTEGER NOT NULL, PRIMARY KEY (tenant, name, version));";
+         weight INTEGER NOT NULL, PRIMARY KEY (tenant, name, version));
+     CREATE TABLE IF NOT EXISTS shadows (
+         tenant TEXT NOT NULL, name TEXT NOT NULL, version TEXT NOT NULL,
+         PRIMARY KEY (tenant, name));";
 
 /// What [`Index::insert`] found: it inserted the row, or one was already there (the
 /// caller compares digests).

@@ -1,6 +1,8 @@
 //! Traffic splits: while a function has one, its unpinned calls go to its versions
 //! in proportion to their weights instead of to `stable`. Set in one transaction
-//! that checks every version exists; an empty split removes it.
+//! that checks every version exists; an empty split removes it. A function may also
+//! have one shadow version, which sees a copy of its calls (their answers are only
+//! recorded).
 
 use crate::index::version_exists;
 use crate::{Registry, RegistryError, Result};
@@ -56,6 +58,40 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Mirror `name`'s calls to `version` (`None` ends the shadow).
+    pub fn set_shadow(&self, tenant: &str, name: &str, version: Option<&str>) -> Result<()> {
+        let mut conn = self.index().writer()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "DELETE FROM shadows WHERE tenant = ?1 AND name = ?2",
+            params![tenant, name],
+        )?;
+        if let Some(version) = version {
+            if !version_exists(&tx, tenant, name, version)? {
+                return Err(RegistryError::NotFound(format!(
+                    "`{name}@{version}` not found"
+                )));
+            }
+            tx.execute(
+                "INSERT INTO shadows (tenant, name, version) VALUES (?1, ?2, ?3)",
+                params![tenant, name, version],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The version `name`'s calls are mirrored to, if any.
+    pub fn shadow(&self, tenant: &str, name: &str) -> Result<Option<String>> {
+        let conn = self.index().reader()?;
+        let mut stmt =
+            conn.prepare("SELECT version FROM shadows WHERE tenant = ?1 AND name = ?2")?;
+        let mut rows = stmt.query_map(params![tenant, name], |r| r.get(0))?;
+        Ok(rows.next().transpose()?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +126,15 @@ mod tests {
         );
         r.set_traffic("t", "f", &[]).unwrap();
         assert!(r.traffic("t", "f").unwrap().is_empty());
+
+        // One shadow at most, of a version that exists.
+        assert_eq!(r.shadow("t", "f").unwrap(), None);
+        r.set_shadow("t", "f", Some("1.1.0")).unwrap();
+        r.set_shadow("t", "f", Some("1.0.0")).unwrap();
+        assert_eq!(r.shadow("t", "f").unwrap().as_deref(), Some("1.0.0"));
+        assert!(r.set_shadow("t", "f", Some("9.0.0")).is_err());
+        assert_eq!(r.shadow("t", "f").unwrap().as_deref(), Some("1.0.0"));
+        r.set_shadow("t", "f", None).unwrap();
+        assert_eq!(r.shadow("t", "f").unwrap(), None);
     }
 }

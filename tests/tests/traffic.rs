@@ -88,6 +88,10 @@ fn a_split_sends_calls_to_versions_by_weight_until_cleared() {
         (r#"{"weights": {}}"#, 400, "invalid_body"),
         ("[1", 400, "invalid_body"),
         (many.as_str(), 400, "invalid_split"),
+        ("{}", 400, "invalid_body"),
+        (r#"{"shadow": 5}"#, 400, "invalid_body"),
+        (r#"{"shadow": "nine"}"#, 400, "invalid_version"),
+        (r#"{"shadow": "9.9.9"}"#, 404, "not_found"),
     ] {
         let r = server
             .http()
@@ -106,5 +110,117 @@ fn a_split_sends_calls_to_versions_by_weight_until_cleared() {
     assert_eq!(s, 404);
     let audit = server.cli_ok(&["audit"]);
     assert!(audit.contains("traffic"), "{audit}");
+    server.assert_healthy();
+}
+
+/// Calls of `txn-features` with `key` as their route key: the versions that served.
+fn versions_for_key(server: &Server, key: &str, calls: usize) -> Vec<String> {
+    (0..calls)
+        .map(|_| {
+            let r = server
+                .http()
+                .post(format!("{}/fn/default/txn-features", server.url))
+                .header("content-type", "application/json")
+                .header("x-quiver-route-key", key)
+                .body(read_sample("txn-features"))
+                .send()
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.headers()["x-quiver-version"]
+                .to_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn a_route_key_sticks_to_one_version_and_a_shadow_sees_a_copy_of_each_call() {
+    let server = Server::start();
+    server.deploy("txn-features");
+    server.deploy_with("txn-features", &["--version", "1.1.0"]);
+    server.cli_ok(&["traffic", "txn-features", "1.0.0=50", "1.1.0=50"]);
+    // Each key keeps to one version; over many keys both versions serve.
+    let mut seen = std::collections::BTreeSet::new();
+    for k in 0..16 {
+        let got = versions_for_key(&server, &format!("user-{k}"), 5);
+        assert!(got.iter().all(|v| *v == got[0]), "user-{k}: {got:?}");
+        seen.insert(got[0].clone());
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "16 keys at 50/50 all on one version: {seen:?}"
+    );
+
+    // Shadow: 1.1.0 serves, 1.0.0 gets a copy of each unpinned call.
+    server.cli_ok(&["traffic", "txn-features", "1.1.0=1"]);
+    let out = server.cli_ok(&["traffic", "txn-features", "--shadow", "1.0.0"]);
+    assert!(out.contains("txn-features@1.0.0\tshadow"), "{out}");
+    assert!(
+        out.contains("txn-features@1.1.0\t1"),
+        "the split stays: {out}"
+    );
+    let shadow_calls = |server: &Server| {
+        server
+            .metric(&quiver_tests::series(
+                "quiver_invocations_total",
+                &[
+                    ("function", "txn-features"),
+                    ("version", "1.0.0"),
+                    ("status", "200"),
+                ],
+            ))
+            .unwrap_or(0.0)
+    };
+    let before = shadow_calls(&server);
+    let served = versions_of(&server, 10);
+    assert_eq!(
+        served,
+        (0, 10),
+        "callers are answered by the split, not the shadow"
+    );
+    let after = server.wait_metric(
+        &quiver_tests::series(
+            "quiver_invocations_total",
+            &[
+                ("function", "txn-features"),
+                ("version", "1.0.0"),
+                ("status", "200"),
+            ],
+        ),
+        before + 10.0,
+        30,
+    );
+    assert_eq!(after, before + 10.0, "one copy per call");
+    // A pinned call is not mirrored.
+    let r = server.post(
+        "/fn/default/txn-features@1.1.0",
+        "application/json",
+        read_sample("txn-features"),
+    );
+    assert_eq!(r.status(), 200);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(shadow_calls(&server), after);
+    let shown: Value =
+        serde_json::from_str(&server.cli_ok(&["--json", "traffic", "txn-features"])).unwrap();
+    assert_eq!(shown["shadow"], "1.0.0");
+    assert!(
+        shown["compare"]["versions"]["1.0.0"]["calls"]
+            .as_u64()
+            .unwrap()
+            >= 10
+    );
+
+    // --no-shadow ends it; so does a rollback.
+    server.cli_ok(&["traffic", "txn-features", "--no-shadow"]);
+    versions_of(&server, 5);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(shadow_calls(&server), after);
+    server.cli_ok(&["traffic", "txn-features", "--shadow", "1.0.0"]);
+    server.cli_ok(&["rollback", "txn-features"]);
+    let shown: Value =
+        serde_json::from_str(&server.cli_ok(&["--json", "traffic", "txn-features"])).unwrap();
+    assert_eq!(shown["shadow"], Value::Null, "{shown}");
     server.assert_healthy();
 }

@@ -272,13 +272,22 @@ enum Command {
     /// List the versions of a function.
     Versions { name: String },
     /// Split a function's traffic across versions (`1.2.0=90 1.3.0=10`); no split
-    /// given: show it. `--clear` (or a rollback) returns it to the serving version.
+    /// given: show it (and each version's calls, errors and latency). `--clear` (or
+    /// a rollback) returns it to the serving version. `--shadow VERSION` mirrors a
+    /// copy of each unpinned call to VERSION (its answers only recorded) until
+    /// `--no-shadow` or a rollback.
     Traffic {
         name: String,
         /// VERSION=WEIGHT, repeated.
         split: Vec<String>,
         #[arg(long, conflicts_with = "split")]
         clear: bool,
+        /// Mirror each unpinned call to this version.
+        #[arg(long, conflicts_with = "no_shadow")]
+        shadow: Option<String>,
+        /// End the shadow.
+        #[arg(long)]
+        no_shadow: bool,
     },
     /// A function's stdout, stderr and log lines (the newest 1000 are kept).
     Logs {
@@ -620,11 +629,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Traffic { name, split, clear } => {
+        Command::Traffic {
+            name,
+            split,
+            clear,
+            shadow,
+            no_shadow,
+        } => {
             let path = format!("functions/{name}/traffic");
-            let out = match (split.is_empty(), clear) {
-                (true, false) => client.get(&path).await?,
-                _ => {
+            let shadow = match (shadow, no_shadow) {
+                (Some(v), _) => Some(Value::from(v)),
+                (None, true) => Some(Value::Null),
+                (None, false) => None,
+            };
+            let out = match (split.is_empty(), clear, shadow) {
+                (true, false, None) => client.get(&path).await?,
+                (true, false, Some(shadow)) => {
+                    client
+                        .put_json(&path, &serde_json::json!({ "shadow": shadow }))
+                        .await?
+                }
+                (_, _, shadow) => {
                     let mut weights = serde_json::Map::new();
                     for s in &split {
                         let (v, w) = s
@@ -635,14 +660,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                             .with_context(|| format!("`{s}`: the weight is not a whole number"))?;
                         weights.insert(v.to_string(), w.into());
                     }
-                    client
-                        .put_json(&path, &serde_json::json!({ "split": weights }))
-                        .await?
+                    let mut body = serde_json::json!({ "split": weights });
+                    if let Some(shadow) = shadow {
+                        body["shadow"] = shadow;
+                    }
+                    client.put_json(&path, &body).await?
                 }
             };
             if cli.json {
                 println!("{out}");
                 return Ok(());
+            }
+            if let Some(v) = out["shadow"].as_str() {
+                println!("{name}@{v}\tshadow (a copy of each unpinned call)");
             }
             match out["split"].as_object().filter(|s| !s.is_empty()) {
                 None => println!("{name}: no split; the serving version takes every call"),

@@ -209,8 +209,9 @@ impl Functions {
         let rec = self
             .registry_call(move |r| {
                 let rec = r.rollback(&t, &n, to.as_deref())?;
-                // A rollback is to one version: a split in place ends.
+                // A rollback is to one version: a split or shadow in place ends.
                 r.set_traffic(&t, &n, &[])?;
+                r.set_shadow(&t, &n, None)?;
                 Ok(rec)
             })
             .await?;

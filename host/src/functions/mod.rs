@@ -21,6 +21,7 @@ mod load;
 mod ml_metrics;
 mod retention;
 mod traffic;
+pub use traffic::{with_route_key, MAX_ROUTE_KEY};
 
 pub use retention::GcSummary;
 
@@ -167,8 +168,8 @@ pub struct Functions {
     /// serves: a cold load that started before it must not cache its result as
     /// serving (see `get`).
     serving_generation: AtomicU64,
-    /// Traffic splits read from the registry, by `tenant/name` (`None`: none set).
-    splits: RwLock<HashMap<String, Option<traffic::Split>>>,
+    /// Traffic splits and shadows read from the registry, by `tenant/name`.
+    splits: RwLock<HashMap<String, traffic::Routing>>,
     feature_store: Arc<dyn FeatureBackend>,
     result_cache: ResultCache,
     models: Arc<ModelCache>,

@@ -40,6 +40,10 @@ pub(crate) fn need(method: &Method, route: &str) -> Need {
     match route {
         "/healthz" | "/v2" | "/v2/health/live" | "/v2/health/ready" => Need::Open,
         "/metrics" => Need::AnyToken,
+        // The dashboard: its page and assets hold no data; its data routes answer
+        // what the caller's token sees (every tenant for the platform, else its own).
+        "/ui" | "/ui/assets/{file}" => Need::Open,
+        r if r.starts_with("/ui/api/") => Need::AnyToken,
         // Labels need a token even for a public function.
         "/fn/{tenant}/{name}/feedback" => Need::Tenant(Scope::Invoke),
         r if r.starts_with("/fn/") || r.starts_with("/http/") => Need::InvokeOrPublic,
@@ -453,5 +457,17 @@ mod tests {
             Need::Tenant(Scope::Invoke)
         );
         assert_eq!(need(&get, "/metrics"), Need::AnyToken);
+    }
+
+    #[test]
+    fn the_dashboard_page_is_open_and_its_data_needs_a_token() {
+        let get = Method::GET;
+        assert_eq!(need(&get, "/ui"), Need::Open);
+        assert_eq!(need(&get, "/ui/assets/{file}"), Need::Open);
+        assert_eq!(need(&get, "/ui/api/overview"), Need::AnyToken);
+        assert_eq!(need(&get, "/ui/api/series"), Need::AnyToken);
+        // Nothing else under /ui is open by accident.
+        assert_eq!(need(&get, "/ui/other"), Need::Platform);
+        assert_eq!(need(&get, "/uix"), Need::Platform);
     }
 }

@@ -31,6 +31,7 @@ mod oip;
 mod tenants;
 pub mod tls;
 mod traffic;
+pub mod ui;
 
 pub use auth::Access;
 pub(crate) use auth::{hidden, unauthorized};
@@ -221,6 +222,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(datasets::routes())
         .merge(logs::routes())
         .merge(traffic::routes())
+        .merge(ui::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authorize,
@@ -400,6 +402,13 @@ pub(crate) fn traceparent(headers: &HeaderMap) -> Option<String> {
     (v.len() <= 256).then(|| v.to_string())
 }
 
+/// The caller's route key (`x-quiver-route-key`): a split sends calls with the same
+/// key to the same version.
+pub(crate) fn route_key(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get("x-quiver-route-key")?.to_str().ok()?;
+    Some(v.to_string())
+}
+
 /// A body-less error for an answer a trigger did not ask for (a call-path bug).
 fn unexpected(what: &str) -> ApiError {
     ApiError::new(
@@ -418,6 +427,7 @@ async fn invoke(
 ) -> Response {
     let max_body = state.max_body;
     let traceparent = traceparent(&headers);
+    let key = route_key(&headers);
     let prepare = move |d: Arc<Deployment>| async move {
         if let DeploymentBody::Component(Prepared::Http(_)) = &d.body {
             let (tenant, name) = (&d.record.tenant, &d.record.name);
@@ -431,20 +441,18 @@ async fn invoke(
         let content_type = content_type(&headers).to_string();
         Ok((Input::Body { content_type, body }, ()))
     };
-    let called = state
-        .calls
-        .call(
-            Trigger::Fn,
-            access.principal.as_deref(),
-            traceparent.as_deref(),
-            access.function(&name_ref),
-            prepare,
-            |_, answer, ()| match answer {
-                Answer::Json { text, cache } => Ok(json_response(text, cache)),
-                _ => Err(unexpected("a non-JSON answer")),
-            },
-        )
-        .await;
+    let call = state.calls.call(
+        Trigger::Fn,
+        access.principal.as_deref(),
+        traceparent.as_deref(),
+        access.function(&name_ref),
+        prepare,
+        |_, answer, ()| match answer {
+            Answer::Json { text, cache } => Ok(json_response(text, cache)),
+            _ => Err(unexpected("a non-JSON answer")),
+        },
+    );
+    let called = crate::functions::with_route_key(key.as_deref(), call).await;
     respond(called, IntoResponse::into_response)
 }
 

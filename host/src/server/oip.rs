@@ -215,6 +215,7 @@ async fn infer(
 ) -> Response {
     let max_body = state.max_body;
     let traceparent = super::traceparent(&headers);
+    let key = super::route_key(&headers);
     let prepare = move |d: Arc<Deployment>| async move {
         check_kind(&d)?;
         let body: Bytes = super::read_body(&headers, body, max_body).await?;
@@ -244,17 +245,15 @@ async fn infer(
         }
         Ok(Json(resp).into_response())
     };
-    let called = state
-        .calls
-        .call(
-            Trigger::Oip,
-            access.principal.as_deref(),
-            traceparent.as_deref(),
-            model_ref(&access, path),
-            prepare,
-            finish,
-        )
-        .await;
+    let call = state.calls.call(
+        Trigger::Oip,
+        access.principal.as_deref(),
+        traceparent.as_deref(),
+        model_ref(&access, path),
+        prepare,
+        finish,
+    );
+    let called = crate::functions::with_route_key(key.as_deref(), call).await;
     super::respond(called, |e| OipError(e).into_response())
 }
 

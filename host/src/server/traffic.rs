@@ -21,16 +21,25 @@ pub fn routes() -> Router<Arc<AppState>> {
     )
 }
 
+/// `split` replaces the split (absent: left as it is); `shadow` a version to
+/// mirror calls to, `null` to end it (absent: left as it is).
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SplitBody {
-    split: BTreeMap<String, u32>,
+    split: Option<BTreeMap<String, u32>>,
+    #[serde(default, deserialize_with = "present")]
+    shadow: Option<Value>,
 }
 
-fn answer(name: &str, split: Vec<(String, u32)>) -> Json<Value> {
+/// A field that is there, `null` included (absent is the default, `None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    <Value as serde::Deserialize>::deserialize(d).map(Some)
+}
+
+fn answer(name: &str, split: Vec<(String, u32)>, shadow: Option<&str>) -> Json<Value> {
     let split: serde_json::Map<String, Value> =
         split.into_iter().map(|(v, w)| (v, json!(w))).collect();
-    Json(json!({ "name": name, "split": split }))
+    Json(json!({ "name": name, "split": split, "shadow": shadow }))
 }
 
 async fn set(
@@ -43,7 +52,31 @@ async fn set(
     super::check_name("function", &name)?;
     let Json(b) =
         body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.body_text()))?;
-    if b.split.len() > quiver_registry::MAX_SPLIT {
+    let shadow = match &b.shadow {
+        None => None,
+        Some(Value::Null) => Some(None),
+        Some(Value::String(v)) => {
+            super::check_version(v)?;
+            Some(Some(v.clone()))
+        }
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                "`shadow` is a version or null",
+            ))
+        }
+    };
+    if b.split.is_none() && shadow.is_none() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "give `split` (versions and weights), `shadow` (a version or null), or both",
+        ));
+    }
+    let split = b.split.unwrap_or_default();
+    let replace = !split.is_empty() || b.shadow.is_none();
+    if split.len() > quiver_registry::MAX_SPLIT {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_split",
@@ -53,7 +86,7 @@ async fn set(
             ),
         ));
     }
-    for (version, weight) in &b.split {
+    for (version, weight) in &split {
         super::check_version(version)?;
         if *weight == 0 || *weight > 1_000_000 {
             return Err(ApiError::new(
@@ -63,13 +96,22 @@ async fn set(
             ));
         }
     }
-    let weights: Vec<(String, u32)> = b.split.into_iter().collect();
-    state
-        .functions
-        .set_traffic(tenant.as_str(), &name, weights)
-        .await?;
+    if let Some(shadow) = shadow {
+        state
+            .functions
+            .set_shadow(tenant.as_str(), &name, shadow)
+            .await?;
+    }
+    if replace {
+        let weights: Vec<(String, u32)> = split.into_iter().collect();
+        state
+            .functions
+            .set_traffic(tenant.as_str(), &name, weights)
+            .await?;
+    }
     let now = state.functions.traffic(tenant.as_str(), &name).await?;
-    Ok(answer(&name, now))
+    let shadow = state.functions.shadow(tenant.as_str(), &name).await?;
+    Ok(answer(&name, now, shadow.as_deref()))
 }
 
 async fn show(
@@ -84,7 +126,8 @@ async fn show(
         .resolve(tenant.as_str(), &name, None)
         .await?;
     let split = state.functions.traffic(tenant.as_str(), &name).await?;
-    let Json(mut body) = answer(&name, split);
+    let shadow = state.functions.shadow(tenant.as_str(), &name).await?;
+    let Json(mut body) = answer(&name, split, shadow.as_deref());
     // The canary comparison: how each version has done on this host.
     body["compare"] = state.metrics.compare(tenant.as_str(), &name);
     Ok(Json(body))
