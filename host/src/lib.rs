@@ -61,6 +61,8 @@ pub struct OtlpConfig {
     pub endpoint: String,
     /// How often metrics are pushed.
     pub metrics_interval: std::time::Duration,
+    /// The share of new traces sampled (0 to 1).
+    pub sample_ratio: f64,
 }
 
 /// Where `quiver:ml/features` keeps its data.
@@ -175,7 +177,12 @@ pub async fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         metrics.register(collector)?;
     }
     if let Some(otlp) = &config.otlp {
-        otel::start(&otlp.endpoint, metrics.clone(), otlp.metrics_interval)?;
+        otel::start(
+            &otlp.endpoint,
+            metrics.clone(),
+            otlp.metrics_interval,
+            otlp.sample_ratio,
+        )?;
     }
     triggers.start();
     let state = Arc::new(server::AppState {

@@ -4,6 +4,8 @@
 //! exporter (protobuf), and pushes its metrics — the same registry `/metrics`
 //! serves, so one definition serves both — to `URL/v1/metrics` every
 //! `--otlp-metrics-interval`, as cumulative OTLP sums, gauges and histograms.
+//! `--otlp-sample-ratio` samples new traces by their id (a caller's `traceparent`
+//! decides for its own trace).
 
 use crate::metrics::Metrics;
 use opentelemetry::InstrumentationScope;
@@ -16,6 +18,7 @@ use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SpanData,
 use opentelemetry_sdk::Resource;
 use prometheus::proto::{MetricFamily, MetricType};
 use prost::Message;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -29,6 +32,20 @@ struct Spans {
 }
 
 static SPANS: OnceLock<Spans> = OnceLock::new();
+
+/// The share of new traces sampled, as `ratio * u64::MAX` (all by default).
+static SAMPLE_BELOW: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Whether a new trace (no caller's `traceparent`) is sampled: its id's low 8
+/// bytes below the ratio's share, as OpenTelemetry's `TraceIdRatioBased` samples
+/// (so every host that sees the id decides alike). A caller's sampled flag is
+/// followed as it comes (parent-based).
+pub fn sample(trace_id: &[u8; 16]) -> bool {
+    let mut low = [0u8; 8];
+    low.copy_from_slice(&trace_id[8..]);
+    let below = SAMPLE_BELOW.load(Ordering::Relaxed);
+    below == u64::MAX || u64::from_be_bytes(low) < below
+}
 
 /// Whether spans are exported (a span opened with export off records nothing).
 pub fn enabled() -> bool {
@@ -63,7 +80,20 @@ fn service() -> Resource {
 
 /// Start exporting to `endpoint` (`http://host:port`, the OTLP/HTTP receiver's base).
 /// Spans from now on, and metrics every `interval` from a task of their own.
-pub fn start(endpoint: &str, metrics: Arc<Metrics>, interval: Duration) -> anyhow::Result<()> {
+pub fn start(
+    endpoint: &str,
+    metrics: Arc<Metrics>,
+    interval: Duration,
+    sample_ratio: f64,
+) -> anyhow::Result<()> {
+    if !(0.0..=1.0).contains(&sample_ratio) {
+        anyhow::bail!("--otlp-sample-ratio is 0 to 1, not {sample_ratio}");
+    }
+    let below = match sample_ratio >= 1.0 {
+        true => u64::MAX,
+        false => (sample_ratio * u64::MAX as f64) as u64,
+    };
+    SAMPLE_BELOW.store(below, Ordering::Relaxed);
     let base = endpoint.trim_end_matches('/').to_string();
     let url: reqwest::Url = base
         .parse()
@@ -249,6 +279,20 @@ pub fn to_otlp(families: &[MetricFamily], start: u64, now: u64) -> ExportMetrics
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_traces_are_sampled_by_their_id() {
+        let id = |low: u64| {
+            let mut t = [7u8; 16];
+            t[8..].copy_from_slice(&low.to_be_bytes());
+            t
+        };
+        assert!(sample(&id(u64::MAX)), "all, by default");
+        SAMPLE_BELOW.store(u64::MAX / 4, Ordering::Relaxed);
+        assert!(sample(&id(u64::MAX / 8)));
+        assert!(!sample(&id(u64::MAX / 2)));
+        SAMPLE_BELOW.store(u64::MAX, Ordering::Relaxed);
+    }
 
     #[test]
     fn prometheus_families_become_otlp_metrics() {

@@ -48,8 +48,9 @@ impl TraceContext {
         })
     }
 
-    /// A new span: in the parent's trace (and with its flags) when there is one,
-    /// else in a new trace, sampled.
+    /// A new span: in the parent's trace (and with its flags: the caller decided
+    /// whether it is sampled) when there is one, else in a new trace, sampled by
+    /// [`crate::otel::sample`] (`--otlp-sample-ratio`; all, by default).
     pub fn child_of(parent: Option<&TraceContext>) -> TraceContext {
         let mut span_id = [0u8; 8];
         fill(&mut span_id);
@@ -65,7 +66,7 @@ impl TraceContext {
                 TraceContext {
                     trace_id,
                     span_id,
-                    flags: 1,
+                    flags: u8::from(crate::otel::sample(&trace_id)),
                 }
             }
         }

@@ -349,6 +349,7 @@
   function renderEvents(ov, multi) {
     const deliveries = [];
     const dead = [];
+    const recent = [];
     let more = false;
     for (const t of ov.tenants) {
       for (const d of t.events.deliveries) {
@@ -359,9 +360,14 @@
         dead.push([multi ? t.tenant : null, time(d.time_ms), d.topic, d.function, String(d.attempts), d.reason, d.id, num(d.bytes)].filter((c) => c !== null));
       }
       more = more || t.events.dead_more;
+      for (const e of t.events.recent || []) {
+        recent.push([multi ? t.tenant : null, time(e.time_ms), e.topic, e.source || 'api', e.content_type, e.id, num(e.bytes)].filter((c) => c !== null));
+      }
     }
     const pre = multi ? ['Tenant'] : [];
     clear($('events'),
+      el('h3', {}, 'Recent events'),
+      table(pre.concat(['Time', 'Topic', 'Published by', 'Content type', 'Id', 'Bytes']), recent),
       el('h3', {}, 'Deliveries (since the host started)'),
       table(pre.concat(['Function', 'Topic', 'OK', 'Retried', 'Dead']), deliveries),
       el('h3', {}, 'Dead-letter queue' + (more ? ' (newest shown; more kept)' : '')),

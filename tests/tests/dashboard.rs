@@ -271,6 +271,14 @@ fn the_dashboard_shows_functions_and_charts_in_a_real_browser_and_honours_tenanc
     let z = mon["features"]["amount"]["z"].as_array().unwrap();
     assert!(z.len() >= 3 && z.iter().all(Value::is_number), "{mon}");
     assert!(ov["activity"].as_array().unwrap().len() >= 3, "audit: {ov}");
+    // The monitor's alert went out as an event: the newest events show it.
+    let recent = default["events"]["recent"].as_array().unwrap();
+    assert!(
+        recent
+            .iter()
+            .any(|e| e["topic"] == "drift.detected" && e["source"] == "drift-monitor@1.0.0"),
+        "{recent:?}"
+    );
 
     // A tenant's token sees its own tenant only, in both routes.
     for route in ["/ui/api/overview", "/ui/api/series"] {
@@ -310,6 +318,10 @@ fn the_dashboard_shows_functions_and_charts_in_a_real_browser_and_honours_tenanc
     assert!(
         drift.is_some_and(|n| n >= 3),
         "no drawn drift chart with the windows ({drift:?}):\n{dom}"
+    );
+    assert!(
+        dom.contains("Recent events") && dom.contains("drift.detected"),
+        "the recent events are not in the page:\n{dom}"
     );
     assert!(
         !dom.contains(&server.admin_token),

@@ -174,6 +174,10 @@ struct ServeArgs {
     /// How often metrics are pushed to --otlp-endpoint.
     #[arg(long, env = "QUIVER_OTLP_METRICS_INTERVAL", default_value = "10s")]
     otlp_metrics_interval: humantime::Duration,
+    /// The share of new traces exported (0 to 1); a caller's `traceparent` decides
+    /// for its own trace.
+    #[arg(long, env = "QUIVER_OTLP_SAMPLE_RATIO", default_value_t = 1.0)]
+    otlp_sample_ratio: f64,
 }
 
 impl ServeArgs {
@@ -211,6 +215,7 @@ impl ServeArgs {
                     endpoint,
                     metrics_interval: (*self.otlp_metrics_interval)
                         .max(std::time::Duration::from_millis(100)),
+                    sample_ratio: self.otlp_sample_ratio,
                 }),
             features: match &self.redis {
                 Some(url) => crate::FeatureStoreConfig::Redis {

@@ -177,6 +177,17 @@ impl Bus for EventLog {
         self.blocking(move |l| l.groups(&tenant, &topic)).await
     }
 
+    async fn recent(
+        &self,
+        tenant: &TenantId,
+        topic: &str,
+        limit: usize,
+    ) -> Result<Vec<Event>, EventError> {
+        let (tenant, topic) = (tenant.clone(), topic.to_string());
+        self.blocking(move |l| l.recent(&tenant, &topic, limit))
+            .await
+    }
+
     async fn trim(&self, policy: &Trim) -> Result<u64, EventError> {
         let policy = *policy;
         self.blocking(move |l| l.trim(&policy)).await
@@ -460,6 +471,26 @@ impl Sqlite {
             |r| r.get(0),
         )?;
         Ok(at.map(|a| a.max(0) as u64))
+    }
+
+    fn recent(
+        &self,
+        tenant: &TenantId,
+        topic: &str,
+        limit: usize,
+    ) -> Result<Vec<Event>, EventError> {
+        let db = self.db()?;
+        let ids: Vec<i64> = {
+            let mut stmt = db.prepare(
+                "SELECT id FROM events WHERE tenant = ?1 AND topic = ?2 ORDER BY id DESC LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(
+                params![tenant.as_str(), topic, limit.min(1000) as i64],
+                |r| r.get(0),
+            )?;
+            rows.collect::<Result<_, _>>()?
+        };
+        ids.into_iter().map(|id| read_event(&db, id, 0)).collect()
     }
 
     fn groups(&self, tenant: &TenantId, topic: &str) -> Result<Vec<String>, EventError> {

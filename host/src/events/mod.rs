@@ -193,6 +193,13 @@ pub trait Bus: Send + Sync {
     async fn replay(&self, group: &Group, ids: Option<&[String]>) -> Result<usize, EventError>;
     /// The consumer groups of a topic.
     async fn groups(&self, tenant: &TenantId, topic: &str) -> Result<Vec<String>, EventError>;
+    /// The topic's newest events still kept, newest first (at most `limit`).
+    async fn recent(
+        &self,
+        tenant: &TenantId,
+        topic: &str,
+        limit: usize,
+    ) -> Result<Vec<Event>, EventError>;
     /// Drop events past the policy that no group still needs. How many went.
     async fn trim(&self, policy: &Trim) -> Result<u64, EventError>;
     /// Take the run of schedule `key` at `tick_ms`: true for exactly one caller

@@ -575,6 +575,30 @@ impl Bus for RedisBus {
         }
     }
 
+    async fn recent(
+        &self,
+        tenant: &TenantId,
+        topic: &str,
+        limit: usize,
+    ) -> Result<Vec<Event>, EventError> {
+        let range: StreamRangeReply = self
+            .query(
+                redis::cmd("XREVRANGE")
+                    .arg(stream_key(tenant.as_str(), topic))
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(limit.clamp(1, 1000)),
+            )
+            .await?;
+        let g = Group {
+            tenant: tenant.clone(),
+            topic: topic.to_string(),
+            name: String::new(),
+        };
+        range.ids.iter().map(|e| to_event(&g, e, 0)).collect()
+    }
+
     async fn groups(&self, tenant: &TenantId, topic: &str) -> Result<Vec<String>, EventError> {
         let key = stream_key(tenant.as_str(), topic);
         let exists: i64 = self.query(redis::cmd("EXISTS").arg(&key)).await?;

@@ -174,7 +174,7 @@ pub struct Functions {
     result_cache: ResultCache,
     models: Arc<ModelCache>,
     models_resident: IntGauge,
-    model_parses: IntGauge,
+    model_parses: prometheus::IntCounter,
     /// Per loaded inference deployment: wasi-nn compute calls and backend runs
     /// (fewer runs than calls: dynamic batching stacked them).
     inference_calls: IntGaugeVec,
@@ -246,7 +246,7 @@ impl Functions {
                 "quiver_models_resident",
                 "Models parsed and in memory (held by at least one warm deployment)",
             )?,
-            model_parses: IntGauge::new(
+            model_parses: prometheus::IntCounter::new(
                 "quiver_model_loads_total",
                 "Times this host parsed and optimized a model (once per model while any user is warm)",
             )?,
@@ -336,7 +336,11 @@ impl Functions {
         self.models_resident.set(self.models.resident() as i64);
         self.inference_calls.reset();
         self.inference_runs.reset();
-        self.model_parses.set(self.models.parses() as i64);
+        // A counter that follows the model cache's own count.
+        let (parses, seen) = (self.models.parses(), self.model_parses.get());
+        if parses > seen {
+            self.model_parses.inc_by(parses - seen);
+        }
         for ((tenant, name, version), d) in loaded.iter() {
             let labels = [tenant.as_str(), name.as_str(), version.as_str()];
             self.queue_depth

@@ -495,8 +495,7 @@ impl Runtime {
             return Ok(warm);
         }
         let busy = Busy::new(&inv.pool);
-        let _span =
-            crate::trace::span("instantiate").attr("quiver.deployment", inv.tag.to_string());
+        let _span = crate::trace::span("instantiate").attr("quiver.deployment", inv.tag.clone());
         let mut store = self.store(inv);
         let instance = match pre {
             Pre::Ingest(p) => p
@@ -558,7 +557,7 @@ impl Runtime {
     /// A guest call in a span of its own, the current context while it runs (so the
     /// host calls it makes are its children).
     async fn guest<F: std::future::Future>(inv: &Invocation, call: F) -> F::Output {
-        let span = crate::trace::span("guest").attr("quiver.deployment", inv.tag.to_string());
+        let span = crate::trace::span("guest").attr("quiver.deployment", inv.tag.clone());
         span.scope(call).await
     }
 

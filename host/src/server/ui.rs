@@ -58,6 +58,9 @@ const MAX_MODELS: usize = 50;
 const MAX_MODEL_VERSIONS: usize = 20;
 const MAX_ALIAS_MOVES: usize = 10;
 const MAX_WINDOWS: usize = 48;
+/// Topics whose newest events are shown, and how many events in all.
+const MAX_RECENT_TOPICS: usize = 20;
+const MAX_RECENT: usize = 20;
 const MAX_FEATURES: usize = 32;
 const MAX_STATS: usize = 8;
 const MAX_DEAD_READ: usize = 100;
@@ -389,6 +392,37 @@ async fn overview(
                 }
             }
         }
+        // The newest events of every topic a function here subscribes or publishes to.
+        let mut topics: Vec<String> = stored
+            .functions
+            .iter()
+            .filter_map(|f| Manifest::parse(&f.serving.manifest).ok())
+            .flat_map(|m| {
+                let mut t = m
+                    .event_trigger()
+                    .ok()
+                    .flatten()
+                    .map(|t| t.topics)
+                    .unwrap_or_default();
+                t.extend(m.events.map(|e| e.publish).unwrap_or_default());
+                t
+            })
+            .collect();
+        topics.sort();
+        topics.dedup();
+        topics.truncate(MAX_RECENT_TOPICS);
+        let mut recent = Vec::new();
+        for topic in &topics {
+            for e in state.events.recent(tenant, topic, MAX_RECENT).await? {
+                recent.push(json!({
+                    "id": e.id, "topic": topic, "time_ms": e.time_ms,
+                    "source": e.event.source, "content_type": e.event.content_type,
+                    "bytes": e.event.payload.len(),
+                }));
+            }
+        }
+        recent.sort_by_key(|e| std::cmp::Reverse(e["time_ms"].as_u64().unwrap_or(0)));
+        recent.truncate(MAX_RECENT);
         let dead_total = dead.len();
         dead.sort_by_key(|d| std::cmp::Reverse(d["time_ms"].as_u64().unwrap_or(0)));
         dead.truncate(MAX_DEAD_SHOWN);
@@ -397,6 +431,7 @@ async fn overview(
             "events": {
                 "deliveries": delivered.remove(tenant.as_str()).unwrap_or_default(),
                 "dead": dead, "dead_total": dead_total, "dead_more": dead_more,
+                "recent": recent,
             },
         }));
     }
