@@ -162,6 +162,7 @@ pub async fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
     for collector in functions.collectors() {
         metrics.register(collector)?;
     }
+    metrics.track_cold_starts(functions.cold_start_counter());
     let calls = Arc::new(call::Calls::new(
         functions.clone(),
         tenancy.clone(),
@@ -177,9 +178,15 @@ pub async fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         metrics.register(collector)?;
     }
     if let Some(otlp) = &config.otlp {
+        let gauges = Arc::downgrade(&functions);
         otel::start(
             &otlp.endpoint,
             metrics.clone(),
+            Box::new(move || {
+                if let Some(f) = gauges.upgrade() {
+                    f.update_gauges();
+                }
+            }),
             otlp.metrics_interval,
             otlp.sample_ratio,
         )?;

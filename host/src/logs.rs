@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
+/// Log files kept open at once (with `--function-log-dir`).
+const MAX_OPEN_FILES: usize = 128;
 /// Lines kept per function.
 pub const RING_LINES: usize = 1000;
 /// Bytes of stdout plus stderr one call may leave (each stream its own budget).
@@ -72,6 +74,13 @@ impl Files {
             if size + text.len() as u64 > self.max_bytes {
                 open.remove(&key);
                 std::fs::rename(&path, path.with_extension("log.1"))?;
+            }
+        }
+        // Open files are bounded: past the cap, one is closed (reopened on its
+        // function's next line).
+        if !open.contains_key(&key) && open.len() >= MAX_OPEN_FILES {
+            if let Some(k) = open.keys().next().cloned() {
+                open.remove(&k);
             }
         }
         let (file, size) = match open.entry(key) {

@@ -89,6 +89,8 @@ pub struct Metrics {
     pub usage: prometheus::GaugeVec,
     /// Shadow copies not run because [`crate::call::MAX_SHADOWS`] were running.
     pub shadow_skipped: IntCounterVec,
+    /// The cold-start counter (owned by the functions), for [`Metrics::traffic`].
+    cold_starts: std::sync::OnceLock<IntCounterVec>,
 }
 
 impl Metrics {
@@ -157,6 +159,7 @@ impl Metrics {
             unresolved,
             usage,
             shadow_skipped,
+            cold_starts: std::sync::OnceLock::new(),
         })
     }
 
@@ -186,8 +189,25 @@ impl Metrics {
         String::from_utf8_lossy(&buf).into_owned()
     }
 
+    /// Tell [`Metrics::traffic`] where the cold starts are counted (once).
+    pub fn track_cold_starts(&self, counter: IntCounterVec) {
+        let _ = self.cold_starts.set(counter);
+    }
+
+    /// Only the calls, latency and cold-start families (what the dashboard samples
+    /// every few seconds: not the whole registry).
+    pub fn traffic(&self) -> Vec<prometheus::proto::MetricFamily> {
+        use prometheus::core::Collector as _;
+        let mut out = self.invocations.collect();
+        out.extend(self.latency.collect());
+        if let Some(c) = self.cold_starts.get() {
+            out.extend(c.collect());
+        }
+        out
+    }
+
     /// Every registered family, as the registry holds it now (for the OTLP
-    /// exporter and the dashboard's sampler).
+    /// exporter).
     pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
         self.registry.gather()
     }
@@ -224,6 +244,14 @@ pub fn quantile(q: f64, buckets: &[(f64, u64)], total: u64) -> Option<f64> {
         (lower, below) = (upper, count);
     }
     Some(lower)
+}
+
+/// A histogram's cumulative buckets as (upper bound, count).
+pub fn buckets(h: &prometheus::proto::Histogram) -> Vec<(f64, u64)> {
+    h.get_bucket()
+        .iter()
+        .map(|b| (b.upper_bound(), b.cumulative_count()))
+        .collect()
 }
 
 impl Metrics {
@@ -265,11 +293,7 @@ impl Metrics {
                     }
                     "quiver_invocation_duration_seconds" => {
                         let h = m.get_histogram();
-                        let b: Vec<(f64, u64)> = h
-                            .get_bucket()
-                            .iter()
-                            .map(|b| (b.upper_bound(), b.cumulative_count()))
-                            .collect();
+                        let b = buckets(h);
                         let e = versions.entry(version).or_default();
                         e.2 = quantile(0.5, &b, h.get_sample_count());
                         e.3 = quantile(0.99, &b, h.get_sample_count());
@@ -277,11 +301,7 @@ impl Metrics {
                     "quiver_prediction_value" => {
                         let h = m.get_histogram();
                         let n = h.get_sample_count();
-                        let b: Vec<(f64, u64)> = h
-                            .get_bucket()
-                            .iter()
-                            .map(|b| (b.upper_bound(), b.cumulative_count()))
-                            .collect();
+                        let b = buckets(h);
                         let model = l.get("model").cloned().unwrap_or_default();
                         let output = l.get("output").cloned().unwrap_or_default();
                         let entry = predictions.entry(model).or_insert_with(|| json!({}));

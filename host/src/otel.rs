@@ -79,10 +79,12 @@ fn service() -> Resource {
 }
 
 /// Start exporting to `endpoint` (`http://host:port`, the OTLP/HTTP receiver's base).
-/// Spans from now on, and metrics every `interval` from a task of their own.
+/// Spans from now on, and metrics every `interval` from a task of their own
+/// (`refresh` sets the gauges first, as a scrape of `/metrics` does).
 pub fn start(
     endpoint: &str,
     metrics: Arc<Metrics>,
+    refresh: Box<dyn Fn() + Send + Sync>,
     interval: Duration,
     sample_ratio: f64,
 ) -> anyhow::Result<()> {
@@ -128,9 +130,12 @@ pub fn start(
     let started = unix_nanos(SystemTime::now());
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
             tick.tick().await;
+            // The gauges a scrape of /metrics sets (instances, queue depth...), now.
+            refresh();
             push_metrics(&client, &base, &metrics, started).await;
         }
     });

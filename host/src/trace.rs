@@ -265,22 +265,44 @@ fn to_hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Random ids; should the OS refuse randomness, ids from the clock and a counter
-/// (still distinct, not unpredictable: they name spans, they guard nothing).
+/// Random ids from a per-thread generator (splitmix64) seeded once from the OS
+/// (or, should the OS refuse, from the clock and the thread): distinct with the
+/// odds of 64-bit random numbers, not unpredictable — they name spans and calls,
+/// they guard nothing — and with no system call per span.
 fn fill(buf: &mut [u8]) {
-    if getrandom::getrandom(buf).is_ok() && buf.iter().any(|&b| b != 0) {
-        return;
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(seed());
     }
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(1);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    let seed = t ^ N.fetch_add(1, Ordering::Relaxed).rotate_left(32) | 1;
-    for (i, b) in buf.iter_mut().enumerate() {
-        *b = (seed.rotate_left((i as u32 * 8) % 64) & 0xff) as u8 | 1;
+    for chunk in buf.chunks_mut(8) {
+        let x = STATE.with(|s| {
+            let next = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+            s.set(next);
+            let mut z = next;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        });
+        // Never all zero (W3C ids must not be): a zero word becomes one.
+        let x = x.max(1);
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
     }
+}
+
+fn seed() -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::getrandom(&mut b).is_ok() {
+        return u64::from_le_bytes(b);
+    }
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
 }
 
 #[cfg(test)]
@@ -319,6 +341,21 @@ mod tests {
         let root = TraceContext::child_of(None);
         assert_ne!(root.trace_id(), p.trace_id());
         assert_eq!(TraceContext::parse(&root.to_string()), Some(root));
+    }
+
+    #[test]
+    fn ids_are_distinct_and_never_zero() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..100_000 {
+            let c = TraceContext::child_of(None);
+            assert!(c.span_id != [0; 8] && c.trace_id != [0; 16]);
+            assert!(seen.insert(c.span_id), "a span id came twice");
+        }
+        // Other threads draw other ids.
+        let other = std::thread::spawn(|| TraceContext::child_of(None).span_id)
+            .join()
+            .unwrap();
+        assert!(!seen.contains(&other));
     }
 
     #[tokio::test]

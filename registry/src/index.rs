@@ -226,6 +226,11 @@ impl Index {
             "DELETE FROM versions WHERE tenant = ?1 AND name = ?2 AND version = ?3",
             params![tenant, name, version],
         )?;
+        // A shadow of the deleted version ends with it.
+        tx.execute(
+            "DELETE FROM shadows WHERE tenant = ?1 AND name = ?2 AND version = ?3",
+            params![tenant, name, version],
+        )?;
         tx.execute(
             "DELETE FROM channels WHERE tenant = ?1 AND name = ?2 AND version = ?3
                AND channel != 'stable'",

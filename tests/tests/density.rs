@@ -84,9 +84,12 @@ fn a_thousand_cold_functions_stay_small_and_a_burst_gives_memory_back() {
     }
     // Memory goes back as the evicted instances' drops finish: sample for a few
     // seconds and keep the lowest reading.
+    // "Back near its Cold level": at least 96 % of what the burst took is returned
+    // (what stays is the allocator's fragmentation and code pages the burst touched).
     let mut after = server.rss_bytes();
+    let near = |after: u64| after <= cold + warm.saturating_sub(cold) / 25;
     let settle = Instant::now() + Duration::from_secs(10);
-    while after > cold + 16 * MIB && Instant::now() < settle {
+    while !near(after) && Instant::now() < settle {
         std::thread::sleep(Duration::from_millis(200));
         after = after.min(server.rss_bytes());
     }
@@ -98,7 +101,7 @@ fn a_thousand_cold_functions_stay_small_and_a_burst_gives_memory_back() {
         warm / MIB
     );
     assert!(
-        after <= cold + 16 * MIB,
+        near(after),
         "RSS did not come back near its Cold level: cold {} MiB, warm {} MiB, after {} MiB",
         cold / MIB,
         warm / MIB,

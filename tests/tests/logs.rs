@@ -16,10 +16,8 @@ fn lines(server: &Server, limit: usize) -> Vec<Value> {
         .collect()
 }
 
-#[test]
-fn a_functions_output_is_kept_with_its_trace_and_bounded() {
-    let server = Server::start();
-    server.deploy("log-probe");
+/// Call log-probe on `[{"lines": 2}, {"lines": 1}]` in a client's trace; its id.
+fn call_probe(server: &Server) -> &'static str {
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let r = server
         .http()
@@ -30,7 +28,11 @@ fn a_functions_output_is_kept_with_its_trace_and_bounded() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 200);
-    let got = lines(&server, 100);
+    trace
+}
+
+/// What log-probe writes for `[{"lines": 2}, {"lines": 1}]`, each line in `trace`.
+fn assert_probe_lines(got: &[Value], trace: &str) {
     let mut seen: Vec<(String, String)> = got
         .iter()
         .map(|l| {
@@ -56,6 +58,15 @@ fn a_functions_output_is_kept_with_its_trace_and_bounded() {
     .map(|(a, b)| (a.to_string(), b.to_string()))
     .collect();
     assert_eq!(seen, want);
+}
+
+#[test]
+fn a_functions_output_is_kept_with_its_trace_and_bounded() {
+    let server = Server::start();
+    server.deploy("log-probe");
+    let trace = call_probe(&server);
+    let got = lines(&server, 100);
+    assert_probe_lines(&got, trace);
     let text = server.cli_ok(&["logs", "log-probe"]);
     assert!(
         text.contains("log-probe@1.0.0 stdout 4bf92f35 out 0.1"),
@@ -196,16 +207,7 @@ fn function_logs_are_also_written_to_files_when_asked() {
     let dir = logs.path().to_str().unwrap().to_string();
     let server = Server::start_with(&["--function-log-dir", &dir]);
     server.deploy("log-probe");
-    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let r = server
-        .http()
-        .post(format!("{}/fn/default/log-probe", server.url))
-        .header("content-type", "application/json")
-        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
-        .body(json!([{"lines": 2}, {"lines": 1}]).to_string())
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let trace = call_probe(&server);
     let path = logs.path().join("default/log-probe.log");
     let text = std::fs::read_to_string(&path).unwrap();
     let lines: Vec<Value> = text
@@ -213,31 +215,5 @@ fn function_logs_are_also_written_to_files_when_asked() {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
     // The same lines the ring holds, in the same shape.
-    let mut seen: Vec<(String, String)> = lines
-        .iter()
-        .map(|l| {
-            assert_eq!(l["trace_id"], trace, "{l}");
-            assert_eq!(l["version"], "log-probe@1.0.0", "{l}");
-            (
-                l["stream"].as_str().unwrap().to_string(),
-                l["text"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    seen.sort();
-    assert_eq!(
-        seen,
-        [
-            ("info", "log 0"),
-            ("info", "log 1"),
-            ("stderr", "err 0"),
-            ("stderr", "err 1"),
-            ("stdout", "out 0.0"),
-            ("stdout", "out 0.1"),
-            ("stdout", "out 1.0"),
-        ]
-        .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect::<Vec<_>>()
-    );
+    assert_probe_lines(&lines, trace);
 }

@@ -155,6 +155,30 @@ fn attr(s: &Span, key: &str) -> Option<String> {
         })
 }
 
+/// POST `body` to `/fn/default/{function}` in the client trace `trace` (its span
+/// 00f067aa0ba902b7, `flags` 01: sampled, 00: not); the response.
+fn call_in_trace(
+    server: &Server,
+    function: &str,
+    trace: &str,
+    flags: &str,
+    body: impl Into<reqwest::blocking::Body>,
+) -> reqwest::blocking::Response {
+    let r = server
+        .http()
+        .post(format!("{}/fn/default/{function}", server.url))
+        .header("content-type", "application/json")
+        .header(
+            "traceparent",
+            format!("00-{trace}-00f067aa0ba902b7-{flags}"),
+        )
+        .body(body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r
+}
+
 fn named<'a>(spans: &'a [Span], name: &str) -> Vec<&'a Span> {
     spans.iter().filter(|s| s.name == name).collect()
 }
@@ -177,15 +201,13 @@ fn a_call_s_span_tree_and_the_metrics_reach_the_otlp_receiver() {
     // A client's sampled trace: the call's span is its child.
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let client_span = "00f067aa0ba902b7";
-    let r = server
-        .http()
-        .post(format!("{}/fn/default/fraud-pipeline", server.url))
-        .header("content-type", "application/json")
-        .header("traceparent", format!("00-{trace}-{client_span}-01"))
-        .body(read_sample("fraud-pipeline"))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let r = call_in_trace(
+        &server,
+        "fraud-pipeline",
+        trace,
+        "01",
+        read_sample("fraud-pipeline"),
+    );
     let request_id = r.headers()["x-quiver-request-id"]
         .to_str()
         .unwrap()
@@ -273,29 +295,25 @@ fn a_call_s_span_tree_and_the_metrics_reach_the_otlp_receiver() {
 
     // A warm call: no cold start this time.
     let trace2 = "5bf92f3577b34da6a3ce929d0e0e4736";
-    let r = server
-        .http()
-        .post(format!("{}/fn/default/fraud-pipeline", server.url))
-        .header("content-type", "application/json")
-        .header("traceparent", format!("00-{trace2}-{client_span}-01"))
-        .body(read_sample("fraud-pipeline"))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    call_in_trace(
+        &server,
+        "fraud-pipeline",
+        trace2,
+        "01",
+        read_sample("fraud-pipeline"),
+    );
     let warm = receiver.wait_spans(&hex(trace2), |s| named(s, "guest").len() >= 3);
     assert!(named(&warm, "cold_start").is_empty(), "{:#?}", names(&warm));
 
     // An unsampled trace (flags 00) exports nothing.
     let trace3 = "6bf92f3577b34da6a3ce929d0e0e4736";
-    let r = server
-        .http()
-        .post(format!("{}/fn/default/fraud-pipeline", server.url))
-        .header("content-type", "application/json")
-        .header("traceparent", format!("00-{trace3}-{client_span}-00"))
-        .body(read_sample("fraud-pipeline"))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    call_in_trace(
+        &server,
+        "fraud-pipeline",
+        trace3,
+        "00",
+        read_sample("fraud-pipeline"),
+    );
 
     // Events: the emitter's publish span is the parent of the subscriber's call.
     server.deploy_with(
@@ -314,15 +332,13 @@ fn a_call_s_span_tree_and_the_metrics_reach_the_otlp_receiver() {
         ],
     );
     let trace4 = "7bf92f3577b34da6a3ce929d0e0e4736";
-    let r = server
-        .http()
-        .post(format!("{}/fn/default/emitter", server.url))
-        .header("content-type", "application/json")
-        .header("traceparent", format!("00-{trace4}-{client_span}-01"))
-        .body(r#"{"mode": "publish", "topic": "scored", "score": 0.25}"#)
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    call_in_trace(
+        &server,
+        "emitter",
+        trace4,
+        "01",
+        r#"{"mode": "publish", "topic": "scored", "score": 0.25}"#,
+    );
     let spans = receiver.wait_spans(&hex(trace4), |s| !named(s, "event sink").is_empty());
     let publish = named(&spans, "events.publish");
     assert_eq!(publish.len(), 1, "{:#?}", names(&spans));

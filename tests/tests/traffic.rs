@@ -212,6 +212,31 @@ fn a_route_key_sticks_to_one_version_and_a_shadow_sees_a_copy_of_each_call() {
             >= 10
     );
 
+    // One body may change both: an empty split clears it while the shadow stays.
+    let path = format!(
+        "{}/admin/v1/tenants/default/functions/txn-features/traffic",
+        server.url
+    );
+    let put = |body: &str| -> Value {
+        server
+            .http()
+            .put(&path)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    let both = put(r#"{"split": {}, "shadow": "1.0.0"}"#);
+    assert_eq!(both["split"], serde_json::json!({}), "{both}");
+    assert_eq!(both["shadow"], "1.0.0", "{both}");
+    let again = put(r#"{"split": {"1.1.0": 1}}"#);
+    assert_eq!(
+        again["shadow"], "1.0.0",
+        "a split alone leaves the shadow: {again}"
+    );
+
     // --no-shadow ends it; so does a rollback.
     server.cli_ok(&["traffic", "txn-features", "--no-shadow"]);
     versions_of(&server, 5);

@@ -368,6 +368,11 @@ impl Functions {
         }
     }
 
+    /// The cold-start counter, by tenant and function.
+    pub fn cold_start_counter(&self) -> IntCounterVec {
+        self.cold_starts.clone()
+    }
+
     /// Cold starts of `tenant/name` since this host started.
     pub fn cold_starts(&self, tenant: &str, name: &str) -> u64 {
         self.cold_starts.with_label_values(&[tenant, name]).get()

@@ -52,7 +52,10 @@ fn pick_by(split: &[(String, u32)], key: Option<&str>) -> String {
             let _ = getrandom::getrandom(&mut bytes);
         }
     }
-    let mut at = u64::from_le_bytes(bytes) % total.max(1);
+    // The 64 bits as a fraction of the total (not modulo it): a key keeps its place
+    // on [0, total) when the weights change, so growing a version's weight only
+    // moves keys onto it.
+    let mut at = ((u128::from(u64::from_le_bytes(bytes)) * u128::from(total)) >> 64) as u64;
     for (version, weight) in split {
         if at < u64::from(*weight) {
             return version.clone();
@@ -167,6 +170,15 @@ mod tests {
             assert_eq!(pick_by(&at(10), Some(k)), pick_by(&at(10), Some(k)));
         }
         let (ten, fifty) = (on_b(10), on_b(50));
+        // Weights that do not add up to 100 (the total changes): still only onto b.
+        let other = |b: u32| vec![("a".to_string(), 90), ("b".to_string(), b)];
+        let on = |split: &[(String, u32)]| -> Vec<&String> {
+            keys.iter()
+                .filter(|k| pick_by(split, Some(k)) == "b")
+                .collect()
+        };
+        let (b10, b30) = (on(&other(10)), on(&other(30)));
+        assert!(b10.iter().all(|k| b30.contains(k)) && b30.len() > b10.len());
         assert!((100..300).contains(&ten.len()), "{}", ten.len());
         assert!((800..1200).contains(&fifty.len()), "{}", fifty.len());
         assert!(

@@ -710,8 +710,10 @@ impl Runtime {
             .map_err(|e| InvokeError::Host(e.into()))?;
         let inv2 = inv.clone();
         // The guest may keep streaming the body after it set the response, so the call
-        // runs in its own task; the instance goes back to the pool when it returns.
-        let task = tokio::task::spawn(async move {
+        // runs in its own task (in the call's trace: task-locals do not cross a
+        // spawn); the instance goes back to the pool when it returns.
+        let context = crate::trace::current();
+        let run = async move {
             let _ticket = ticket;
             let WarmInstance::Http(proxy) = &warm.instance else {
                 return Err(InvokeError::Host(anyhow::anyhow!("not a wasi:http proxy")));
@@ -719,8 +721,14 @@ impl Runtime {
             let call = proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut warm.store, req, out);
-            let result = tokio::time::timeout(limit, call).await;
+            let result = tokio::time::timeout(limit, Self::guest(&inv2, call)).await;
             Self::settle(&inv2, warm, result.map(|r| r.map(Ok)))
+        };
+        let task = tokio::task::spawn(async move {
+            match context {
+                Some(c) => c.scope(run).await,
+                None => run.await,
+            }
         });
         match tokio::time::timeout(inv.limits.timeout, receiver).await {
             Err(_) => {

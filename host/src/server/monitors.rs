@@ -40,10 +40,23 @@ async fn reports(
     let Query(q) = query
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let limit = q.limit.unwrap_or(24);
-    let windows = state
+    let windows = windows(&state, tenant.as_str(), &name, limit).await?;
+    Ok(Json(
+        json!({ "tenant": tenant, "monitor": name, "windows": windows }),
+    ))
+}
+
+/// A monitor's newest report windows (at most `limit`), newest first.
+pub(super) async fn windows(
+    state: &AppState,
+    tenant: &str,
+    monitor: &str,
+    limit: usize,
+) -> Result<Vec<crate::monitors::Window>, ApiError> {
+    state
         .functions
         .reports()
-        .list(tenant.as_str(), &name, limit)
+        .list(tenant, monitor, limit)
         .await
         .map_err(|e| {
             ApiError::new(
@@ -51,8 +64,5 @@ async fn reports(
                 "storage",
                 format!("reading reports: {e:#}"),
             )
-        })?;
-    Ok(Json(
-        json!({ "tenant": tenant, "monitor": name, "windows": windows }),
-    ))
+        })
 }

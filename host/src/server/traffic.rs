@@ -74,8 +74,8 @@ async fn set(
             "give `split` (versions and weights), `shadow` (a version or null), or both",
         ));
     }
+    let replace = b.split.is_some();
     let split = b.split.unwrap_or_default();
-    let replace = !split.is_empty() || b.shadow.is_none();
     if split.len() > quiver_registry::MAX_SPLIT {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -96,10 +96,11 @@ async fn set(
             ));
         }
     }
-    if let Some(shadow) = shadow {
+    // The shadow's version must exist before anything changes.
+    if let Some(Some(v)) = &shadow {
         state
             .functions
-            .set_shadow(tenant.as_str(), &name, shadow)
+            .resolve(tenant.as_str(), &name, Some(v))
             .await?;
     }
     if replace {
@@ -107,6 +108,12 @@ async fn set(
         state
             .functions
             .set_traffic(tenant.as_str(), &name, weights)
+            .await?;
+    }
+    if let Some(shadow) = shadow {
+        state
+            .functions
+            .set_shadow(tenant.as_str(), &name, shadow)
             .await?;
     }
     let now = state.functions.traffic(tenant.as_str(), &name).await?;

@@ -355,18 +355,9 @@ async fn overview(
         let mut dead_more = false;
         for StoredFunction { serving, .. } in &stored.functions {
             if serving.kind == "monitor" {
-                let windows = state
-                    .functions
-                    .reports()
-                    .list(tenant.as_str(), &serving.name, MAX_WINDOWS)
-                    .await
-                    .map_err(|e| {
-                        ApiError::new(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "storage",
-                            format!("reading reports: {e:#}"),
-                        )
-                    })?;
+                let windows =
+                    super::monitors::windows(&state, tenant.as_str(), &serving.name, MAX_WINDOWS)
+                        .await?;
                 monitors.push(monitor_json(&serving.name, &serving.version, windows));
             }
             let topics = Manifest::parse(&serving.manifest)
@@ -544,7 +535,7 @@ fn sampler(state: &AppState) -> Arc<Sampler> {
         loop {
             tick.tick().await;
             let Some(m) = metrics.upgrade() else { return };
-            let totals = totals(&m.gather());
+            let totals = totals(&m.traffic());
             drop(m);
             task.record(std::time::Instant::now(), now_ms(), totals);
         }
