@@ -217,3 +217,17 @@ fn function_logs_are_also_written_to_files_when_asked() {
     // The same lines the ring holds, in the same shape.
     assert_probe_lines(&lines, trace);
 }
+
+#[test]
+fn a_log_dir_that_cannot_be_made_is_refused_at_start() {
+    let out = Command::new(quiver_bin())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["--function-log-dir", "/proc/quiver-logs"])
+        .arg("--data-dir")
+        .arg(tempfile::tempdir().unwrap().path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("creating /proc/quiver-logs"), "{err}");
+}

@@ -152,6 +152,10 @@ fn a_route_key_sticks_to_one_version_and_a_shadow_sees_a_copy_of_each_call() {
         2,
         "16 keys at 50/50 all on one version: {seen:?}"
     );
+    // A key past 256 bytes is no key: the call is served (at random), not refused.
+    let long = "k".repeat(4096);
+    let got = versions_for_key(&server, &long, 3);
+    assert!(got.iter().all(|v| v == "1.0.0" || v == "1.1.0"), "{got:?}");
 
     // Shadow: 1.1.0 serves, 1.0.0 gets a copy of each unpinned call.
     server.cli_ok(&["traffic", "txn-features", "1.1.0=1"]);
