@@ -424,6 +424,20 @@ pub fn built_component(function: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// `quiver serve` with `args` (on a fresh data dir) must refuse to start: its stderr.
+pub fn serve_refused(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(quiver_bin())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .expect("quiver serve");
+    assert!(!out.status.success(), "quiver serve {args:?} started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// A loopback port nothing listens on (yet).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -220,14 +220,6 @@ fn function_logs_are_also_written_to_files_when_asked() {
 
 #[test]
 fn a_log_dir_that_cannot_be_made_is_refused_at_start() {
-    let out = Command::new(quiver_bin())
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(["--function-log-dir", "/proc/quiver-logs"])
-        .arg("--data-dir")
-        .arg(tempfile::tempdir().unwrap().path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = quiver_tests::serve_refused(&["--function-log-dir", "/proc/quiver-logs"]);
     assert!(err.contains("creating /proc/quiver-logs"), "{err}");
 }

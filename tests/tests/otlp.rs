@@ -412,29 +412,13 @@ fn a_call_s_span_tree_and_the_metrics_reach_the_otlp_receiver() {
 
 #[test]
 fn a_bad_otlp_endpoint_is_refused_at_start() {
-    let out = std::process::Command::new(quiver_tests::quiver_bin())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--otlp-endpoint",
-            "ftp://x",
-        ])
-        .arg("--data-dir")
-        .arg(tempfile::tempdir().unwrap().path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = quiver_tests::serve_refused(&["--otlp-endpoint", "ftp://x"]);
     assert!(err.contains("must be an http:// or https:// URL"), "{err}");
-    let out = std::process::Command::new(quiver_tests::quiver_bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--otlp-endpoint"])
-        .args(["http://127.0.0.1:9", "--otlp-sample-ratio", "2"])
-        .arg("--data-dir")
-        .arg(tempfile::tempdir().unwrap().path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = quiver_tests::serve_refused(&[
+        "--otlp-endpoint",
+        "http://127.0.0.1:9",
+        "--otlp-sample-ratio",
+        "2",
+    ]);
     assert!(err.contains("--otlp-sample-ratio is 0 to 1"), "{err}");
 }
