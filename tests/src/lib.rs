@@ -180,6 +180,26 @@ impl Server {
         self.cli_ok(&args)
     }
 
+    /// `chaos` twice: as `emitter`, which may publish to `scored`, and as `sink`,
+    /// triggered by `scored` with one attempt per event.
+    pub fn deploy_emitter_and_sink(&self) {
+        self.deploy_with(
+            "chaos",
+            &["--name", "emitter", "--set", r#"events.publish=["scored"]"#],
+        );
+        self.deploy_with(
+            "chaos",
+            &[
+                "--name",
+                "sink",
+                "--set",
+                r#"triggers.events=["scored"]"#,
+                "--set",
+                "triggers.retry.max_attempts=1",
+            ],
+        );
+    }
+
     /// Deploy through the admin API directly (no cargo build): `manifest` TOML plus
     /// component bytes. Returns the HTTP status.
     pub fn deploy_raw(&self, tenant: &str, manifest: &str, component: Vec<u8>) -> u16 {

@@ -374,23 +374,9 @@ fn a_schedule_runs_its_function_on_every_tick() {
 #[test]
 fn a_function_publishes_only_to_the_topics_its_manifest_declares() {
     let server = Server::start();
-    server.deploy_with(
-        "chaos",
-        &["--name", "emitter", "--set", r#"events.publish=["scored"]"#],
-    );
     // The subscriber tries to publish too, and declares no topics: it fails, once,
     // and its dead letter shows who published the event and in which trace.
-    server.deploy_with(
-        "chaos",
-        &[
-            "--name",
-            "sink",
-            "--set",
-            r#"triggers.events=["scored"]"#,
-            "--set",
-            "triggers.retry.max_attempts=1",
-        ],
-    );
+    server.deploy_emitter_and_sink();
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let call = |body: &str| {
         server

@@ -316,21 +316,7 @@ fn a_call_s_span_tree_and_the_metrics_reach_the_otlp_receiver() {
     );
 
     // Events: the emitter's publish span is the parent of the subscriber's call.
-    server.deploy_with(
-        "chaos",
-        &["--name", "emitter", "--set", r#"events.publish=["scored"]"#],
-    );
-    server.deploy_with(
-        "chaos",
-        &[
-            "--name",
-            "sink",
-            "--set",
-            r#"triggers.events=["scored"]"#,
-            "--set",
-            "triggers.retry.max_attempts=1",
-        ],
-    );
+    server.deploy_emitter_and_sink();
     let trace4 = "7bf92f3577b34da6a3ce929d0e0e4736";
     call_in_trace(
         &server,
