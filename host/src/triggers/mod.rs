@@ -11,7 +11,7 @@
 //! seen at the next rescan.
 
 use crate::call::{Calls, Input, Outcome, Trigger};
-use crate::events::{Bus, Event, Failed, Group};
+use crate::events::{Bus, Event, EventError, Failed, Group};
 use crate::functions::Functions;
 use crate::manifest::{EventTrigger, Manifest};
 use crate::server::ApiError;
@@ -485,7 +485,7 @@ async fn deliver(
     let (tenant, name) = (group.tenant.as_str(), group.name.as_str());
     for e in &events {
         let outcome = match &called.result {
-            Ok(_) => match t.bus.ack(group, &e.id).await {
+            Ok(_) => match ack(&*t.bus, group, &e.id).await {
                 Ok(()) => {
                     if e.attempt > 1 {
                         t.redelivered
@@ -520,6 +520,26 @@ async fn deliver(
         t.deliveries
             .with_label_values(&[tenant, name, &group.topic, outcome])
             .inc();
+    }
+}
+
+/// Acknowledge `id`, retrying while the bus is unavailable (up to about 3 s): an
+/// ack is idempotent, and one whose reply was lost (the bus died after applying
+/// it) finds the event no longer leased on the retry, which means it was acked.
+async fn ack(bus: &dyn Bus, group: &Group, id: &str) -> Result<(), EventError> {
+    let mut wait = std::time::Duration::from_millis(100);
+    let mut retried = false;
+    loop {
+        match bus.ack(group, id).await {
+            Err(EventError::NotLeased(_)) if retried => return Ok(()),
+            Err(EventError::Unavailable(m)) if wait <= std::time::Duration::from_millis(1600) => {
+                tracing::debug!(id, "acknowledging, will retry: {m}");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+                retried = true;
+            }
+            other => return other,
+        }
     }
 }
 
