@@ -7,6 +7,7 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 (cd functions && cargo fmt --all -- --check)
 (cd sdk && cargo fmt -- --check)
+(cd sdk/ml && cargo fmt -- --check)
 
 # ONNX Runtime's library from PyPI for the `ort` backend (CPU); the GPU build of
 # the backend is the same code (CUDA execution provider), compiled here too.
@@ -21,6 +22,7 @@ cargo clippy --locked --workspace --all-targets "${FEATURES[@]}" -- -D warnings
 cargo clippy --locked -p quiver-host --lib -- -D warnings
 (cd functions && cargo clippy --locked --target wasm32-wasip2 --all-targets -- -D warnings)
 (cd sdk && cargo clippy --locked --target wasm32-wasip2 --all-targets -- -D warnings)
+(cd sdk/ml && cargo clippy --locked --all-targets -- -D warnings)
 
 # The feature-store tests run a real Redis server (started by the tests on loopback);
 # the TLS test makes a certificate with openssl and calls the host with curl; a
@@ -40,6 +42,9 @@ fi
 # The black-box tests run the binary, which lives in another package: build it first.
 build_host "${FEATURES[@]}"
 step "tests"
+# quiver-ml (drift statistics against Evidently/SciPy's numbers, the trainer, its
+# ONNX encoding) is shared by guests and the host, and is its own package.
+(cd sdk/ml && cargo test --locked)
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --workspace --no-fail-fast "${FEATURES[@]}"
 else

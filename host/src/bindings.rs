@@ -45,7 +45,9 @@ world!(inference, "quiver:ml/inference");
 // Only the monitor and trainer worlds import datasets.
 world!(monitor, "quiver:ml/monitor",
     "quiver:ml/datasets@0.1.0" => crate::bindings::base::quiver::ml::datasets);
+world!(trainer, "quiver:ml/trainer",
+    "quiver:ml/datasets@0.1.0" => crate::bindings::base::quiver::ml::datasets);
 
 pub use base::quiver::ml::types::{
-    Batch, Column, Error as GuestError, Field, Ingested, RejectedRow, Report,
+    Batch, Column, Error as GuestError, Field, Ingested, ModelArtifact, RejectedRow, Report,
 };

@@ -34,7 +34,109 @@ pub struct Manifest {
     pub monitor: Option<MonitorSection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub datasets: Option<DatasetsSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trainer: Option<TrainerSection>,
 }
+
+/// `[trainer]` of a `trainer` function: the model it trains, the dataset it trains
+/// on, how its features are computed, and the gate a new version must pass.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainerSection {
+    /// The model it registers new versions of.
+    pub model: String,
+    /// The function whose logged, labelled predictions it trains on (it must be
+    /// in `[datasets] read`).
+    pub dataset: String,
+    /// How far back the window reaches (default 24h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// A transform (`name` or `name@version`) run, offline, on the dataset's
+    /// inputs: the component the online path runs, so training and serving
+    /// compute features with the same code. Without it the inputs are the features.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<String>,
+    /// The model's input columns, in order (its one input is f32 `[N, len]`).
+    pub inputs: Vec<String>,
+    /// Fewest labelled rows a run trains on (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_rows: Option<u32>,
+    /// Most rows read (the newest of the window; default 100 000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rows: Option<u32>,
+    /// Share of the window held out for the gate (default 0.2; 0.05-0.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holdout: Option<f64>,
+    /// The alias a version that passes the gate moves to (default `challenger`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promote_to: Option<String>,
+    /// Handed to the trainer's `train` (a call's own `params` override them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateSection>,
+}
+
+/// `[trainer.gate]`: a new version proceeds only if it is not worse than the
+/// champion on the held-out slice by more than `margin` of `metric`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GateSection {
+    /// `auc` (default), `log_loss` or `accuracy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    /// How much worse it may be (default 0; at most 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub margin: Option<f64>,
+    /// The alias of the version it is compared with (default `champion`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub against: Option<String>,
+}
+
+/// A gate's metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateMetric {
+    Auc,
+    LogLoss,
+    Accuracy,
+}
+
+impl GateMetric {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GateMetric::Auc => "auc",
+            GateMetric::LogLoss => "log_loss",
+            GateMetric::Accuracy => "accuracy",
+        }
+    }
+
+    /// Lower is better (log-loss); else higher is.
+    pub fn lower_is_better(self) -> bool {
+        matches!(self, GateMetric::LogLoss)
+    }
+}
+
+/// `[trainer]`, defaults filled in and checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainerSpec {
+    pub model: String,
+    pub dataset: String,
+    pub window: Duration,
+    /// (name, exact version or `None`: the serving one).
+    pub features: Option<(String, Option<String>)>,
+    pub inputs: Vec<String>,
+    pub min_rows: usize,
+    pub max_rows: usize,
+    pub holdout: f64,
+    pub promote_to: String,
+    pub params: Vec<(String, String)>,
+    pub metric: GateMetric,
+    pub margin: f64,
+    pub against: String,
+}
+
+/// The most input columns a trained model may take.
+pub const MAX_TRAINER_INPUTS: usize = 256;
 
 /// `[datasets]`: whether the function's predictions are logged (and kept how
 /// long), and whose datasets it may read through `quiver:ml/datasets`.
@@ -369,6 +471,7 @@ impl Manifest {
         self.report_windows()?;
         self.dataset_log()?;
         self.dataset_reads()?;
+        self.trainer()?;
         for topic in self.events.iter().flat_map(|e| &e.publish) {
             crate::events::check_topic(topic)
                 .map_err(|m| anyhow::anyhow!("[events] publish: {m}"))?;
@@ -491,11 +594,10 @@ impl Manifest {
     /// a schedule's tick cannot).
     fn invocable_by(&self, trigger: &str) -> anyhow::Result<()> {
         match (self.function.kind.as_str(), trigger) {
-            ("ingest" | "transform" | "inference" | "pipeline", _) | ("monitor", "events") => {
-                Ok(())
-            }
+            ("ingest" | "transform" | "inference" | "pipeline" | "trainer", _)
+            | ("monitor", "events") => Ok(()),
             (other, _) => anyhow::bail!(
-                "[triggers] {trigger} invokes ingest, transform, inference and pipeline functions{}, not `{other}`",
+                "[triggers] {trigger} invokes ingest, transform, inference, pipeline and trainer functions{}, not `{other}`",
                 match trigger {
                     "events" => " (and monitors)",
                     _ => "",
@@ -621,6 +723,124 @@ impl Manifest {
             anyhow::bail!("[monitor] retention must be at least one window and at most 366d");
         }
         Ok(ReportWindows { window, retention })
+    }
+
+    /// `[trainer]`: required for, and only for, kind `trainer`.
+    pub fn trainer(&self) -> anyhow::Result<Option<TrainerSpec>> {
+        let t = match (&self.trainer, self.function.kind.as_str()) {
+            (None, "trainer") => anyhow::bail!(
+                "kind `trainer` needs a [trainer] table with `model`, `dataset` and `inputs`"
+            ),
+            (None, _) => return Ok(None),
+            (Some(_), kind) if kind != "trainer" => {
+                anyhow::bail!("a [trainer] table is for kind = \"trainer\", not `{kind}`")
+            }
+            (Some(t), _) => t,
+        };
+        quiver_registry::check_model_name(&t.model)
+            .map_err(|e| anyhow::anyhow!("[trainer] model: {e}"))?;
+        if !self.dataset_reads()?.contains(&t.dataset) {
+            anyhow::bail!(
+                "[trainer] dataset `{}` must be in [datasets] read (what the function may read)",
+                t.dataset.chars().take(128).collect::<String>()
+            );
+        }
+        let window = match &t.window {
+            None => Duration::from_secs(24 * 3600),
+            Some(w) => humantime::parse_duration(w)
+                .map_err(|e| anyhow::anyhow!("[trainer] window `{w}`: {e}"))?,
+        };
+        if window < Duration::from_secs(1) || window > Duration::from_secs(366 * 24 * 3600) {
+            anyhow::bail!("[trainer] window must be 1s-366d");
+        }
+        let features = match &t.features {
+            None => None,
+            Some(f) => {
+                let (name, version) = match f.split_once('@') {
+                    Some((n, v)) => (n, Some(v)),
+                    None => (f.as_str(), None),
+                };
+                if !crate::tenancy::valid_name(name) {
+                    anyhow::bail!("[trainer] features `{f}` must name a transform function");
+                }
+                if let Some(v) = version {
+                    semver::Version::parse(v).map_err(|e| {
+                        anyhow::anyhow!("[trainer] features `{f}`: `{v}` is not a version: {e}")
+                    })?;
+                }
+                Some((name.to_string(), version.map(str::to_string)))
+            }
+        };
+        if t.inputs.is_empty() || t.inputs.len() > MAX_TRAINER_INPUTS {
+            anyhow::bail!("[trainer] inputs must name 1-{MAX_TRAINER_INPUTS} columns");
+        }
+        for (i, c) in t.inputs.iter().enumerate() {
+            if c.is_empty() || c.len() > 128 || c == "label" {
+                anyhow::bail!(
+                    "[trainer] inputs: `{c}` is not a column name (1-128 bytes, not `label`)"
+                );
+            }
+            if t.inputs[..i].contains(c) {
+                anyhow::bail!("[trainer] inputs names `{c}` twice");
+            }
+        }
+        let min_rows = t.min_rows.unwrap_or(100) as usize;
+        let max_rows = t.max_rows.unwrap_or(100_000) as usize;
+        if min_rows < 10 || max_rows < min_rows || max_rows > crate::datasets::MAX_READ_ROWS {
+            anyhow::bail!(
+                "[trainer] needs 10 <= min_rows <= max_rows <= {}",
+                crate::datasets::MAX_READ_ROWS
+            );
+        }
+        let holdout = t.holdout.unwrap_or(0.2);
+        if !(0.05..=0.5).contains(&holdout) {
+            anyhow::bail!("[trainer] holdout must be 0.05-0.5");
+        }
+        let promote_to = t.promote_to.clone().unwrap_or_else(|| "challenger".into());
+        quiver_registry::check_alias(&promote_to)
+            .map_err(|e| anyhow::anyhow!("[trainer] promote_to: {e}"))?;
+        if t.params.len() > 64
+            || t.params
+                .iter()
+                .any(|(k, v)| k.is_empty() || k.len() > 64 || v.len() > 1024)
+        {
+            anyhow::bail!("[trainer] params: at most 64, keys 1-64 bytes, values at most 1 KiB");
+        }
+        let gate = t.gate.clone().unwrap_or_default();
+        let metric = match gate.metric.as_deref().unwrap_or("auc") {
+            "auc" => GateMetric::Auc,
+            "log_loss" => GateMetric::LogLoss,
+            "accuracy" => GateMetric::Accuracy,
+            other => anyhow::bail!(
+                "[trainer.gate] metric `{}` is not one of auc, log_loss, accuracy",
+                other.chars().take(64).collect::<String>()
+            ),
+        };
+        let margin = gate.margin.unwrap_or(0.0);
+        if !(0.0..=1.0).contains(&margin) {
+            anyhow::bail!("[trainer.gate] margin must be 0-1");
+        }
+        let against = gate.against.clone().unwrap_or_else(|| "champion".into());
+        quiver_registry::check_alias(&against)
+            .map_err(|e| anyhow::anyhow!("[trainer.gate] against: {e}"))?;
+        if against == promote_to {
+            anyhow::bail!("[trainer] promote_to and [trainer.gate] against must differ");
+        }
+        Ok(Some(TrainerSpec {
+            model: t.model.clone(),
+            dataset: t.dataset.clone(),
+            window,
+            features,
+            inputs: t.inputs.clone(),
+            min_rows,
+            max_rows,
+            holdout,
+            promote_to,
+            params: t.params.clone().into_iter().collect(),
+            metric,
+            margin,
+            against,
+        }))
     }
 
     /// `[triggers] http = "public"`: served to callers without a token.
@@ -999,7 +1219,7 @@ mod tests {
         ] {
             assert!(Manifest::parse(&format!("{p}{bad}\n")).is_err(), "{bad}");
         }
-        let t = "[function]\nname='t'\nversion='1.0.0'\nkind='trainer'\n[datasets]\n";
+        let t = "[function]\nname='t'\nversion='1.0.0'\nkind='monitor'\n[datasets]\n";
         assert_eq!(
             Manifest::parse(&format!("{t}read=['p']\n"))
                 .unwrap()
@@ -1060,12 +1280,77 @@ mod tests {
         assert!(Manifest::parse(&format!("{monitor}events=['x']\n")).is_ok());
         let err = Manifest::parse(&format!("{monitor}schedule='0 3 * * *'\n")).unwrap_err();
         assert!(err.to_string().contains("not `monitor`"), "{err}");
-        let trainer = "[function]\nname='m'\nversion='1.0.0'\nkind='trainer'\n[triggers]\n";
-        let err = Manifest::parse(&format!("{trainer}events=['x']\n")).unwrap_err();
-        assert!(err.to_string().contains("not `trainer`"), "{err}");
+        let trainer =
+            format!("[function]\nname='m'\nversion='1.0.0'\nkind='trainer'\n{TRAINER}[triggers]\n");
+        assert!(Manifest::parse(&format!("{trainer}events=['x']\n")).is_ok());
+        assert!(Manifest::parse(&format!("{trainer}schedule='0 3 * * *'\n")).is_ok());
         let publish = "[function]\nname='a'\nversion='1.0.0'\nkind='transform'\n[events]\npublish=";
         assert!(Manifest::parse(&format!("{publish}['drift.detected']\n")).is_ok());
         assert!(Manifest::parse(&format!("{publish}['a/b']\n")).is_err());
+    }
+
+    const TRAINER: &str =
+        "[datasets]\nread=['p']\n[trainer]\nmodel='m'\ndataset='p'\ninputs=['a','b']\n";
+
+    #[test]
+    fn trainer_tables() {
+        let head = "[function]\nname='t'\nversion='1.0.0'\nkind='trainer'\n";
+        let spec = Manifest::parse(&format!("{head}{TRAINER}"))
+            .unwrap()
+            .trainer()
+            .unwrap()
+            .unwrap();
+        assert_eq!(spec.window, Duration::from_secs(86400));
+        assert_eq!((spec.min_rows, spec.max_rows), (100, 100_000));
+        assert_eq!((spec.holdout, spec.margin), (0.2, 0.0));
+        assert_eq!(
+            (spec.promote_to.as_str(), spec.against.as_str()),
+            ("challenger", "champion")
+        );
+        assert_eq!(spec.metric, GateMetric::Auc);
+        let full = format!(
+            "{head}{TRAINER}window='1h'\nfeatures='fx@1.2.0'\nmin_rows=20\nholdout=0.3\n[trainer.params]\nseed='7'\n[trainer.gate]\nmetric='log_loss'\nmargin=0.05\n"
+        );
+        let spec = Manifest::parse(&full).unwrap().trainer().unwrap().unwrap();
+        assert_eq!(spec.features, Some(("fx".into(), Some("1.2.0".into()))));
+        assert_eq!(spec.params, vec![("seed".to_string(), "7".to_string())]);
+        assert!(spec.metric.lower_is_better());
+        let err = Manifest::parse(head).unwrap_err();
+        assert!(err.to_string().contains("needs a [trainer] table"), "{err}");
+        let t = "[function]\nname='t'\nversion='1.0.0'\nkind='transform'\n[trainer]\nmodel='m'\ndataset='p'\ninputs=['a']\n";
+        assert!(Manifest::parse(t)
+            .unwrap_err()
+            .to_string()
+            .contains("not `transform`"));
+        for bad in [
+            "window='0s'",
+            "window='soon'",
+            "features='Bad Name'",
+            "features='fx@one'",
+            "min_rows=5",
+            "min_rows=500\nmax_rows=100",
+            "max_rows=100001",
+            "holdout=0.9",
+            "promote_to='Champion!'",
+            "promote_to='champion'",
+            "nope=1",
+            "[trainer.gate]\nmetric='f1'",
+            "[trainer.gate]\nmargin=-1",
+        ] {
+            assert!(
+                Manifest::parse(&format!("{head}{TRAINER}{bad}\n")).is_err(),
+                "{bad}"
+            );
+        }
+        for bad in [
+            "[datasets]\nread=['p']\n[trainer]\nmodel='m'\ndataset='q'\ninputs=['a']\n",
+            "[datasets]\nread=['p']\n[trainer]\nmodel='m'\ndataset='p'\ninputs=[]\n",
+            "[datasets]\nread=['p']\n[trainer]\nmodel='m'\ndataset='p'\ninputs=['a','a']\n",
+            "[datasets]\nread=['p']\n[trainer]\nmodel='m'\ndataset='p'\ninputs=['label']\n",
+            "[datasets]\nread=['p']\n[trainer]\nmodel='M M'\ndataset='p'\ninputs=['a']\n",
+        ] {
+            assert!(Manifest::parse(&format!("{head}{bad}")).is_err(), "{bad}");
+        }
     }
 
     mod props {

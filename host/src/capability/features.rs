@@ -108,6 +108,12 @@ impl base::quiver::ml::features::Host for HostState {
 
 impl HostState {
     fn feature_scope(&self) -> Result<Arc<FeatureScope>, GuestError> {
+        if self.offline {
+            return Err(GuestError::Unavailable(format!(
+                "{} runs offline here (a training run recomputing features): there is no feature store",
+                self.tag
+            )));
+        }
         self.features.clone().ok_or_else(|| {
             GuestError::InvalidInput(format!(
                 "{} declares no [features] groups; declare the groups it reads and writes",

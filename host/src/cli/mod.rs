@@ -884,6 +884,7 @@ pub(crate) async fn deploy(
             events: None,
             monitor: None,
             datasets: None,
+            trainer: None,
         };
         (manifest.with_overrides(sets)?, Some(path.to_path_buf()))
     } else {

@@ -156,6 +156,10 @@ impl Functions {
         let tap = manifest.monitor_tap().map_err(DeployError::Internal)?;
         let windows = manifest.report_windows().map_err(DeployError::Internal)?;
         let log = manifest.dataset_log().map_err(DeployError::Internal)?;
+        let trainer = manifest
+            .trainer()
+            .map_err(DeployError::Internal)?
+            .map(Arc::new);
         let lifecycle = Mutex::new(Lifecycle::new(
             scaling.idle_timeout,
             scaling.min_instances,
@@ -248,6 +252,7 @@ impl Functions {
             _ => None,
         };
         Ok(Arc::new(Deployment {
+            trainer,
             predicted,
             model_versions,
             http_trigger,

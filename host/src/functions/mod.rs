@@ -21,6 +21,7 @@ mod load;
 mod ml_metrics;
 mod retention;
 mod traffic;
+mod training;
 pub use traffic::{with_route_key, MAX_ROUTE_KEY};
 
 pub use retention::GcSummary;
@@ -53,6 +54,8 @@ pub struct Deployment {
     /// The model versions it (a pipeline: its stages) binds, `name@version`
     /// comma-separated (empty: none).
     pub model_versions: String,
+    /// `[trainer]` of a trainer function.
+    pub trainer: Option<Arc<crate::manifest::TrainerSpec>>,
 }
 
 impl Deployment {
@@ -618,11 +621,20 @@ impl Functions {
     /// Run a typed function or a pipeline on a request body. An ingest first stage
     /// gets the raw body; otherwise the body is JSON rows.
     pub async fn invoke(
-        &self,
+        self: &Arc<Self>,
         d: &Deployment,
         content_type: &str,
         body: &[u8],
     ) -> Result<Output, InvokeError> {
+        if let (DeploymentBody::Component(Prepared::Trainer(_)), Some(spec)) = (&d.body, &d.trainer)
+        {
+            let outcome = self.train(d, spec, body).await?;
+            return Ok(Output {
+                rows: Vec::new(),
+                rejected: Vec::new(),
+                report: Some(outcome),
+            });
+        }
         if let DeploymentBody::Component(Prepared::Monitor(_)) = &d.body {
             let (inputs, outputs) = observation_of(body)?;
             let report = self.observe(d, inputs, outputs).await?;
@@ -789,6 +801,13 @@ impl Functions {
                 Prepared::Http(_) => {
                     return Err(InvokeError::BadOutput(
                         "an http component is served at /http/..., not /fn/...".into(),
+                    ))
+                }
+                Prepared::Trainer(_) => {
+                    return Err(InvokeError::Guest(
+                        "a trainer is run by POSTing to /fn/... (or by its triggers); it is not a stage"
+                            .into(),
+                        crate::runtime::GuestErrorKind::InvalidInput,
                     ))
                 }
                 Prepared::Monitor(_) => {

@@ -23,6 +23,8 @@ pub struct HostState {
     /// When the running call must stop (checked on every epoch tick).
     pub(crate) deadline: Instant,
     pub(crate) features: Option<Arc<FeatureScope>>,
+    /// A training run's offline call: no feature store at all.
+    pub(crate) offline: bool,
     /// wasi-nn state: only stores of inference functions have one (wasi:nn is
     /// linked for every store, but only an inference component may import it).
     pub(crate) nn: Option<wasmtime_wasi_nn::wit::WasiNnCtx>,

@@ -4,6 +4,7 @@ use super::HostState;
 use crate::bindings::inference::Inference;
 use crate::bindings::ingest::Ingest;
 use crate::bindings::monitor::Monitor;
+use crate::bindings::trainer::Trainer;
 use crate::bindings::transform::Transform;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -70,5 +71,6 @@ pub(super) enum WarmInstance {
     Transform(Transform),
     Inference(Inference),
     Monitor(Monitor),
+    Trainer(Trainer),
     Http(Proxy),
 }

@@ -6,8 +6,9 @@
 use crate::bindings::inference::InferencePre;
 use crate::bindings::ingest::IngestPre;
 use crate::bindings::monitor::MonitorPre;
+use crate::bindings::trainer::TrainerPre;
 use crate::bindings::transform::TransformPre;
-use crate::bindings::{Batch, GuestError, Ingested, Report};
+use crate::bindings::{Batch, GuestError, Ingested, ModelArtifact, Report};
 use crate::features::FeatureScope;
 use crate::logs::Capture;
 use crate::manifest::ResolvedLimits;
@@ -51,6 +52,7 @@ pub enum Prepared {
     Transform(TransformPre<HostState>),
     Inference(InferencePre<HostState>),
     Monitor(MonitorPre<HostState>),
+    Trainer(TrainerPre<HostState>),
     Http(ProxyPre<HostState>),
     /// Validated and linked (its kind is named), but this host has no trigger for
     /// its world yet.
@@ -115,6 +117,8 @@ pub struct Invocation {
     pub datasets: Option<Arc<crate::capability::DatasetScope>>,
     /// Where its output and log lines go (`None`: to the host's tracing only).
     pub logs: Option<Arc<crate::logs::LogSink>>,
+    /// Made by [`Invocation::offline`] (a training run's feature computation).
+    pub offline: bool,
 }
 
 impl Invocation {
@@ -147,7 +151,22 @@ impl Invocation {
             events: None,
             datasets: None,
             logs: None,
+            offline: false,
         }
+    }
+
+    /// The same component, limits, config, models and logs, cut off from the
+    /// platform's state: no feature store (its reads fail as unavailable, its
+    /// writes are refused), no events, no datasets, and instances of its own that
+    /// are never kept. A training run computes features with it, so recomputing
+    /// a window's features neither reads today's online state nor writes to it.
+    pub fn offline(&self) -> Invocation {
+        let mut off = Invocation::new(self.limits, &self.tag, 0);
+        off.config = self.config.clone();
+        off.models = self.models.clone();
+        off.logs = self.logs.clone();
+        off.offline = true;
+        off
     }
 }
 
@@ -157,6 +176,7 @@ enum Pre<'a> {
     Transform(&'a TransformPre<HostState>),
     Inference(&'a InferencePre<HostState>),
     Monitor(&'a MonitorPre<HostState>),
+    Trainer(&'a TrainerPre<HostState>),
     Http(&'a ProxyPre<HostState>),
 }
 
@@ -388,6 +408,7 @@ impl Runtime {
             "transform" => Prepared::Transform(TransformPre::new(pre).map_err(wrong)?),
             "inference" => Prepared::Inference(InferencePre::new(pre).map_err(wrong)?),
             "monitor" => Prepared::Monitor(MonitorPre::new(pre).map_err(wrong)?),
+            "trainer" => Prepared::Trainer(TrainerPre::new(pre).map_err(wrong)?),
             "http" => Prepared::Http(ProxyPre::new(pre).map_err(wrong)?),
             other => Prepared::NotInvocable(other.to_string()),
         })
@@ -417,6 +438,7 @@ impl Runtime {
             tag: inv.tag.clone(),
             deadline: Instant::now(),
             features: inv.features.clone(),
+            offline: inv.offline,
             nn: inv.models.as_ref().map(|m| m.wasi_nn()),
             models: inv.models.clone(),
             egress: inv.egress.clone(),
@@ -514,6 +536,10 @@ impl Runtime {
                 .instantiate_async(&mut store)
                 .await
                 .map(WarmInstance::Monitor),
+            Pre::Trainer(p) => p
+                .instantiate_async(&mut store)
+                .await
+                .map(WarmInstance::Trainer),
             Pre::Http(p) => p
                 .instantiate_async(&mut store)
                 .await
@@ -649,6 +675,29 @@ impl Runtime {
                 .await
             }
             _ => return Err(InvokeError::Host(anyhow::anyhow!("not a monitor"))),
+        };
+        Self::settle(inv, warm, result)
+    }
+
+    /// A trainer's model, trained on `dataset` with `params`.
+    pub async fn train(
+        &self,
+        pre: &TrainerPre<HostState>,
+        inv: &Invocation,
+        dataset: &Batch,
+        params: &[(String, String)],
+    ) -> Result<ModelArtifact, InvokeError> {
+        let mut warm = self.checkout(inv, Pre::Trainer(pre)).await?;
+        let limit = Self::deadline(inv, &mut warm.store);
+        let result = match &warm.instance {
+            WarmInstance::Trainer(t) => {
+                tokio::time::timeout(
+                    limit,
+                    Self::guest(inv, t.call_train(&mut warm.store, dataset, params)),
+                )
+                .await
+            }
+            _ => return Err(InvokeError::Host(anyhow::anyhow!("not a trainer"))),
         };
         Self::settle(inv, warm, result)
     }
