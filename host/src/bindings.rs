@@ -13,6 +13,7 @@ pub mod base {
             "quiver:ml/features.delete": async,
             "quiver:ml/events.publish": async,
             "quiver:ml/datasets.read": async,
+            "quiver:ml/datasets.reference": async,
         },
     });
 }

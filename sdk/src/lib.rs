@@ -129,7 +129,7 @@ pub mod events {
 ///     since_ms: 7 * 86_400_000, labelled_only: true, limit: 100_000 })?;
 /// ```
 pub mod datasets {
-    pub use crate::base::quiver::ml::datasets::{read, Query};
+    pub use crate::base::quiver::ml::datasets::{read, reference, Distribution, Query};
 }
 
 /// Models bound in the manifest's `[models]` table, run through `wasi:nn`.

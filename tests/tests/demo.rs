@@ -37,6 +37,17 @@ fn demo_deploys_and_runs_the_pipeline() {
         "feature store (embedded)",
         "hello from Quiver: GET /demo",
         "/v2/tenants/default/models/fraud-score/infer",
+        "the ML loop, in tenant `loop-",
+        "▶ trained  fraud-model@1.1.0: passed: auc",
+        "`challenger` moved to it",
+        "lineage: dataset sha256:",
+        "trainer retrain-fraud@1.0.0, features txn-features@1.0.0, parent 1.0.0",
+        "promoted fraud-model@1.1.0 to champion",
+        "▶ normal traffic: drift-monitor over the newest 600 rows of fraud-model@1.1.0",
+        "drift.detected: ",
+        "▶ retrained by the event: fraud-model@1.2.0 (parent 1.1.0)",
+        "a deliberately bad trainer (labels flipped): fraud-model@1.3.0: failed: auc",
+        "no alias moved",
     ] {
         assert!(
             stdout.contains(expected),

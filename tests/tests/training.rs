@@ -18,13 +18,18 @@ const MERCHANTS: [&str; 3] = ["coffee-corner", "electro-mart", "bakery-42"];
 /// Transaction `i` of a fixed stream and whether it is fraud (a rule the
 /// features can express: large, or at night and not small).
 fn txn(i: u64) -> (Value, bool) {
+    txn_scaled(i, 1.0)
+}
+
+/// Transaction `i` with its amount multiplied by `scale` (drift).
+fn txn_scaled(i: u64, scale: f64) -> (Value, bool) {
     // splitmix64: a fixed stream, no dependency.
     let mut z = i.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^= z >> 31;
     let u = (z >> 11) as f64 / (1u64 << 53) as f64;
-    let amount = (u * 7.5).exp().round();
+    let amount = ((u * 7.5).exp() * scale).round();
     let hour = (z % 24) as i64;
     let merchant = MERCHANTS[(z >> 8) as usize % 3];
     let fraud = amount > 900.0 || (hour < 5 && amount > 150.0);
@@ -59,9 +64,16 @@ fn pipeline() -> Server {
 
 /// Score `calls` batches of 50 transactions and label every row.
 fn traffic(server: &Server, calls: u64) {
+    traffic_from(server, 0, calls, 1.0)
+}
+
+/// `calls` batches of 50, from transaction `first`, amounts scaled by `scale`.
+fn traffic_from(server: &Server, first: u64, calls: u64, scale: f64) {
     let mut labels = Vec::new();
     for c in 0..calls {
-        let (rows, truth): (Vec<Value>, Vec<bool>) = (c * 50..(c + 1) * 50).map(txn).unzip();
+        let (rows, truth): (Vec<Value>, Vec<bool>) = (first + c * 50..first + (c + 1) * 50)
+            .map(|i| txn_scaled(i, scale))
+            .unzip();
         let r = server.post(
             "/fn/default/fraud-pipeline",
             "application/json",
@@ -82,7 +94,7 @@ fn traffic(server: &Server, calls: u64) {
         Value::Array(labels).to_string(),
     );
     assert_eq!(r.status(), 200, "{}", r.text().unwrap());
-    let n = (calls * 50) as f64;
+    let n = (first + calls * 50) as f64;
     server.wait_metric(
         "quiver_dataset_logged_rows_total{function=\"fraud-pipeline\",tenant=\"default\"}",
         n,
@@ -342,4 +354,122 @@ fn a_training_run_refuses_what_it_cannot_train_on() {
     }
     // Nothing was registered.
     assert_eq!(meta_versions(&server).len(), 1);
+}
+
+#[test]
+fn drift_in_live_traffic_retrains_the_model_it_was_measured_against() {
+    let server = pipeline();
+    traffic(&server, 16);
+    server.deploy("retrain-fraud");
+    // 1.1.0, trained here, with references; the champion from now on, followed by
+    // the pipeline's scorer.
+    assert_eq!(train(&server, json!({}))["version"], "1.1.0");
+    server.cli_ok(&[
+        "models",
+        "alias",
+        "fraud-model",
+        "champion",
+        "1.1.0",
+        "--reason",
+        "promoted by the test",
+    ]);
+    server.deploy_with(
+        "fraud-score",
+        &[
+            "--set",
+            "function.version=1.3.0",
+            "--set",
+            "models.fraud=fraud-model@champion",
+        ],
+    );
+    server.deploy_with(
+        "drift-monitor",
+        &[
+            "--set",
+            "config.dataset=fraud-pipeline",
+            "--set",
+            r#"datasets.read=["fraud-pipeline"]"#,
+            "--set",
+            "config.window_rows=600",
+        ],
+    );
+    server.deploy_with(
+        "fraud-pipeline",
+        &[
+            "--set",
+            "function.version=2.3.0",
+            "--set",
+            "datasets.log=true",
+            "--set",
+            r#"pipeline.monitor="drift-monitor""#,
+        ],
+    );
+
+    // Traffic like the training window's: no drift.
+    traffic_from(&server, 800, 12, 1.0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let (calm, psi) = loop {
+        let calm = reports(&server);
+        let last = calm["windows"]
+            .as_array()
+            .and_then(|w| w.last())
+            .cloned()
+            .unwrap_or_default();
+        let rows = last["metrics"]["window.model_rows"]["last"]
+            .as_f64()
+            .unwrap_or_default();
+        if let (true, Some(psi)) = (
+            rows >= 600.0,
+            last["metrics"]["in.amount.psi"]["last"].as_f64(),
+        ) {
+            break (calm, psi);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no full window reported: {calm}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    };
+    assert!(psi < 0.1, "in-distribution traffic: PSI {psi}: {calm}");
+    assert!(meta_versions(&server)
+        .iter()
+        .all(|m| m["version"] != "1.2.0"));
+
+    // Amounts 20 times larger: the monitor sees it in the window, publishes
+    // drift.detected, and the trainer retrains on the (labelled) window.
+    traffic_from(&server, 1400, 6, 20.0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let retrained = loop {
+        if let Some(m) = meta_versions(&server)
+            .into_iter()
+            .find(|m| m["version"] == "1.2.0")
+        {
+            break m;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no retrain after drift: {}",
+            reports(&server)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    };
+    let reason = &retrained["lineage"]["reason"];
+    assert_eq!(reason["monitor"], "drift-monitor", "{reason}");
+    assert_eq!(reason["model_version"], "fraud-model@1.1.0", "{reason}");
+    assert_eq!(reason["statistic"], "psi", "{reason}");
+    assert!(reason["value"].as_f64().unwrap() >= 0.1, "{reason}");
+    assert!(
+        reason["feature"].as_str().unwrap().starts_with("in.") || reason["feature"] == "out.score",
+        "{reason}"
+    );
+    assert_eq!(retrained["lineage"]["parent"], "1.1.0", "{retrained}");
+    // One alert per cooldown: one retrain, not one per observation.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(meta_versions(&server)
+        .iter()
+        .all(|m| m["version"] != "1.3.0"));
+}
+
+fn reports(server: &Server) -> Value {
+    json_of(&server.cli_ok(&["--json", "monitor", "reports", "drift-monitor"]))
 }

@@ -1,11 +1,33 @@
-//! Drift monitor: for each numeric input column named in `[config] reference`
+//! Drift monitor, in one of two modes.
+//!
+//! **Distributions** (with `[config] dataset`): each observation, it reads the
+//! newest `window_rows` (default 1000) rows of the last `window` (default 1h) of
+//! that function's logged predictions (its `[datasets] read` must name it), takes
+//! the rows the most-served version of `[config] model` (default `fraud-model`)
+//! scored, and compares each column against the reference distributions that
+//! version was trained on (`quiver:ml/datasets.reference`, kept with its lineage):
+//! `in.<name>` numeric inputs and the score (`out.<score>`, default `out.score`,
+//! against `score`) by PSI (as Evidently 0.7 computes it; drift at >=
+//! `psi_threshold`, default 0.1) and the two-sample Kolmogorov–Smirnov test (as
+//! `scipy.stats.ks_2samp`; reported, and drift at p <= `ks_alpha` when
+//! `statistic = "ks"`), text inputs by Jensen–Shannon distance (drift at >=
+//! `js_threshold`, default 0.1). Fewer than `min_rows` (default 100) rows: no
+//! verdict. On drift it publishes one `drift.detected` event (`feature`,
+//! `statistic`, `value`, `threshold`, `window`, `model_version`, and every metric),
+//! at most once per `cooldown` (default 10m) per model version (kept in the feature
+//! store, group `drift-monitor`).
+//!
+//! **Means** (with `[config] reference`): for each numeric input column named in `[config] reference`
 //! (`column=mean:std,...`), the batch's mean and its z score,
 //! `(mean - ref_mean) / (ref_std / sqrt(n))`: how many standard errors the batch
 //! mean lies from what the model was trained on. `|z| > threshold` (default 4) is
 //! an alert, and the alert is published as a JSON event to `[config] alert_topic`
 //! when one is set, as one flat JSON row (`monitor`, the first `alert`, the
 //! count of `alerts`, and every metric). Numeric outputs are reported as `out.<column>.mean`.
+use quiver_ml::drift;
+use quiver_sdk::datasets::{self, Distribution, Query};
 use quiver_sdk::events::{self, Payload};
+use quiver_sdk::features::{self, Value as FeatureValue};
 use quiver_sdk::{Batch, Column, Error, Report};
 
 fn reference() -> Result<Vec<(String, f64, f64)>, Error> {
@@ -44,7 +66,250 @@ fn mean(v: &[f64]) -> Option<f64> {
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
 
+/// One column's comparison: its metrics and, past its threshold, the alert.
+struct Compared {
+    metrics: Vec<(String, f64)>,
+    /// (statistic, value, threshold) of the drift, when it drifted.
+    drift: Option<(&'static str, f64, f64)>,
+}
+
+fn number(key: &str, default: f64) -> Result<f64, Error> {
+    match quiver_sdk::config(key) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|x| x.is_finite() && *x >= 0.0)
+            .ok_or_else(|| {
+                Error::InvalidInput(format!("[config] {key} `{v}` is not a number >= 0"))
+            }),
+    }
+}
+
+fn duration_ms(key: &str, default_ms: u64) -> Result<u64, Error> {
+    let Some(v) = quiver_sdk::config(key) else {
+        return Ok(default_ms);
+    };
+    let v = v.trim();
+    let (n, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
+    let n: u64 = n.parse().map_err(|_| {
+        Error::InvalidInput(format!("[config] {key} `{v}` is not like 30s, 10m, 1h, 7d"))
+    })?;
+    let scale = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(Error::InvalidInput(format!(
+                "[config] {key} `{v}` is not like 30s, 10m, 1h, 7d"
+            )))
+        }
+    };
+    Ok(n.saturating_mul(scale))
+}
+
+fn drift_error(column: &str, e: drift::DriftError) -> Error {
+    Error::InvalidInput(format!("{column}: {e}"))
+}
+
+fn compare_numbers(column: &str, reference: &[f64], current: &[f64]) -> Result<Compared, Error> {
+    let current: Vec<f64> = current.iter().copied().filter(|x| x.is_finite()).collect();
+    let psi = drift::psi(reference, &current).map_err(|e| drift_error(column, e))?;
+    let ks = drift::ks_2samp(reference, &current).map_err(|e| drift_error(column, e))?;
+    let metrics = vec![
+        (format!("{column}.psi"), psi),
+        (format!("{column}.ks"), ks.statistic),
+        (format!("{column}.ks_p"), ks.p_value),
+    ];
+    let psi_threshold = number("psi_threshold", drift::PSI_THRESHOLD)?;
+    let alpha = number("ks_alpha", drift::KS_THRESHOLD)?;
+    let drift = match quiver_sdk::config("statistic").as_deref() {
+        Some("ks") => drift::ks_drifted(ks.p_value, alpha).then_some(("ks_p", ks.p_value, alpha)),
+        _ => drift::psi_drifted(psi, psi_threshold).then_some(("psi", psi, psi_threshold)),
+    };
+    Ok(Compared { metrics, drift })
+}
+
+fn compare_categories(
+    column: &str,
+    reference: &[(String, u64)],
+    current: &[String],
+) -> Result<Compared, Error> {
+    let mut cats: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
+    for (c, n) in reference {
+        cats.entry(c.as_str()).or_default().0 += n;
+    }
+    for c in current {
+        cats.entry(c.as_str()).or_default().1 += 1;
+    }
+    let (r, c): (Vec<u64>, Vec<u64>) = cats.values().copied().unzip();
+    let js = drift::jensen_shannon_from_counts(&r, &c).map_err(|e| drift_error(column, e))?;
+    let psi = drift::psi_from_counts(&r, &c).map_err(|e| drift_error(column, e))?;
+    let threshold = number("js_threshold", drift::JENSEN_SHANNON_THRESHOLD)?;
+    Ok(Compared {
+        metrics: vec![(format!("{column}.js"), js), (format!("{column}.psi"), psi)],
+        drift: drift::jensen_shannon_drifted(js, threshold).then_some((
+            "jensen_shannon",
+            js,
+            threshold,
+        )),
+    })
+}
+
+/// Whether an alert for `version` may go out now (none in the last `cooldown`),
+/// and if so, records that it did. Without the store, it may.
+fn cooled_down(version: &str, now_ms: i64, cooldown_ms: u64) -> bool {
+    let group = "drift-monitor";
+    let last = features::get(group, version, &["last_alert_ms".to_string()]);
+    if let Ok(values) = &last {
+        if let Some(Some(FeatureValue::Int64(t))) = values.first() {
+            if now_ms.saturating_sub(*t) < cooldown_ms as i64 {
+                return false;
+            }
+        }
+    }
+    let _ = features::put(
+        group,
+        version,
+        &[("last_alert_ms".to_string(), FeatureValue::Int64(now_ms))],
+        None,
+    );
+    true
+}
+
+fn observe_distributions(dataset: String) -> Result<Report, Error> {
+    let window_ms = duration_ms("window", 3_600_000)?;
+    let limit = number("window_rows", 1000.0)?.min(100_000.0) as u32;
+    let min_rows = number("min_rows", 100.0)? as usize;
+    let model = quiver_sdk::config("model").unwrap_or_else(|| "fraud-model".into());
+    let score = quiver_sdk::config("score").unwrap_or_else(|| "score".into());
+    let rows = datasets::read(&Query {
+        function: dataset.clone(),
+        since_ms: window_ms,
+        labelled_only: false,
+        limit: limit.max(1),
+    })?;
+    // The model version that served most of the window, and its rows.
+    let served = rows
+        .texts("models")
+        .map(<[String]>::to_vec)
+        .unwrap_or_default();
+    let prefix = format!("{model}@");
+    let version_of = |m: &str| {
+        m.split(',')
+            .find(|v| v.starts_with(&prefix))
+            .map(str::to_string)
+    };
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    for m in &served {
+        if let Some(v) = version_of(m) {
+            *counts.entry(v).or_default() += 1;
+        }
+    }
+    let mut metrics = vec![("window.rows".to_string(), rows.num_rows() as f64)];
+    let Some((version, n)) = counts.into_iter().max_by_key(|(_, n)| *n) else {
+        return Ok(Report {
+            metrics,
+            alerts: Vec::new(),
+        });
+    };
+    metrics.push(("window.model_rows".to_string(), n as f64));
+    if n < min_rows {
+        return Ok(Report {
+            metrics,
+            alerts: Vec::new(),
+        });
+    }
+    let Some(reference) = datasets::reference(&version)? else {
+        return Ok(Report {
+            metrics,
+            alerts: vec![format!(
+                "{version} has no reference distributions (it was not trained by a Quiver trainer)"
+            )],
+        });
+    };
+    let mine: Vec<usize> = served
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| version_of(m).as_deref() == Some(version.as_str()))
+        .map(|(i, _)| i)
+        .collect();
+    let mut drifted = Vec::new();
+    for (name, dist) in &reference {
+        let column = match name.as_str() {
+            "score" => format!("out.{score}"),
+            n if n.starts_with("in.") => n.to_string(),
+            _ => continue,
+        };
+        let Some(field) = rows.fields.iter().find(|f| f.name == column) else {
+            continue;
+        };
+        let compared = match (dist, &field.values) {
+            (Distribution::Numerical(r), Column::Float64(v)) => {
+                compare_numbers(&column, r, &mine.iter().map(|&i| v[i]).collect::<Vec<_>>())?
+            }
+            (Distribution::Numerical(r), Column::Int64(v)) => compare_numbers(
+                &column,
+                r,
+                &mine.iter().map(|&i| v[i] as f64).collect::<Vec<_>>(),
+            )?,
+            (Distribution::Categorical(r), Column::Text(v)) => compare_categories(
+                &column,
+                r,
+                &mine.iter().map(|&i| v[i].clone()).collect::<Vec<_>>(),
+            )?,
+            _ => continue,
+        };
+        metrics.extend(compared.metrics);
+        if let Some(d) = compared.drift {
+            drifted.push((column, d));
+        }
+    }
+    let alerts: Vec<String> = drifted
+        .iter()
+        .map(|(c, (stat, v, t))| {
+            format!(
+                "drift: {c} {stat} {v:.4} past {t} over {} rows of {version}",
+                mine.len()
+            )
+        })
+        .collect();
+    let now_ms = rows
+        .i64s("time_ms")
+        .ok()
+        .and_then(|t| t.iter().copied().max())
+        .unwrap_or_default();
+    if let (Some((column, (stat, value, threshold))), Some(topic)) =
+        (drifted.first(), quiver_sdk::config("alert_topic"))
+    {
+        if cooled_down(&version, now_ms, duration_ms("cooldown", 600_000)?) {
+            let mut event = serde_json::json!({
+                "monitor": "drift-monitor",
+                "alert": alerts[0],
+                "alerts": alerts.len(),
+                "feature": column,
+                "statistic": stat,
+                "value": value,
+                "threshold": threshold,
+                "window": { "dataset": dataset, "rows": mine.len(), "since_ms": window_ms },
+                "model_version": version,
+            });
+            for (k, v) in &metrics {
+                event[k] = serde_json::json!(v);
+            }
+            events::publish(&topic, &Payload::Json(event.to_string()))?;
+        }
+    }
+    Ok(Report { metrics, alerts })
+}
+
 fn observe(inputs: Batch, outputs: Batch) -> Result<Report, Error> {
+    if let Some(dataset) = quiver_sdk::config("dataset") {
+        return observe_distributions(dataset);
+    }
     let threshold: f64 = quiver_sdk::config("threshold")
         .and_then(|t| t.parse().ok())
         .unwrap_or(4.0);

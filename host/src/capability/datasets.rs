@@ -3,7 +3,7 @@
 //! tenant only, at most [`MAX_READ_ROWS`] rows a read.
 
 use super::{Capability, Configure};
-use crate::bindings::base::quiver::ml::datasets::Query as WitQuery;
+use crate::bindings::base::quiver::ml::datasets::{Distribution, Query as WitQuery};
 use crate::bindings::{base, Batch, GuestError};
 use crate::datasets::{Datasets as Store, Query, MAX_READ_ROWS};
 use crate::functions::DeployError;
@@ -17,6 +17,7 @@ pub struct Datasets;
 /// Whose datasets a deployment may read.
 pub struct DatasetScope {
     store: Arc<Store>,
+    registry: Arc<quiver_registry::Registry>,
     tenant: String,
     functions: Vec<String>,
 }
@@ -43,6 +44,7 @@ impl Capability for Datasets {
             if !functions.is_empty() {
                 cx.invocation.datasets = Some(Arc::new(DatasetScope {
                     store: cx.functions.datasets().clone(),
+                    registry: cx.functions.registry_handle(),
                     tenant: cx.record.tenant.clone(),
                     functions,
                 }));
@@ -52,7 +54,72 @@ impl Capability for Datasets {
     }
 }
 
+/// A lineage's `reference` (numbers: sorted values; an object: category counts)
+/// as the guest gets it; what is neither is left out.
+fn distributions(reference: &serde_json::Value) -> Vec<(String, Distribution)> {
+    let Some(m) = reference.as_object() else {
+        return Vec::new();
+    };
+    m.iter()
+        .filter_map(|(k, v)| {
+            let d = match v {
+                serde_json::Value::Array(a) => Distribution::Numerical(
+                    a.iter().filter_map(serde_json::Value::as_f64).collect(),
+                ),
+                serde_json::Value::Object(o) => Distribution::Categorical(
+                    o.iter()
+                        .filter_map(|(c, n)| Some((c.clone(), n.as_u64()?)))
+                        .collect(),
+                ),
+                _ => return None,
+            };
+            Some((k.clone(), d))
+        })
+        .collect()
+}
+
 impl base::quiver::ml::datasets::Host for HostState {
+    async fn reference(
+        &mut self,
+        model: String,
+    ) -> Result<Option<Vec<(String, Distribution)>>, GuestError> {
+        let Some(scope) = self.datasets.clone() else {
+            return Err(GuestError::InvalidInput(format!(
+                "{} declares no [datasets] read; a reference is read with the datasets it describes",
+                self.tag
+            )));
+        };
+        let Some((name, version)) = model.split_once('@') else {
+            return Err(GuestError::InvalidInput(format!(
+                "`{}` is not NAME@VERSION",
+                model.chars().take(128).collect::<String>()
+            )));
+        };
+        let (name, version) = (name.to_string(), version.to_string());
+        let found = tokio::task::spawn_blocking(move || {
+            scope.registry.model(&scope.tenant, &name, &version)
+        })
+        .await
+        .map_err(|e| GuestError::Internal(format!("registry task failed: {e}")))?;
+        let rec = match found {
+            Ok(r) => r,
+            Err(quiver_registry::RegistryError::NotFound(m)) => {
+                return Err(GuestError::InvalidInput(m))
+            }
+            Err(quiver_registry::RegistryError::Invalid(m)) => {
+                return Err(GuestError::InvalidInput(m))
+            }
+            Err(e) => {
+                return Err(GuestError::Unavailable(format!(
+                    "reading the registry: {e}"
+                )))
+            }
+        };
+        let meta: serde_json::Value = serde_json::from_str(&rec.manifest).unwrap_or_default();
+        let reference = &meta["lineage"]["reference"];
+        Ok((!reference.is_null()).then(|| distributions(reference)))
+    }
+
     async fn read(&mut self, q: WitQuery) -> Result<Batch, GuestError> {
         let Some(scope) = self.datasets.clone() else {
             return Err(GuestError::InvalidInput(format!(

@@ -213,15 +213,32 @@ impl Client {
         content_type: &str,
         body: Vec<u8>,
     ) -> anyhow::Result<(String, Value)> {
+        let (version, _, out) = self.invoke_with_id(function, content_type, body).await?;
+        Ok((version, out))
+    }
+
+    /// [`Client::invoke`], with the request id the call answered with.
+    pub async fn invoke_with_id(
+        &self,
+        function: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<(String, String, Value)> {
         let (headers, out) = self
             .json(self.invoke_request(function, content_type, body))
             .await?;
-        let version = headers
-            .get("x-quiver-version")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("?")
-            .to_string();
-        Ok((version, out))
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("?")
+                .to_string()
+        };
+        Ok((
+            header("x-quiver-version"),
+            header("x-quiver-request-id"),
+            out,
+        ))
     }
 
     /// Invoke without treating an error status as a failure: the status, the

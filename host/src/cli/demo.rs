@@ -1,4 +1,5 @@
-//! `quiver demo`: the whole pipeline on embedded defaults, in one process.
+//! `quiver demo`: the whole pipeline on embedded defaults, in one process, then
+//! the ML loop ([`super::demo_loop`]).
 
 use super::client::Client;
 use crate::ServerConfig;
@@ -184,11 +185,17 @@ pub async fn run(
         .await?;
     n.say(&format!("  {}", hello.trim_end()));
 
+    let model_bytes = std::fs::read(functions.join("fraud-score/model/fraud.onnx"))?;
+    let ml_loop = super::demo_loop::run(&base, token.trim(), functions, model_bytes, &|l| n.say(l))
+        .await
+        .context("the ML loop")?;
+
     if json {
         let summary = json!({
             "server": base, "deployed": deployed,
             "model": model, "oip": inferred,
             "pipeline": { "version": version, "result": out, "again": again }, "hello_http": hello,
+            "ml_loop": ml_loop,
         });
         println!("{summary}");
     }

@@ -4,6 +4,7 @@ mod batch;
 mod build;
 mod client;
 mod demo;
+mod demo_loop;
 mod features_load;
 mod feedback;
 mod logs;

@@ -32,6 +32,9 @@ use std::sync::Arc;
 /// (past it, evenly spaced order statistics of the training values).
 pub const MAX_REFERENCE_VALUES: usize = 2000;
 
+/// The most categories a text input's reference keeps (more: it is not kept).
+pub const MAX_CATEGORIES: usize = 256;
+
 /// The topic each training run's outcome is published to.
 pub const TRAINED_TOPIC: &str = "model.trained";
 
@@ -286,7 +289,7 @@ impl Functions {
         let logged = crate::convert::json_to_batch(&Value::Array(inputs))
             .map_err(|e| invalid(format!("the logged inputs of `{}`: {e}", spec.dataset)))?;
         let (features, features_ref) = match &spec.features {
-            None => (logged, None),
+            None => (logged.clone(), None),
             Some((name, version)) => {
                 let target = FunctionRef::new(tenant.clone(), name, version.as_deref())
                     .map_err(|e| invalid(format!("[trainer] features: {e:?}")))?;
@@ -432,10 +435,19 @@ impl Functions {
                 Some(bytes)
             }
         };
+        let mut x_train = Vec::with_capacity(train_idx.len() * k);
+        for &i in &train_idx {
+            x_train.extend(columns.iter().map(|(_, v)| v[i] as f32));
+        }
         let backend = self.models.backend();
-        let (n, candidate_bytes) = (hold_idx.len(), artifact.bytes.clone());
+        let (n, n_train, candidate_bytes) =
+            (hold_idx.len(), train_idx.len(), artifact.bytes.clone());
         let scored = tokio::task::spawn_blocking(move || {
             let candidate = score(backend, &candidate_bytes, &x, n, k)
+                .map_err(|e| format!("the new model does not run: {e:#}"))?;
+            // The new model's scores on its own training rows: the reference its
+            // served scores are compared with.
+            let trained = score(backend, &candidate_bytes, &x_train, n_train, k)
                 .map_err(|e| format!("the new model does not run: {e:#}"))?;
             let champion = match champion_bytes {
                 None => None,
@@ -444,7 +456,7 @@ impl Functions {
                         .map_err(|e| format!("the champion does not run on these inputs: {e:#}"))?,
                 ),
             };
-            Ok::<_, String>((candidate, champion))
+            Ok::<_, String>((candidate, champion, trained))
         })
         .await
         .map_err(|e| InvokeError::Host(e.into()))?
@@ -491,11 +503,38 @@ impl Functions {
             }
             .to_string()
         };
+        // Reference distributions, over the training rows: each model input, each
+        // logged input (`in.<name>`; text as category counts) and the new model's
+        // score (`score`).
         let mut reference = Map::new();
         for (f, values) in &columns {
             let train_values: Vec<f64> = train_idx.iter().map(|&i| values[i]).collect();
             reference.insert(f.name.clone(), json!(reference_of(&train_values)));
         }
+        for f in &logged.fields {
+            let key = format!("in.{}", f.name);
+            if column_len(&f.values) != labels.len() || reference.contains_key(&key) {
+                continue;
+            }
+            match (&f.values, numbers(&f.values)) {
+                (Column::Text(v), _) => {
+                    let mut counts = std::collections::BTreeMap::<&str, u64>::new();
+                    for &i in &train_idx {
+                        *counts.entry(v[i].as_str()).or_default() += 1;
+                    }
+                    // A column with more categories than this is an id, not a feature.
+                    if counts.len() <= MAX_CATEGORIES {
+                        reference.insert(key, json!(counts));
+                    }
+                }
+                (_, Some(values)) => {
+                    let train_values: Vec<f64> = train_idx.iter().map(|&i| values[i]).collect();
+                    reference.insert(key, json!(reference_of(&train_values)));
+                }
+                _ => {}
+            }
+        }
+        reference.insert("score".into(), json!(reference_of(&scored.2)));
         let mut metrics = Map::new();
         for (k, v) in &artifact.metrics {
             if v.is_finite() {
