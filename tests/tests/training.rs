@@ -15,14 +15,10 @@ fn json_of(text: &str) -> Value {
 
 const MERCHANTS: [&str; 3] = ["coffee-corner", "electro-mart", "bakery-42"];
 
-/// Transaction `i` of a fixed stream and whether it is fraud (a rule the
-/// features can express: large, or at night and not small).
-fn txn(i: u64) -> (Value, bool) {
-    txn_scaled(i, 1.0)
-}
-
-/// Transaction `i` with its amount multiplied by `scale` (drift).
-fn txn_scaled(i: u64, scale: f64) -> (Value, bool) {
+/// Transaction `i` of a fixed stream, its amount multiplied by `scale` (drift),
+/// and whether it is fraud (a rule the features can express: large, or at night
+/// and not small).
+fn txn(i: u64, scale: f64) -> (Value, bool) {
     // splitmix64: a fixed stream, no dependency.
     let mut z = i.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -72,7 +68,7 @@ fn traffic_from(server: &Server, first: u64, calls: u64, scale: f64) {
     let mut labels = Vec::new();
     for c in 0..calls {
         let (rows, truth): (Vec<Value>, Vec<bool>) = (first + c * 50..first + (c + 1) * 50)
-            .map(|i| txn_scaled(i, scale))
+            .map(|i| txn(i, scale))
             .unzip();
         let r = server.post(
             "/fn/default/fraud-pipeline",
