@@ -195,6 +195,18 @@ impl Calls {
                 ))
             }
         };
+        // A training run registers model versions and moves aliases: what a
+        // `deploy` token may do, not an `invoke` one.
+        if d.record.kind == "trainer"
+            && !trigger.internal()
+            && caller.is_none_or(|p| p.scope < crate::tenancy::Scope::Deploy)
+        {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "running a trainer (it registers model versions) needs a token with the `deploy` scope",
+            ));
+        }
         let Some(tenant) = self.tenancy.tenant(&target.tenant) else {
             return Err(crate::server::hidden(target.tenant.as_str()));
         };
@@ -264,7 +276,8 @@ impl Calls {
     /// A copy of the call for `d`'s shadow version, when it has one and the call
     /// may be mirrored: an unpinned call from a client or an event or schedule
     /// trigger, on a typed input (not a monitor's observation or an `http`
-    /// request), served by another version than the shadow.
+    /// request), served by another version than the shadow. A trainer is never
+    /// mirrored (a copy would register a model version of its own).
     async fn mirror(
         &self,
         trigger: Trigger,
@@ -272,7 +285,10 @@ impl Calls {
         d: &Deployment,
         input: &Input,
     ) -> Option<(FunctionRef, Input)> {
-        if matches!(trigger, Trigger::Monitor | Trigger::Shadow) || target.version().is_some() {
+        if matches!(trigger, Trigger::Monitor | Trigger::Shadow)
+            || target.version().is_some()
+            || d.record.kind == "trainer"
+        {
             return None;
         }
         let copy = match input {

@@ -739,6 +739,12 @@ impl Manifest {
         };
         quiver_registry::check_model_name(&t.model)
             .map_err(|e| anyhow::anyhow!("[trainer] model: {e}"))?;
+        if self.cache.is_some() {
+            anyhow::bail!("a trainer takes no [cache]: each run trains and registers a version");
+        }
+        if self.http_public() {
+            anyhow::bail!("a trainer cannot be public: running one needs a `deploy` token");
+        }
         if !self.dataset_reads()?.contains(&t.dataset) {
             anyhow::bail!(
                 "[trainer] dataset `{}` must be in [datasets] read (what the function may read)",
@@ -775,9 +781,10 @@ impl Manifest {
             anyhow::bail!("[trainer] inputs must name 1-{MAX_TRAINER_INPUTS} columns");
         }
         for (i, c) in t.inputs.iter().enumerate() {
-            if c.is_empty() || c.len() > 128 || c == "label" {
+            if c.is_empty() || c.len() > 128 || c == "label" || c == "score" || c.starts_with("in.")
+            {
                 anyhow::bail!(
-                    "[trainer] inputs: `{c}` is not a column name (1-128 bytes, not `label`)"
+                    "[trainer] inputs: `{c}` is not a column name (1-128 bytes; `label`, `score` and `in.*` are reserved)"
                 );
             }
             if t.inputs[..i].contains(c) {
@@ -1347,6 +1354,10 @@ mod tests {
             "[datasets]\nread=['p']\n[trainer]\nmodel='m'\ndataset='p'\ninputs=[]\n",
             "[datasets]\nread=['p']\n[trainer]\nmodel='m'\ndataset='p'\ninputs=['a','a']\n",
             "[datasets]\nread=['p']\n[trainer]\nmodel='m'\ndataset='p'\ninputs=['label']\n",
+            "[datasets]\nread=['p']\n[trainer]\nmodel='m'\ndataset='p'\ninputs=['score']\n",
+            "[datasets]\nread=['p']\n[trainer]\nmodel='m'\ndataset='p'\ninputs=['in.amount']\n",
+            "[datasets]\nread=['p']\n[trainer]\nmodel='m'\ndataset='p'\ninputs=['a']\n[cache]\nttl='1m'\n",
+            "[datasets]\nread=['p']\n[trainer]\nmodel='m'\ndataset='p'\ninputs=['a']\n[triggers]\nhttp='public'\n",
             "[datasets]\nread=['p']\n[trainer]\nmodel='M M'\ndataset='p'\ninputs=['a']\n",
         ] {
             assert!(Manifest::parse(&format!("{head}{bad}")).is_err(), "{bad}");

@@ -46,7 +46,7 @@ fn demo_deploys_and_runs_the_pipeline() {
         "▶ normal traffic: drift-monitor over the newest 600 rows of fraud-model@1.1.0",
         "drift.detected: ",
         "▶ retrained by the event: fraud-model@1.2.0 (parent 1.1.0)",
-        "a deliberately bad trainer (labels flipped): fraud-model@1.3.0: failed: auc",
+        "a deliberately bad trainer (labels flipped): fraud-model@1.3.0-rejected: failed: auc",
         "no alias moved",
     ] {
         assert!(

@@ -298,7 +298,7 @@ fn a_bad_trainer_is_stopped_by_the_gate_and_the_champion_is_untouched() {
     // The failed version is registered, with the decision and both numbers.
     let l = meta_versions(&server)
         .into_iter()
-        .find(|m| m["version"] == "1.1.0")
+        .find(|m| m["version"] == "1.1.0-rejected")
         .map(|m| m["lineage"].clone())
         .unwrap();
     assert_eq!(l["gate"]["passed"], false, "{l}");
@@ -348,6 +348,19 @@ fn a_training_run_refuses_what_it_cannot_train_on() {
         assert_eq!(status, 400, "{body}: {message}");
         assert!(message.contains(want), "{body}: {message}");
     }
+    // A run registers model versions: an `invoke` token may not start one.
+    let out: Value = json_of(&server.cli_ok(&["--json", "tokens", "create", "--scope", "invoke"]));
+    let invoke = out["token"].as_str().unwrap();
+    let r = server
+        .http_as(Some(invoke))
+        .post(format!("{}/fn/default/retrain-fraud", server.url))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .unwrap();
+    let (status, code, message) = quiver_tests::error_of(r);
+    assert_eq!((status, code.as_str()), (403, "forbidden"), "{message}");
+    assert!(message.contains("`deploy` scope"), "{message}");
     // Nothing was registered.
     assert_eq!(meta_versions(&server).len(), 1);
 }

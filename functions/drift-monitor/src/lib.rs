@@ -159,25 +159,25 @@ fn compare_categories(
     })
 }
 
-/// Whether an alert for `version` may go out now (none in the last `cooldown`),
-/// and if so, records that it did. Without the store, it may.
-fn cooled_down(version: &str, now_ms: i64, cooldown_ms: u64) -> bool {
-    let group = "drift-monitor";
-    let last = features::get(group, version, &["last_alert_ms".to_string()]);
-    if let Ok(values) = &last {
-        if let Some(Some(FeatureValue::Int64(t))) = values.first() {
-            if now_ms.saturating_sub(*t) < cooldown_ms as i64 {
-                return false;
-            }
+/// When this monitor last alerted for `version` (ms), from the feature store;
+/// `None` when it never did or the store cannot say.
+fn last_alert(version: &str) -> Option<i64> {
+    match features::get("drift-monitor", version, &["last_alert_ms".to_string()]) {
+        Ok(values) => match values.first() {
+            Some(Some(FeatureValue::Int64(t))) => Some(*t),
+            _ => None,
+        },
+        Err(e) => {
+            quiver_sdk::log::warn(&format!("reading the cooldown of {version}: {e:?}"));
+            None
         }
     }
-    let _ = features::put(
-        group,
-        version,
-        &[("last_alert_ms".to_string(), FeatureValue::Int64(now_ms))],
-        None,
-    );
-    true
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn observe_distributions(dataset: String) -> Result<Report, Error> {
@@ -247,21 +247,31 @@ fn observe_distributions(dataset: String) -> Result<Report, Error> {
         let Some(field) = rows.fields.iter().find(|f| f.name == column) else {
             continue;
         };
-        let compared = match (dist, &field.values) {
+        let compared: Result<Compared, Error> = match (dist, &field.values) {
             (Distribution::Numerical(r), Column::Float64(v)) => {
-                compare_numbers(&column, r, &mine.iter().map(|&i| v[i]).collect::<Vec<_>>())?
+                compare_numbers(&column, r, &mine.iter().map(|&i| v[i]).collect::<Vec<_>>())
             }
             (Distribution::Numerical(r), Column::Int64(v)) => compare_numbers(
                 &column,
                 r,
                 &mine.iter().map(|&i| v[i] as f64).collect::<Vec<_>>(),
-            )?,
+            ),
             (Distribution::Categorical(r), Column::Text(v)) => compare_categories(
                 &column,
                 r,
                 &mine.iter().map(|&i| v[i].clone()).collect::<Vec<_>>(),
-            )?,
+            ),
             _ => continue,
+        };
+        // One column that cannot be compared (an empty reference, a window of
+        // NaN) is reported as such; the others are still judged.
+        let compared = match compared {
+            Ok(c) => c,
+            Err(e) => {
+                metrics.push((format!("{column}.error"), 1.0));
+                quiver_sdk::log::warn(&format!("comparing {column}: {e:?}"));
+                continue;
+            }
         };
         metrics.extend(compared.metrics);
         if let Some(d) = compared.drift {
@@ -277,15 +287,13 @@ fn observe_distributions(dataset: String) -> Result<Report, Error> {
             )
         })
         .collect();
-    let now_ms = rows
-        .i64s("time_ms")
-        .ok()
-        .and_then(|t| t.iter().copied().max())
-        .unwrap_or_default();
     if let (Some((column, (stat, value, threshold))), Some(topic)) =
         (drifted.first(), quiver_sdk::config("alert_topic"))
     {
-        if cooled_down(&version, now_ms, duration_ms("cooldown", 600_000)?) {
+        // At most a week, so the arithmetic below cannot overflow.
+        let cooldown = duration_ms("cooldown", 600_000)?.min(7 * 86_400_000) as i64;
+        let now = now_ms();
+        if last_alert(&version).is_none_or(|t| now.saturating_sub(t) >= cooldown) {
             let mut event = serde_json::json!({
                 "monitor": "drift-monitor",
                 "alert": alerts[0],
@@ -301,6 +309,11 @@ fn observe_distributions(dataset: String) -> Result<Report, Error> {
                 event[k] = serde_json::json!(v);
             }
             events::publish(&topic, &Payload::Json(event.to_string()))?;
+            // Recorded once published: a failed publish is tried again next time.
+            let at = vec![("last_alert_ms".to_string(), FeatureValue::Int64(now))];
+            if let Err(e) = features::put("drift-monitor", &version, &at, None) {
+                quiver_sdk::log::warn(&format!("recording the cooldown of {version}: {e:?}"));
+            }
         }
     }
     Ok(Report { metrics, alerts })

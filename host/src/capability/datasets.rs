@@ -96,11 +96,11 @@ impl base::quiver::ml::datasets::Host for HostState {
             )));
         };
         let (name, version) = (name.to_string(), version.to_string());
-        let found = tokio::task::spawn_blocking(move || {
-            scope.registry.model(&scope.tenant, &name, &version)
-        })
-        .await
-        .map_err(|e| GuestError::Internal(format!("registry task failed: {e}")))?;
+        let s = scope.clone();
+        let found =
+            tokio::task::spawn_blocking(move || s.registry.model(&s.tenant, &name, &version))
+                .await
+                .map_err(|e| GuestError::Internal(format!("registry task failed: {e}")))?;
         let rec = match found {
             Ok(r) => r,
             Err(quiver_registry::RegistryError::NotFound(m)) => {
@@ -116,8 +116,21 @@ impl base::quiver::ml::datasets::Host for HostState {
             }
         };
         let meta: serde_json::Value = serde_json::from_str(&rec.manifest).unwrap_or_default();
-        let reference = &meta["lineage"]["reference"];
-        Ok((!reference.is_null()).then(|| distributions(reference)))
+        let lineage = &meta["lineage"];
+        let reference = &lineage["reference"];
+        if reference.is_null() {
+            return Ok(None);
+        }
+        // A reference holds values of the dataset it was trained on: readable only
+        // by a function that may read that dataset.
+        let from = lineage["dataset"]["function"].as_str().unwrap_or_default();
+        if !scope.functions.iter().any(|f| f == from) {
+            return Err(GuestError::InvalidInput(format!(
+                "{} may not read the reference of `{model}`: it was trained on the dataset of `{from}`, which its [datasets] read does not name",
+                self.tag
+            )));
+        }
+        Ok(Some(distributions(reference)))
     }
 
     async fn read(&mut self, q: WitQuery) -> Result<Batch, GuestError> {

@@ -35,6 +35,9 @@ pub const MAX_REFERENCE_VALUES: usize = 2000;
 /// The most categories a text input's reference keeps (more: it is not kept).
 pub const MAX_CATEGORIES: usize = 256;
 
+/// The most logged input columns a version keeps a reference of.
+pub const MAX_LOGGED_REFERENCES: usize = 64;
+
 /// The topic each training run's outcome is published to.
 pub const TRAINED_TOPIC: &str = "model.trained";
 
@@ -340,8 +343,22 @@ impl Functions {
             }
         }
         let features_digest = format!("sha256:{}", hex::encode(fd.finalize()));
-        let train_idx: Vec<usize> = (0..labels.len()).filter(|&i| !held_out[i]).collect();
-        let hold_idx: Vec<usize> = (0..labels.len()).filter(|&i| held_out[i]).collect();
+        // A row whose model inputs are not finite f32s trains nothing and scores
+        // nothing: it is left out (and counted), not fatal to the run.
+        let usable: Vec<bool> = (0..labels.len())
+            .map(|i| {
+                columns
+                    .iter()
+                    .all(|(_, v)| v[i].is_finite() && v[i].abs() <= f64::from(f32::MAX))
+            })
+            .collect();
+        let unusable_inputs = usable.iter().filter(|u| !**u).count();
+        let train_idx: Vec<usize> = (0..labels.len())
+            .filter(|&i| usable[i] && !held_out[i])
+            .collect();
+        let hold_idx: Vec<usize> = (0..labels.len())
+            .filter(|&i| usable[i] && held_out[i])
+            .collect();
         let train_labels: Vec<bool> = train_idx.iter().map(|&i| labels[i]).collect();
         let hold_labels: Vec<bool> = hold_idx.iter().map(|&i| labels[i]).collect();
         for (side, l) in [("trained on", &train_labels), ("held out", &hold_labels)] {
@@ -445,8 +462,7 @@ impl Functions {
         let scored = tokio::task::spawn_blocking(move || {
             let candidate = score(backend, &candidate_bytes, &x, n, k)
                 .map_err(|e| format!("the new model does not run: {e:#}"))?;
-            // The new model's scores on its own training rows: the reference its
-            // served scores are compared with.
+            // Its scores on its own training rows (in-sample: kept in the metrics).
             let trained = score(backend, &candidate_bytes, &x_train, n_train, k)
                 .map_err(|e| format!("the new model does not run: {e:#}"))?;
             let champion = match champion_bytes {
@@ -497,11 +513,18 @@ impl Functions {
                 .iter()
                 .filter_map(|v| semver::Version::parse(&v.version).ok())
                 .max();
-            match latest {
+            let mut next = match latest {
                 None => semver::Version::new(1, 0, 0),
                 Some(v) => semver::Version::new(v.major, v.minor + 1, 0),
+            };
+            // A version the gate refused is a pre-release (`1.3.0-rejected`), which
+            // no semver range (`fraud-model@^1`) resolves to: it is kept, with its
+            // lineage, but never served unless pinned.
+            if !passed {
+                next.pre = semver::Prerelease::new("rejected")
+                    .map_err(|e| InvokeError::Host(anyhow::anyhow!("{e}")))?;
             }
-            .to_string()
+            next.to_string()
         };
         // Reference distributions, over the training rows: each model input, each
         // logged input (`in.<name>`; text as category counts) and the new model's
@@ -511,7 +534,7 @@ impl Functions {
             let train_values: Vec<f64> = train_idx.iter().map(|&i| values[i]).collect();
             reference.insert(f.name.clone(), json!(reference_of(&train_values)));
         }
-        for f in &logged.fields {
+        for f in logged.fields.iter().take(MAX_LOGGED_REFERENCES) {
             let key = format!("in.{}", f.name);
             if column_len(&f.values) != labels.len() || reference.contains_key(&key) {
                 continue;
@@ -522,8 +545,9 @@ impl Functions {
                     for &i in &train_idx {
                         *counts.entry(v[i].as_str()).or_default() += 1;
                     }
-                    // A column with more categories than this is an id, not a feature.
-                    if counts.len() <= MAX_CATEGORIES {
+                    // A column with more categories than this, or longer ones, is an
+                    // id or free text, not a feature: it gets no reference.
+                    if counts.len() <= MAX_CATEGORIES && counts.keys().all(|c| c.len() <= 128) {
                         reference.insert(key, json!(counts));
                     }
                 }
@@ -534,7 +558,10 @@ impl Functions {
                 _ => {}
             }
         }
-        reference.insert("score".into(), json!(reference_of(&scored.2)));
+        // The score's reference is out of sample (the held-out rows), as the
+        // scores it is compared with in serving are.
+        reference.insert("score".into(), json!(reference_of(&scored.0)));
+        let in_sample_auc = metric(GateMetric::Auc, &scored.2, &train_labels).ok();
         let mut metrics = Map::new();
         for (k, v) in &artifact.metrics {
             if v.is_finite() {
@@ -542,6 +569,9 @@ impl Functions {
             }
         }
         metrics.insert(format!("holdout.{m}"), json!(candidate_value));
+        if let Some(auc) = in_sample_auc {
+            metrics.insert("host.train_auc".into(), json!(auc));
+        }
         let gate = json!({
             "metric": m,
             "margin": spec.margin,
@@ -560,6 +590,7 @@ impl Functions {
                 "from_ms": first_ms,
                 "to_ms": last_ms,
                 "rows": labels.len(),
+                "unusable_rows": unusable + unusable_inputs,
                 "train_rows": train_idx.len(),
                 "holdout_rows": hold_idx.len(),
                 "features_digest": features_digest,

@@ -35,7 +35,10 @@ fn write(path: &std::path::Path, v: &[f64]) -> std::io::Result<()> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let dir = std::path::PathBuf::from(args.get(1).ok_or("usage: bench_drift DIR [current] [reference] [features]")?);
+    let dir = std::path::PathBuf::from(
+        args.get(1)
+            .ok_or("usage: bench_drift DIR [current] [reference] [features]")?,
+    );
     let arg = |i: usize, d: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d);
     let (current, reference, features) = (arg(2, 1_000_000), arg(3, 100_000), arg(4, 20));
     std::fs::create_dir_all(&dir)?;
@@ -43,7 +46,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for f in 0..features {
         let r = sample(reference, 1000 + f as u64, 0.0);
         // Every other feature drifts a little.
-        let c = sample(current, 5000 + f as u64, if f % 2 == 0 { 0.0 } else { 0.05 });
+        let c = sample(
+            current,
+            5000 + f as u64,
+            if f % 2 == 0 { 0.0 } else { 0.05 },
+        );
         write(&dir.join(format!("ref_{f}.f64")), &r)?;
         write(&dir.join(format!("cur_{f}.f64")), &c)?;
         data.push((r, c));
@@ -59,6 +66,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (f, (psi, d, p)) in results.iter().enumerate() {
         println!("feature {f:2}: psi {psi:.6} ks {d:.6} p {p:.3e}");
     }
-    println!("quiver-ml: {features} features x {current} rows vs {reference}: {secs:.3} s (PSI + KS)");
+    println!(
+        "quiver-ml: {features} features x {current} rows vs {reference}: {secs:.3} s (PSI + KS)"
+    );
     Ok(())
 }
