@@ -376,7 +376,8 @@ pub fn rows(b: &Batch) -> usize {
     b.fields.first().map_or(0, |f| column_len(&f.values))
 }
 
-fn column_len(c: &Column) -> usize {
+/// Values in a column.
+pub fn column_len(c: &Column) -> usize {
     match c {
         Column::Float64(v) => v.len(),
         Column::Int64(v) => v.len(),

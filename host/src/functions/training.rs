@@ -22,6 +22,7 @@
 use super::{Deployment, DeploymentBody, Functions};
 use crate::bindings::{Batch, Column, Field};
 use crate::manifest::{GateMetric, TrainerSpec};
+use crate::monitors::column_len;
 use crate::runtime::{GuestErrorKind, InvokeError, Prepared};
 use crate::tenancy::{FunctionRef, TenantId};
 use serde_json::{json, Map, Value};
@@ -133,15 +134,6 @@ fn take(c: &Column, idx: &[usize]) -> Column {
         Column::Int64(v) => Column::Int64(idx.iter().map(|&i| v[i]).collect()),
         Column::Text(v) => Column::Text(idx.iter().map(|&i| v[i].clone()).collect()),
         Column::Boolean(v) => Column::Boolean(idx.iter().map(|&i| v[i]).collect()),
-    }
-}
-
-fn column_len(c: &Column) -> usize {
-    match c {
-        Column::Float64(v) => v.len(),
-        Column::Int64(v) => v.len(),
-        Column::Text(v) => v.len(),
-        Column::Boolean(v) => v.len(),
     }
 }
 
