@@ -482,3 +482,44 @@ fn drift_in_live_traffic_retrains_the_model_it_was_measured_against() {
 fn reports(server: &Server) -> Value {
     json_of(&server.cli_ok(&["--json", "monitor", "reports", "drift-monitor"]))
 }
+
+#[test]
+fn a_trainer_that_fails_is_retried_then_dead_lettered_and_no_alias_moves() {
+    let server = pipeline();
+    traffic(&server, 1); // 50 labelled rows: fewer than retrain-fraud's min_rows (100)
+    server.deploy("retrain-fraud");
+    // The trigger subscribes when the deploy answers: this event is delivered.
+    let drift =
+        r#"{"monitor": "drift-monitor", "feature": "in.amount", "statistic": "psi", "value": 0.5}"#;
+    server.cli_ok(&["events", "publish", "drift.detected", drift]);
+    let dead = quiver_tests::series(
+        "quiver_event_deliveries_total",
+        &[
+            ("function", "retrain-fraud"),
+            ("outcome", "dead"),
+            ("topic", "drift.detected"),
+        ],
+    );
+    server.wait_metric(&dead, 1.0, 60);
+    let dlq = json_of(&server.cli_ok(&[
+        "--json",
+        "events",
+        "dlq",
+        "drift.detected",
+        "--function",
+        "retrain-fraud",
+    ]));
+    let list = dlq["dead"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{dlq}");
+    assert_eq!(
+        list[0]["attempts"], 3,
+        "retrain-fraud's retry policy: {dlq}"
+    );
+    let reason = list[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("min_rows"), "{reason}");
+    // Nothing was registered and the champion did not move.
+    assert_eq!(meta_versions(&server).len(), 1);
+    let history = json_of(&server.cli_ok(&["--json", "models", "history", "fraud-model"]));
+    assert_eq!(history["aliases"]["champion"], "1.0.0", "{history}");
+    assert_eq!(history["history"].as_array().unwrap().len(), 1, "{history}");
+}

@@ -103,6 +103,21 @@ fn call_params(
     Ok((params, reason))
 }
 
+/// The lock that serializes registrations of one model on this host (one per
+/// tenant and model name: as many as there are trained models).
+fn registration_lock(tenant: &str, model: &str) -> Arc<tokio::sync::Mutex<()>> {
+    static LOCKS: std::sync::LazyLock<
+        std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    > = std::sync::LazyLock::new(Default::default);
+    let mut locks = LOCKS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    locks
+        .entry(format!("{tenant}/{model}"))
+        .or_default()
+        .clone()
+}
+
 /// FNV-1a of `request_id \0 row`, as a fraction in [0, 1): which side of the
 /// split a row falls on, the same in every run.
 fn split_point(request_id: &str, row: i64) -> f64 {
@@ -494,7 +509,11 @@ impl Functions {
             ),
         };
 
-        // 5. Register with lineage; promote when it passed.
+        // 5. Register with lineage; promote when it passed. Runs of one model on
+        // this host take their version one at a time (another host's concurrent
+        // run meets a version conflict, and fails like any run: an event retries it).
+        let turn = registration_lock(&r.tenant, &spec.model);
+        let _turn = turn.lock().await;
         let version = {
             let (t, n) = (r.tenant.clone(), spec.model.clone());
             let versions = self
