@@ -286,7 +286,7 @@ fn hex_of(bytes: &[u8]) -> String {
 #[test]
 fn a_bad_trainer_is_stopped_by_the_gate_and_the_champion_is_untouched() {
     let server = pipeline();
-    traffic(&server, 6);
+    traffic(&server, 8);
     server.deploy_with("retrain-fraud", &["--set", "config.flip_labels=true"]);
     let out = train(&server, json!({}));
     assert_eq!(out["gate"]["passed"], false, "{out}");
@@ -329,7 +329,7 @@ fn a_training_run_refuses_what_it_cannot_train_on() {
     assert_eq!(status, 400, "{message}");
     assert_eq!(code, "invalid_input", "{message}");
     assert!(message.contains("min_rows"), "{message}");
-    traffic(&server, 3);
+    traffic(&server, 8); // enough that both sides of the split hold both classes
     for (body, want) in [
         ("nope", "invalid JSON"),
         (r#"{"params": [1]}"#, "`params` must be an object"),

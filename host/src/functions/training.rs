@@ -569,9 +569,12 @@ impl Functions {
                 _ => {}
             }
         }
-        // The score's reference is out of sample (the held-out rows), as the
-        // scores it is compared with in serving are.
-        reference.insert("score".into(), json!(reference_of(&scored.0)));
+        // The score's reference: the new model's scores on every usable row of the
+        // window (held out and trained on). The held-out rows alone are too few
+        // for a stable PSI (a fifth of the window); the in-sample bias of a
+        // model with a handful of parameters is small next to that noise.
+        let all_scores: Vec<f64> = scored.0.iter().chain(&scored.2).copied().collect();
+        reference.insert("score".into(), json!(reference_of(&all_scores)));
         let in_sample_auc = metric(GateMetric::Auc, &scored.2, &train_labels).ok();
         let mut metrics = Map::new();
         for (k, v) in &artifact.metrics {
