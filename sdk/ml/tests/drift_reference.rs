@@ -165,22 +165,20 @@ fn datasets_match_evidently_and_scipy() {
     );
 }
 
-#[test]
-fn kstwo_sf_matches_scipy() {
+/// Each row of grid `key` against SciPy's value (relative error, to 1e-9):
+/// `eval` gives what was computed, what SciPy gave and a label.
+fn check_grid(key: &str, eval: impl Fn(&Value) -> (f64, f64, String)) {
     let data = data();
     let mut failures = Vec::new();
     let mut worst = 0.0f64;
-    for row in data["kstwo_sf"].as_array().expect("grid") {
-        let n = row[0].as_f64().expect("n");
-        let d = row[1].as_f64().expect("d");
-        let want = row[2].as_f64().expect("sf");
-        let got = drift::kstwo_sf(d, n);
+    for row in data[key].as_array().expect("grid") {
+        let (got, want, what) = eval(row);
         worst = worst.max(rel_err(got, want));
         if !close_rel(got, want) {
-            failures.push(format!("kstwo.sf({d}, {n}) = {got:e}, want {want:e}"));
+            failures.push(format!("{what} = {got:e}, want {want:e}"));
         }
     }
-    println!("kstwo.sf: largest relative Δ {worst:e}");
+    println!("{key}: largest relative Δ {worst:e}");
     assert!(
         failures.is_empty(),
         "{} mismatches:\n{}",
@@ -190,27 +188,23 @@ fn kstwo_sf_matches_scipy() {
 }
 
 #[test]
+fn kstwo_sf_matches_scipy() {
+    check_grid("kstwo_sf", |row| {
+        let n = row[0].as_f64().expect("n");
+        let d = row[1].as_f64().expect("d");
+        let want = row[2].as_f64().expect("sf");
+        (drift::kstwo_sf(d, n), want, format!("kstwo.sf({d}, {n})"))
+    });
+}
+
+#[test]
 fn smirnov_matches_scipy() {
-    let data = data();
-    let mut failures = Vec::new();
-    let mut worst = 0.0f64;
-    for row in data["smirnov"].as_array().expect("grid") {
+    check_grid("smirnov", |row| {
         let n = row[0].as_u64().expect("n");
         let x = row[1].as_f64().expect("x");
         let want = row[2].as_f64().expect("sf");
-        let got = drift::smirnov(n, x);
-        worst = worst.max(rel_err(got, want));
-        if !close_rel(got, want) {
-            failures.push(format!("smirnov({n}, {x}) = {got:e}, want {want:e}"));
-        }
-    }
-    println!("smirnov: largest relative Δ {worst:e}");
-    assert!(
-        failures.is_empty(),
-        "{} mismatches:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+        (drift::smirnov(n, x), want, format!("smirnov({n}, {x})"))
+    });
 }
 
 #[test]
