@@ -44,6 +44,44 @@ pub fn check_alias(alias: &str) -> Result<()> {
     }
 }
 
+/// Move `alias` inside the caller's transaction (which commits it): check the
+/// version, move the channel, append the history row.
+pub(crate) fn move_alias_in(
+    tx: &rusqlite::Transaction<'_>,
+    tenant: &str,
+    name: &str,
+    alias: &str,
+    version: &str,
+    actor: &str,
+    reason: &str,
+) -> Result<Option<AliasMove>> {
+    let key = format!("{PREFIX}{name}");
+    if !version_exists(tx, tenant, &key, version)? {
+        return Err(RegistryError::NotFound(format!(
+            "model `{name}@{version}` not found"
+        )));
+    }
+    let from = channel_on(tx, tenant, &key, &channel(alias))?;
+    if from.as_deref() == Some(version) {
+        return Ok(None);
+    }
+    upsert_channel(tx, tenant, &key, &channel(alias), version)?;
+    let at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    tx.execute(
+        "INSERT INTO alias_history (tenant, name, alias, from_version, to_version, actor, reason, at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![tenant, key, alias, from, version, actor, reason, at],
+    )?;
+    Ok(Some(AliasMove {
+        alias: alias.to_string(),
+        from,
+        to: version.to_string(),
+        actor: actor.to_string(),
+        reason: reason.to_string(),
+        at,
+    }))
+}
+
 fn channel(alias: &str) -> String {
     format!("alias:{alias}")
 }
@@ -67,34 +105,11 @@ impl Registry {
                 "a reason is at most {MAX_ALIAS_REASON} bytes"
             )));
         }
-        let key = format!("{PREFIX}{name}");
         let mut conn = self.index().writer()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        if !version_exists(&tx, tenant, &key, version)? {
-            return Err(RegistryError::NotFound(format!(
-                "model `{name}@{version}` not found"
-            )));
-        }
-        let from = channel_on(&tx, tenant, &key, &channel(alias))?;
-        if from.as_deref() == Some(version) {
-            return Ok(None);
-        }
-        upsert_channel(&tx, tenant, &key, &channel(alias), version)?;
-        let at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-        tx.execute(
-            "INSERT INTO alias_history (tenant, name, alias, from_version, to_version, actor, reason, at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![tenant, key, alias, from, version, actor, reason, at],
-        )?;
+        let moved = move_alias_in(&tx, tenant, name, alias, version, actor, reason)?;
         tx.commit()?;
-        Ok(Some(AliasMove {
-            alias: alias.to_string(),
-            from,
-            to: version.to_string(),
-            actor: actor.to_string(),
-            reason: reason.to_string(),
-            at,
-        }))
+        Ok(moved)
     }
 
     /// The version `alias` of model `name` points at.

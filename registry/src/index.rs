@@ -87,7 +87,20 @@ const SCHEMA: &str = "PRAGMA journal_mode = WAL;
          weight INTEGER NOT NULL, PRIMARY KEY (tenant, name, version));
      CREATE TABLE IF NOT EXISTS shadows (
          tenant TEXT NOT NULL, name TEXT NOT NULL, version TEXT NOT NULL,
-         PRIMARY KEY (tenant, name));";
+         PRIMARY KEY (tenant, name));
+     CREATE TABLE IF NOT EXISTS rollouts (
+         id INTEGER PRIMARY KEY AUTOINCREMENT, tenant TEXT NOT NULL, model TEXT NOT NULL,
+         alias TEXT NOT NULL, baseline TEXT NOT NULL, candidate TEXT NOT NULL,
+         spec TEXT NOT NULL, actor TEXT NOT NULL, state TEXT NOT NULL,
+         step INTEGER NOT NULL, failures INTEGER NOT NULL, started_ms INTEGER NOT NULL,
+         step_started_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+         reason TEXT NOT NULL);
+     CREATE UNIQUE INDEX IF NOT EXISTS rollouts_running ON rollouts (tenant, model)
+         WHERE state = 'running';
+     CREATE TABLE IF NOT EXISTS rollout_steps (
+         rollout INTEGER NOT NULL, seq INTEGER NOT NULL, at_ms INTEGER NOT NULL,
+         step INTEGER NOT NULL, outcome TEXT NOT NULL, detail TEXT NOT NULL,
+         PRIMARY KEY (rollout, seq));";
 
 /// What [`Index::insert`] found: it inserted the row, or one was already there (the
 /// caller compares digests).

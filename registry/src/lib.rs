@@ -14,6 +14,7 @@ mod blob;
 mod index;
 mod models;
 mod retention;
+mod rollouts;
 mod traffic;
 pub mod validate;
 
@@ -22,6 +23,7 @@ pub use blob::{BlobStore, Digest};
 pub use index::{Index, VersionRecord, BUSY_TIMEOUT, READERS};
 pub use models::{check_model_name, MODEL_KIND};
 pub use retention::{Deleted, GcReport};
+pub use rollouts::{NewRollout, RolloutRecord, RolloutStep, RolloutUpdate};
 pub use traffic::MAX_SPLIT;
 
 use index::Inserted;
@@ -40,6 +42,10 @@ pub enum RegistryError {
     },
     #[error("{0}")]
     NotFound(String),
+    /// Something is already under way that this would contradict (a second
+    /// rollout of one model).
+    #[error("{0}")]
+    Busy(String),
     #[error("registry storage: {0}")]
     Storage(String),
 }

@@ -122,6 +122,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_component"),
             RegistryError::Conflict { .. } => (StatusCode::CONFLICT, "version_conflict"),
             RegistryError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            RegistryError::Busy(_) => (StatusCode::CONFLICT, "busy"),
             RegistryError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
         };
         ApiError::new(status, code, e.to_string())
