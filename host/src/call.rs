@@ -8,6 +8,7 @@
 use crate::bindings::Batch;
 use crate::functions::{Deployment, DeploymentBody, Functions};
 use crate::metrics::Metrics;
+use crate::rollout::ModelOverride;
 use crate::runtime::{InvokeError, Prepared};
 use crate::server::ApiError;
 use crate::tenancy::{FunctionRef, Principal, Running, Tenancy};
@@ -260,8 +261,9 @@ impl Calls {
             })
             .await;
         self.meter(trigger, started, served.as_deref(), &result);
-        if let (Some((target, input)), true) = (mirror, result.is_ok()) {
-            self.shadow(target, input, context);
+        self.observe_rollout(trigger, started, served.as_deref(), &result);
+        if let (Some((target, candidate, input)), true) = (mirror, result.is_ok()) {
+            self.shadow(target, candidate, input, context);
         }
         if span.is_recording() {
             describe(&mut span, trigger, served.as_deref(), &result);
@@ -278,13 +280,16 @@ impl Calls {
     /// trigger, on a typed input (not a monitor's observation or an `http`
     /// request), served by another version than the shadow. A trainer is never
     /// mirrored (a copy would register a model version of its own).
+    ///
+    /// While a model rollout it binds is in its shadow step, the copy runs on the
+    /// same version with the rollout's candidate bound (what `candidate` names).
     async fn mirror(
         &self,
         trigger: Trigger,
         target: &FunctionRef,
         d: &Deployment,
         input: &Input,
-    ) -> Option<(FunctionRef, Input)> {
+    ) -> Option<(FunctionRef, Option<ModelOverride>, Input)> {
         if matches!(trigger, Trigger::Monitor | Trigger::Shadow)
             || target.version().is_some()
             || d.record.kind == "trainer"
@@ -300,12 +305,44 @@ impl Calls {
             Input::Http(_) | Input::Observe { .. } => return None,
         };
         let r = &d.record;
+        if d.variant.is_none() {
+            let rollouts = self.functions.rollout_routes();
+            if let Some(candidate) = rollouts.shadow(&r.tenant, &d.alias_models) {
+                let same = FunctionRef::new(target.tenant.clone(), &r.name, Some(&r.version)).ok()?;
+                return Some((same, Some(candidate), copy));
+            }
+        }
         let shadow = self.functions.shadow(&r.tenant, &r.name).await.ok()??;
         if *shadow == *r.version {
             return None;
         }
         let pinned = FunctionRef::new(target.tenant.clone(), &r.name, Some(&shadow)).ok()?;
-        Some((pinned, copy))
+        Some((pinned, None, copy))
+    }
+
+    /// Count a call on the arm of a running model rollout it ran (a 5xx answer is
+    /// an error; a client's bad input is not the candidate's fault).
+    fn observe_rollout<R: Outcome>(
+        &self,
+        trigger: Trigger,
+        started: Instant,
+        served: Option<&Deployment>,
+        result: &Result<R, ApiError>,
+    ) {
+        let Some(d) = served else { return };
+        if trigger == Trigger::Monitor || d.model_versions.is_empty() {
+            return;
+        }
+        let status = match result {
+            Ok(r) => r.status(),
+            Err(e) => e.status(),
+        };
+        self.functions.rollout_routes().observe_call(
+            &d.record.tenant,
+            &d.model_versions,
+            status.is_server_error(),
+            started.elapsed().as_secs_f64() * 1000.0,
+        );
     }
 
     /// Run the copy on the shadow version after the caller has its answer, in a
@@ -314,7 +351,13 @@ impl Calls {
     /// `[datasets] log` logs its rows under its own version). At most
     /// [`MAX_SHADOWS`] run at once on a host; past that a copy is skipped and
     /// counted, never queued behind the callers.
-    fn shadow(&self, target: FunctionRef, input: Input, call: TraceContext) {
+    fn shadow(
+        &self,
+        target: FunctionRef,
+        candidate: Option<ModelOverride>,
+        input: Input,
+        call: TraceContext,
+    ) {
         let Ok(permit) = SHADOWS.clone().try_acquire_owned() else {
             self.metrics
                 .shadow_skipped
@@ -333,11 +376,16 @@ impl Calls {
             let result: Result<Mirrored, ApiError> = context
                 .scope(async {
                     let (d, _running) = calls.resolve_for(Trigger::Shadow, None, &target).await?;
+                    let d = match candidate {
+                        Some(c) => calls.functions.variant(&d, c).await?,
+                        None => d,
+                    };
                     served = Some(d.clone());
                     calls.run(&d, input).await.map(|_| Mirrored)
                 })
                 .await;
             calls.meter(Trigger::Shadow, started, served.as_deref(), &result);
+            calls.observe_rollout(Trigger::Shadow, started, served.as_deref(), &result);
             if span.is_recording() {
                 describe(&mut span, Trigger::Shadow, served.as_deref(), &result);
             }

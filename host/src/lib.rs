@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod monitors;
 pub mod nn;
 pub mod otel;
+pub mod rollout;
 pub mod runtime;
 pub mod scaler;
 pub mod server;
@@ -192,6 +193,7 @@ pub async fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         )?;
     }
     triggers.start();
+    functions::spawn_analysis(&functions);
     let state = Arc::new(server::AppState {
         functions,
         tenancy,

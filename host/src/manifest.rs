@@ -75,6 +75,11 @@ pub struct TrainerSection {
     pub params: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate: Option<GateSection>,
+    /// `[trainer.rollout]`: a version that passes the gate is rolled out against
+    /// the gate's alias by the automatic analysis (see [`crate::rollout`]), which
+    /// promotes it or rolls it back. Without it the version only gets `promote_to`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutSection>,
 }
 
 /// `[trainer.gate]`: a new version proceeds only if it is not worse than the
@@ -133,6 +138,8 @@ pub struct TrainerSpec {
     pub metric: GateMetric,
     pub margin: f64,
     pub against: String,
+    /// Checked; its alias defaults to `against`.
+    pub rollout: Option<crate::rollout::RolloutSection>,
 }
 
 /// The most input columns a trained model may take.
@@ -833,6 +840,19 @@ impl Manifest {
         if against == promote_to {
             anyhow::bail!("[trainer] promote_to and [trainer.gate] against must differ");
         }
+        let rollout = match &t.rollout {
+            None => None,
+            Some(r) => {
+                let mut r = r.clone();
+                let alias = r.alias.get_or_insert_with(|| against.clone()).clone();
+                r.check()
+                    .map_err(|e| anyhow::anyhow!("[trainer.rollout] {e:#}"))?;
+                if alias == promote_to {
+                    anyhow::bail!("[trainer.rollout] alias and [trainer] promote_to must differ");
+                }
+                Some(r)
+            }
+        };
         Ok(Some(TrainerSpec {
             model: t.model.clone(),
             dataset: t.dataset.clone(),
@@ -847,6 +867,7 @@ impl Manifest {
             metric,
             margin,
             against,
+            rollout,
         }))
     }
 

@@ -41,6 +41,56 @@ pub enum ModelsCommand {
     },
     /// Where each alias of a model points, and every move: who, when, from, to, why.
     History { name: String },
+    /// Roll NAME@VERSION out against where an alias (`champion`) points: shadow,
+    /// then a growing share of the calls, each step judged by the automatic
+    /// analysis (error rate, p99, score distribution), which promotes (moves the
+    /// alias) or rolls back by itself. `quiver models rollouts NAME` follows it.
+    Rollout {
+        model: String,
+        /// Comma-separated: `shadow`, then rising percentages ending at 100.
+        #[arg(long, default_value = "shadow,10,50,100")]
+        steps: String,
+        /// How long each step is held before it is judged.
+        #[arg(long, default_value = "30s")]
+        interval: String,
+        /// Calls each arm needs in an interval to be judged.
+        #[arg(long, default_value_t = 20)]
+        min_calls: u32,
+        /// Failed judgements tolerated before it rolls back.
+        #[arg(long, default_value_t = 0)]
+        failure_limit: u32,
+        /// The whole rollout ends by then or rolls back.
+        #[arg(long, default_value = "15m")]
+        deadline: String,
+        #[arg(long, default_value_t = 0.01)]
+        max_error_rate: f64,
+        #[arg(long, default_value_t = 2.0)]
+        max_p99_ratio: f64,
+        #[arg(long, default_value_t = 10.0)]
+        p99_slack_ms: f64,
+        /// The score-distribution test's level (two-sample KS).
+        #[arg(long, default_value_t = 0.01)]
+        alpha: f64,
+        /// The smallest KS statistic that fails a step.
+        #[arg(long, default_value_t = 0.1)]
+        min_shift: f64,
+        /// The numeric output compared.
+        #[arg(long, default_value = "score")]
+        output: String,
+        /// The alias rolled out against (and moved on promotion).
+        #[arg(long, default_value = "champion")]
+        alias: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// A model's rollouts, newest first, with every judged step.
+    Rollouts { name: String },
+    /// End a model's running rollout; the alias stays where it is.
+    RolloutAbort {
+        name: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
     /// NAME@VERSION and the versions it was trained from, back to the first.
     Lineage { model: String },
     /// The newest version of every model.
@@ -169,6 +219,97 @@ pub async fn run(client: &Client, cmd: ModelsCommand, json_out: bool) -> anyhow:
                         out["moved"]["from"].as_str().unwrap_or("(new)")
                     ),
                 }
+                return Ok(());
+            }
+            out
+        }
+        ModelsCommand::Rollout {
+            model,
+            steps,
+            interval,
+            min_calls,
+            failure_limit,
+            deadline,
+            max_error_rate,
+            max_p99_ratio,
+            p99_slack_ms,
+            alpha,
+            min_shift,
+            output,
+            alias,
+            reason,
+        } => {
+            let (name, version) = crate::functions::split_ref(&model);
+            let version = version.with_context(|| {
+                format!("name the candidate: `quiver models rollout {name}@VERSION`")
+            })?;
+            let steps: Vec<Value> = steps
+                .split(',')
+                .map(|s| match s.trim().parse::<u32>() {
+                    Ok(p) => json!(p),
+                    Err(_) => json!(s.trim()),
+                })
+                .collect();
+            let body = json!({
+                "version": version, "reason": reason,
+                "analysis": {
+                    "steps": steps, "interval": interval, "min_calls": min_calls,
+                    "failure_limit": failure_limit, "deadline": deadline,
+                    "max_error_rate": max_error_rate, "max_p99_ratio": max_p99_ratio,
+                    "p99_slack_ms": p99_slack_ms, "alpha": alpha, "min_shift": min_shift,
+                    "output": output, "alias": alias,
+                },
+            });
+            let out = client
+                .post_json(&format!("models/{name}/rollouts"), &body)
+                .await?;
+            if !json_out {
+                println!(
+                    "rollout {} of {name}@{version} against {alias} ({}): step {}",
+                    out["id"],
+                    s(&out["baseline"]),
+                    s(&out["step_label"])
+                );
+                return Ok(());
+            }
+            out
+        }
+        ModelsCommand::Rollouts { name } => {
+            let out = client.get(&format!("models/{name}/rollouts")).await?;
+            if !json_out {
+                for r in out["rollouts"].as_array().into_iter().flatten() {
+                    println!(
+                        "rollout {}  {name}@{} against {} ({})  {}  step {}  {}",
+                        r["id"],
+                        s(&r["candidate"]),
+                        s(&r["alias"]),
+                        s(&r["baseline"]),
+                        s(&r["state"]),
+                        s(&r["step_label"]),
+                        s(&r["reason"])
+                    );
+                    for h in r["history"].as_array().into_iter().flatten() {
+                        println!(
+                            "  step {}  {:<12} {}",
+                            h["step"],
+                            s(&h["outcome"]),
+                            s(&h["detail"]["reason"])
+                        );
+                    }
+                }
+                return Ok(());
+            }
+            out
+        }
+        ModelsCommand::RolloutAbort { name, reason } => {
+            let out = client
+                .post_json(
+                    &format!("models/{name}/rollouts/abort"),
+                    &json!({ "reason": reason }),
+                )
+                .await?;
+            if !json_out {
+                println!("rollout {} of {name}: {}", out["id"], s(&out["state"]));
                 return Ok(());
             }
             out

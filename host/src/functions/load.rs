@@ -14,8 +14,47 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 impl Functions {
-    /// The deployment serving `target` (or its pinned version), loaded on first use.
+    /// The deployment serving `target` (or its pinned version), loaded on first
+    /// use; while a rollout of a model it binds by alias runs, the candidate's
+    /// variant for the share of calls the rollout's step gives it.
     pub async fn get(
+        self: &Arc<Self>,
+        target: &crate::tenancy::FunctionRef,
+    ) -> Result<Arc<Deployment>, DeployError> {
+        let d = self.get_base(target).await?;
+        match self.rollouts.pick(&d.record.tenant, &d.alias_models) {
+            Some(candidate) => self.variant(&d, candidate).await,
+            None => Ok(d),
+        }
+    }
+
+    /// `d` loaded again with `candidate` bound in its alias' place (and a
+    /// pipeline's stages that bind it too), kept until the rollout ends.
+    pub async fn variant(
+        self: &Arc<Self>,
+        d: &Arc<Deployment>,
+        candidate: crate::rollout::ModelOverride,
+    ) -> Result<Arc<Deployment>, DeployError> {
+        let r = &d.record;
+        let key = (
+            r.tenant.clone(),
+            r.name.clone(),
+            r.version.clone(),
+            candidate.key(),
+        );
+        let known = self.variants.lock().ok().and_then(|v| v.get(&key).cloned());
+        if let Some(v) = known {
+            return Ok(v);
+        }
+        // Two first calls may both load it: the second insert wins, both serve.
+        let v = Box::pin(self.load_uncached(r.clone(), Some(&candidate))).await?;
+        if let Ok(mut variants) = self.variants.lock() {
+            variants.insert(key, v.clone());
+        }
+        Ok(v)
+    }
+
+    async fn get_base(
         self: &Arc<Self>,
         target: &crate::tenancy::FunctionRef,
     ) -> Result<Arc<Deployment>, DeployError> {
@@ -37,7 +76,7 @@ impl Functions {
                         Some(&version),
                     )
                     .map_err(|e| DeployError::Internal(anyhow::anyhow!("{e:?}")))?;
-                    return Box::pin(self.get(&pinned)).await;
+                    return Box::pin(self.get_base(&pinned)).await;
                 }
                 // A deploy or rollback that lands while this loads bumps the
                 // generation: what this request resolved may be stale by then, so it
@@ -101,7 +140,7 @@ impl Functions {
             let mut span = crate::trace::span("cold_start")
                 .attr("quiver.function", key.1.clone())
                 .attr("quiver.version", key.2.clone());
-            let loaded = span.scope(self.load_uncached(record)).await;
+            let loaded = span.scope(self.load_uncached(record, None)).await;
             if let Err(e) = &loaded {
                 span.fail(e.to_string());
             }
@@ -139,12 +178,26 @@ impl Functions {
         })
     }
 
-    /// Build a deployment from its registry record (the caller caches it).
+    /// Build a deployment from its registry record (the caller caches it); with
+    /// `variant`, the candidate of a rollout bound where the manifest names its
+    /// model's alias.
     async fn load_uncached(
         self: &Arc<Self>,
         record: VersionRecord,
+        variant: Option<&crate::rollout::ModelOverride>,
     ) -> Result<Arc<Deployment>, DeployError> {
-        let manifest = Manifest::parse(&record.manifest).map_err(DeployError::Internal)?;
+        let mut manifest = Manifest::parse(&record.manifest).map_err(DeployError::Internal)?;
+        let mut alias_models = Vec::new();
+        for r in manifest.model_refs().map_err(DeployError::Internal)? {
+            if let crate::manifest::ModelPin::Alias(alias) = &r.pin {
+                if let Some(v) = variant.filter(|v| v.model == r.name && v.alias == *alias) {
+                    manifest
+                        .models
+                        .insert(r.alias.clone(), format!("{}@={}", v.model, v.version));
+                }
+                alias_models.push((r.name.clone(), alias.clone()));
+            }
+        }
         let mut limits: ResolvedLimits = manifest.limits().map_err(DeployError::Internal)?;
         if let Some(t) = self.tenancy.find(&record.tenant) {
             limits = t.quota.ceiling(limits);
@@ -191,7 +244,19 @@ impl Functions {
             for stage in manifest.pipeline.map(|p| p.stages).unwrap_or_default() {
                 let (name, v) = split_ref(&stage);
                 let rec = self.resolve(&record.tenant, name, v).await?;
-                stages.push(self.load(rec).await?);
+                let stage = self.load(rec).await?;
+                for binding in &stage.alias_models {
+                    if !alias_models.contains(binding) {
+                        alias_models.push(binding.clone());
+                    }
+                }
+                let stage = match variant {
+                    Some(v) if stage.alias_models.contains(&(v.model.clone(), v.alias.clone())) => {
+                        self.variant(&stage, v.clone()).await?
+                    }
+                    _ => stage,
+                };
+                stages.push(stage);
             }
             DeploymentBody::Pipeline(stages)
         } else {
@@ -252,6 +317,8 @@ impl Functions {
             _ => None,
         };
         Ok(Arc::new(Deployment {
+            alias_models,
+            variant: variant.map(|v| v.key()),
             trainer,
             predicted,
             model_versions,

@@ -20,11 +20,13 @@ mod deploy;
 mod load;
 mod ml_metrics;
 mod retention;
+mod rollouts;
 mod traffic;
 mod training;
-pub use traffic::{with_route_key, MAX_ROUTE_KEY};
+pub use traffic::{pick_version, with_route_key, MAX_ROUTE_KEY};
 
 pub use retention::GcSummary;
+pub use rollouts::{describe as describe_rollout, spawn_analysis, ROLLOUT_TICK};
 
 /// A deployed version, ready to invoke.
 pub struct Deployment {
@@ -56,6 +58,10 @@ pub struct Deployment {
     pub model_versions: String,
     /// `[trainer]` of a trainer function.
     pub trainer: Option<Arc<crate::manifest::TrainerSpec>>,
+    /// The models it (a pipeline: its stages) binds by alias: (model, alias).
+    pub alias_models: Vec<(String, String)>,
+    /// A rollout's candidate bound in an alias' place (`model@alias=version`).
+    pub variant: Option<String>,
 }
 
 impl Deployment {
@@ -171,6 +177,11 @@ pub struct Functions {
     /// serves: a cold load that started before it must not cache its result as
     /// serving (see `get`).
     serving_generation: AtomicU64,
+    /// Running model rollouts: how they route, what each arm did.
+    rollouts: crate::rollout::Rollouts,
+    /// Deployments loaded with a rollout's candidate in an alias' place, by
+    /// (tenant, name, version, `model@alias=version`); dropped when it ends.
+    variants: Mutex<HashMap<(String, String, String, String), Arc<Deployment>>>,
     /// Traffic splits and shadows read from the registry, by `tenant/name`.
     splits: RwLock<HashMap<String, traffic::Routing>>,
     feature_store: Arc<dyn FeatureBackend>,
@@ -234,6 +245,8 @@ impl Functions {
             registry,
             runtime,
             loaded: Mutex::new(HashMap::new()),
+            rollouts: Default::default(),
+            variants: Mutex::new(HashMap::new()),
             loading: Mutex::new(HashMap::new()),
             cold_starts,
             cold_start_seconds,
@@ -589,16 +602,22 @@ impl Functions {
             .registry_call(move |r| r.move_model_alias(&t, &n, &a, &v, &who, &why))
             .await?;
         if moved.is_some() {
-            let prefix = format!("{name}@");
-            self.unload_where(
-                |d| {
-                    d.record.tenant == tenant
-                        && d.model_versions.split(',').any(|m| m.starts_with(&prefix))
-                },
-                "a model alias moved: unloaded",
-            );
+            self.unload_model_users(tenant, name, "a model alias moved: unloaded");
         }
         Ok(moved)
+    }
+
+    /// Send the loaded deployments that bind model `name` back to Cold, so their
+    /// next call loads what its aliases point at now.
+    fn unload_model_users(&self, tenant: &str, name: &str, why: &str) {
+        let prefix = format!("{name}@");
+        self.unload_where(
+            |d| {
+                d.record.tenant == tenant
+                    && d.model_versions.split(',').any(|m| m.starts_with(&prefix))
+            },
+            why,
+        );
     }
 
     /// Run a registry call on a blocking thread (SQLite, hashing, fsync): never on an
@@ -791,11 +810,13 @@ impl Functions {
                 }
                 Prepared::Inference(pre) => {
                     let out = self.runtime.infer(pre, &stage.invocation, &input).await?;
+                    let r = &stage.record;
                     if let Some(p) = &stage.predicted {
-                        let r = &stage.record;
                         self.ml
                             .predicted(&r.tenant, &r.name, &stage.model_versions, p, &out);
                     }
+                    self.rollouts
+                        .observe_scores(&r.tenant, &stage.model_versions, &out);
                     out
                 }
                 Prepared::Http(_) => {

@@ -36,6 +36,11 @@ pub async fn with_route_key<F: std::future::Future>(key: Option<&str>, fut: F) -
     ROUTE_KEY.scope(key.map(Arc::from), fut).await
 }
 
+/// A version of `split`, by weight (by the call's route key when it has one).
+pub fn pick_version(split: &[(String, u32)]) -> String {
+    pick(split)
+}
+
 /// A version of `split`, by weight.
 pub(super) fn pick(split: &[(String, u32)]) -> String {
     let key = ROUTE_KEY.try_with(|k| k.clone()).ok().flatten();

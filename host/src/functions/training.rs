@@ -651,7 +651,31 @@ impl Functions {
             false => false,
         };
 
-        // 6. Tell the bus.
+        // 6. Roll it out, when asked: the analysis promotes it or rolls it back.
+        // A newer candidate supersedes a rollout still running.
+        let rollout = match (&spec.rollout, passed) {
+            (Some(section), true) => {
+                let (t, m) = (r.tenant.as_str(), spec.model.as_str());
+                let running = self.rollout_routes().route(t, m).is_some();
+                if running {
+                    let why = format!("superseded by {}", record.version);
+                    if let Err(e) = self.abort_rollout(t, m, &trainer, &why).await {
+                        tracing::warn!(model = %m, "ending the running rollout: {e}");
+                    }
+                }
+                let why = format!("trained by {trainer}: gate {decision}");
+                match self
+                    .start_rollout(t, m, &record.version, section, &trainer, &why)
+                    .await
+                {
+                    Ok(rec) => json!({"id": rec.id, "state": rec.state, "against": rec.alias, "baseline": rec.baseline}),
+                    Err(e) => json!({"refused": e.to_string()}),
+                }
+            }
+            _ => Value::Null,
+        };
+
+        // 7. Tell the bus.
         let outcome = json!({
             "model": spec.model,
             "version": record.version,
@@ -659,6 +683,7 @@ impl Functions {
             "dataset_digest": dataset_digest,
             "gate": gate,
             "promoted_to": promoted.then_some(&spec.promote_to),
+            "rollout": rollout,
         });
         let event = crate::events::NewEvent {
             content_type: "application/json".into(),

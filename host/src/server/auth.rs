@@ -397,6 +397,8 @@ fn audited_action(method: &Method, route: &str) -> Option<&'static str> {
         ("POST", _, Some("/models")) => "models.push",
         ("DELETE", _, Some("/models/{name}/versions/{version}")) => "models.rm",
         ("PUT", _, Some("/models/{name}/aliases/{alias}")) => "models.alias",
+        ("POST", _, Some("/models/{name}/rollouts")) => "models.rollout",
+        ("POST", _, Some("/models/{name}/rollouts/abort")) => "models.rollout-abort",
         ("POST", _, Some("/tokens")) => "tokens.create",
         ("DELETE", _, Some("/tokens/{id}")) => "tokens.revoke",
         ("PUT", _, Some("/quota")) => "tenants.set-quota",

@@ -32,7 +32,117 @@ pub fn routes() -> Router<Arc<AppState>> {
             "/admin/v1/tenants/{tenant}/models/{name}/aliases/{alias}",
             axum::routing::put(move_alias),
         )
+        .route(
+            "/admin/v1/tenants/{tenant}/models/{name}/rollouts",
+            post(start_rollout).get(rollouts),
+        )
+        .route(
+            "/admin/v1/tenants/{tenant}/models/{name}/rollouts/abort",
+            post(abort_rollout),
+        )
         .layer(DefaultBodyLimit::max(PUSH_LIMIT))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RolloutBody {
+    /// The candidate version.
+    version: String,
+    #[serde(default)]
+    reason: String,
+    /// The analysis (steps, interval, conditions); defaults for what is absent.
+    #[serde(default)]
+    analysis: crate::rollout::RolloutSection,
+}
+
+fn body_error(e: axum::extract::rejection::JsonRejection) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.body_text())
+}
+
+fn check_reason(reason: &str) -> Result<(), ApiError> {
+    match reason.len() > quiver_registry::MAX_ALIAS_REASON {
+        true => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!(
+                "a reason is at most {} bytes",
+                quiver_registry::MAX_ALIAS_REASON
+            ),
+        )),
+        false => Ok(()),
+    }
+}
+
+/// `POST …/models/{name}/rollouts` `{"version", "reason"?, "analysis"?}`: roll the
+/// version out against where the analysis' alias (`champion`) points, step by
+/// step; the analysis promotes it or rolls it back (409 while one runs).
+async fn start_rollout(
+    State(state): State<Arc<AppState>>,
+    access: Access,
+    Path((_, name)): Path<(String, String)>,
+    body: Result<Json<RolloutBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let tenant = access.tenant()?.clone();
+    check_model_name(&name)?;
+    let Json(b) = body.map_err(body_error)?;
+    super::check_version(&b.version)?;
+    check_reason(&b.reason)?;
+    let rec = state
+        .functions
+        .start_rollout(
+            tenant.as_str(),
+            &name,
+            &b.version,
+            &b.analysis,
+            &access.actor(),
+            &b.reason,
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(crate::functions::describe_rollout(&rec, &[])),
+    ))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AbortBody {
+    #[serde(default)]
+    reason: String,
+}
+
+/// `POST …/models/{name}/rollouts/abort` `{"reason"?}`: end the running rollout;
+/// the alias stays where it was.
+async fn abort_rollout(
+    State(state): State<Arc<AppState>>,
+    access: Access,
+    Path((_, name)): Path<(String, String)>,
+    body: Result<Json<AbortBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = access.tenant()?.clone();
+    check_model_name(&name)?;
+    let Json(b) = body.map_err(body_error)?;
+    check_reason(&b.reason)?;
+    let rec = state
+        .functions
+        .abort_rollout(tenant.as_str(), &name, &access.actor(), &b.reason)
+        .await?;
+    Ok(Json(crate::functions::describe_rollout(&rec, &[])))
+}
+
+/// `GET …/models/{name}/rollouts`: the newest rollouts, each with every judged step.
+async fn rollouts(
+    State(state): State<Arc<AppState>>,
+    access: Access,
+    Path((_, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = access.tenant()?.clone();
+    check_model_name(&name)?;
+    let all = state
+        .functions
+        .rollout_history(tenant.as_str(), &name, 20)
+        .await?;
+    Ok(Json(json!({ "name": name, "rollouts": all })))
 }
 
 /// A push's whole body: the model and room for its metadata.
