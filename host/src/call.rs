@@ -308,7 +308,8 @@ impl Calls {
         if d.variant.is_none() {
             let rollouts = self.functions.rollout_routes();
             if let Some(candidate) = rollouts.shadow(&r.tenant, &d.alias_models) {
-                let same = FunctionRef::new(target.tenant.clone(), &r.name, Some(&r.version)).ok()?;
+                let same =
+                    FunctionRef::new(target.tenant.clone(), &r.name, Some(&r.version)).ok()?;
                 return Some((same, Some(candidate), copy));
             }
         }

@@ -37,8 +37,8 @@ use std::time::Duration;
 pub const MAX_STEPS: usize = 16;
 /// Latencies kept per arm and interval, at most (the first ones).
 pub const MAX_SAMPLES: usize = 20_000;
-/// Scores kept per arm and interval, at most (the first ones): enough for the KS
-/// test's power, few enough that its exact p-value stays cheap to compute.
+/// Scores kept per arm and interval (one per call), at most the first ones: enough
+/// for the KS test's power, few enough that its exact p-value stays cheap.
 pub const MAX_SCORES: usize = 4_000;
 
 /// `[trainer.rollout]` in a manifest, or the body of `POST .../rollouts`: every
@@ -187,11 +187,13 @@ impl RolloutSection {
             }
         }
         if steps.last() != Some(&Step::Percent(100)) {
-            anyhow::bail!("rollout steps end at 100 (the candidate serves every call before it is promoted)");
+            anyhow::bail!(
+                "rollout steps end at 100 (the candidate serves every call before it is promoted)"
+            );
         }
         let positive = |field: &str, v: Option<f64>, default: f64| -> anyhow::Result<f64> {
             let v = v.unwrap_or(default);
-            if !v.is_finite() || v < 0.0 || v > 1e6 {
+            if !v.is_finite() || !(0.0..=1e6).contains(&v) {
                 anyhow::bail!("rollout {field} must be 0-1e6, not {v}");
             }
             Ok(v)
@@ -257,8 +259,10 @@ pub enum Verdict {
     Fail(String, Value),
 }
 
-/// Judge an interval: the candidate against the alias' version.
-pub fn judge(spec: &RolloutSpec, base: &Arm, cand: &Arm) -> Verdict {
+/// Judge an interval: the candidate against the alias' version. `all_in`: the
+/// candidate serves every call, and `base` is what the champion did in the step
+/// before (empty when unknown: it is then not compared).
+pub fn judge(spec: &RolloutSpec, base: &Arm, cand: &Arm, all_in: bool) -> Verdict {
     let rate = |a: &Arm| match a.calls {
         0 => 0.0,
         n => a.errors as f64 / n as f64,
@@ -284,7 +288,11 @@ pub fn judge(spec: &RolloutSpec, base: &Arm, cand: &Arm) -> Verdict {
             m,
         );
     }
-    if cand.calls < spec.min_calls || base.calls < spec.min_calls {
+    if all_in {
+        m["champion"]["from"] = json!("the step before");
+    }
+    let base_short = base.calls < spec.min_calls && !all_in;
+    if cand.calls < spec.min_calls || base_short {
         return Verdict::Wait(format!(
             "{} champion and {} candidate calls of the {} each needs",
             base.calls, cand.calls, spec.min_calls
@@ -292,11 +300,7 @@ pub fn judge(spec: &RolloutSpec, base: &Arm, cand: &Arm) -> Verdict {
     }
     if rate(cand) > spec.max_error_rate {
         return Verdict::Fail(
-            format!(
-                "error rate {:.3} above {}",
-                rate(cand),
-                spec.max_error_rate
-            ),
+            format!("error rate {:.3} above {}", rate(cand), spec.max_error_rate),
             m,
         );
     }
@@ -370,31 +374,56 @@ pub struct Rollouts {
     routes: RwLock<HashMap<(String, String), Arc<Route>>>,
     /// (tenant, model, version) -> this interval's observations.
     arms: Mutex<HashMap<(String, String, String), Arm>>,
+    /// (tenant, model) -> the champion's arm in the last step that passed (what
+    /// the 100 % step compares with).
+    last_base: Mutex<HashMap<(String, String), Arm>>,
 }
 
 /// `name@version,...` (a deployment's bound models) as pairs.
 fn bound(model_versions: &str) -> impl Iterator<Item = (&str, &str)> {
-    model_versions
-        .split(',')
-        .filter_map(|m| m.rsplit_once('@'))
+    model_versions.split(',').filter_map(|m| m.rsplit_once('@'))
 }
 
 impl Rollouts {
     pub fn route(&self, tenant: &str, model: &str) -> Option<Arc<Route>> {
         let routes = self.routes.read().ok()?;
-        routes.get(&(tenant.to_string(), model.to_string())).cloned()
+        routes
+            .get(&(tenant.to_string(), model.to_string()))
+            .cloned()
     }
 
     /// Set (or with `None`, end) a model's route; its arms start afresh.
     pub fn set_route(&self, tenant: &str, model: &str, route: Option<Route>) {
         let key = (tenant.to_string(), model.to_string());
+        let ended = route.is_none();
         if let Ok(mut routes) = self.routes.write() {
             match route {
-                Some(r) => routes.insert(key, Arc::new(r)),
+                Some(r) => routes.insert(key.clone(), Arc::new(r)),
                 None => routes.remove(&key),
             };
         }
+        if ended {
+            if let Ok(mut l) = self.last_base.lock() {
+                l.remove(&key);
+            }
+        }
         self.reset(tenant, model);
+    }
+
+    /// Keep the champion's arm of the interval just judged.
+    pub fn keep_baseline(&self, tenant: &str, model: &str, version: &str) {
+        let arm = self.arm(tenant, model, version);
+        if let Ok(mut l) = self.last_base.lock() {
+            l.insert((tenant.to_string(), model.to_string()), arm);
+        }
+    }
+
+    pub fn last_baseline(&self, tenant: &str, model: &str) -> Arm {
+        self.last_base
+            .lock()
+            .ok()
+            .and_then(|l| l.get(&(tenant.to_string(), model.to_string())).cloned())
+            .unwrap_or_default()
     }
 
     /// Forget a model's observations (a new interval starts).
@@ -467,7 +496,7 @@ impl Rollouts {
         });
     }
 
-    /// Keep the rolled-out output's values of an inference call's answer.
+    /// Keep one of the rolled-out output's values of an inference call's answer.
     pub fn observe_scores(&self, tenant: &str, model_versions: &str, out: &Batch) {
         if model_versions.is_empty() || !self.any() {
             return;
@@ -476,10 +505,21 @@ impl Rollouts {
             let Some(f) = out.fields.iter().find(|f| f.name == route.output) else {
                 return;
             };
-            let room = MAX_SCORES.saturating_sub(arm.scores.len());
-            if let Column::Float64(v) = &f.values {
-                arm.scores
-                    .extend(v.iter().filter(|x| x.is_finite()).take(room));
+            // One value per call, from a row picked at random: the rows of one
+            // request are not independent of each other (one client, one
+            // moment), calls are, and the KS test assumes independent samples.
+            let Column::Float64(v) = &f.values else {
+                return;
+            };
+            if v.is_empty() || arm.scores.len() >= MAX_SCORES {
+                return;
+            }
+            let mut bytes = [0u8; 8];
+            // A failed read of the OS's randomness only takes the first row.
+            let _ = getrandom::getrandom(&mut bytes);
+            let at = (u64::from_le_bytes(bytes) % v.len() as u64) as usize;
+            if v[at].is_finite() {
+                arm.scores.push(v[at]);
             }
         });
     }
@@ -574,33 +614,48 @@ mod tests {
         let s = spec("min_calls = 20").unwrap();
         let good = arm(40, 0, 5.0, spread(400, 0.0));
         assert!(matches!(
-            judge(&s, &good, &arm(5, 0, 5.0, vec![])),
+            judge(&s, &good, &arm(5, 0, 5.0, vec![]), false),
             Verdict::Wait(_)
         ));
         assert!(matches!(
-            judge(&s, &good, &arm(40, 0, 5.0, spread(400, 0.001))),
+            judge(&s, &good, &arm(40, 0, 5.0, spread(400, 0.001)), false),
             Verdict::Pass(_)
         ));
         // One error in 5 calls already fails (over a floor of min_calls).
-        match judge(&s, &good, &arm(5, 1, 5.0, vec![])) {
+        match judge(&s, &good, &arm(5, 1, 5.0, vec![]), false) {
             Verdict::Fail(why, _) => assert!(why.contains("error rate"), "{why}"),
             v => panic!("{v:?}"),
         }
-        match judge(&s, &good, &arm(40, 0, 50.0, spread(400, 0.0))) {
+        match judge(&s, &good, &arm(40, 0, 50.0, spread(400, 0.0)), false) {
             Verdict::Fail(why, _) => assert!(why.contains("p99"), "{why}"),
             v => panic!("{v:?}"),
         }
-        match judge(&s, &good, &arm(40, 0, 5.0, spread(400, 0.3))) {
+        match judge(&s, &good, &arm(40, 0, 5.0, spread(400, 0.3)), false) {
             Verdict::Fail(why, m) => {
                 assert!(why.contains("KS"), "{why}");
                 assert!(m["score"]["ks_p"].as_f64().unwrap() < 0.01);
             }
             v => panic!("{v:?}"),
         }
+        // At 100 % the champion's arm is the step before's; with none known only
+        // the candidate's own numbers are judged.
+        assert!(matches!(
+            judge(
+                &s,
+                &Arm::default(),
+                &arm(40, 0, 5.0, spread(400, 0.0)),
+                true
+            ),
+            Verdict::Pass(_)
+        ));
+        assert!(matches!(
+            judge(&s, &Arm::default(), &arm(3, 0, 5.0, vec![]), true),
+            Verdict::Wait(_)
+        ));
         // Significant but small: D below min_shift passes.
         let big = arm(40, 0, 5.0, spread(4_000, 0.0));
         assert!(matches!(
-            judge(&s, &big, &arm(40, 0, 5.0, spread(4_000, 0.05))),
+            judge(&s, &big, &arm(40, 0, 5.0, spread(4_000, 0.05)), false),
             Verdict::Pass(_)
         ));
     }
@@ -609,7 +664,11 @@ mod tests {
     fn calls_count_on_the_arm_of_the_version_they_ran() {
         let r = Rollouts::default();
         r.observe_call("t", "m@1.0.0", false, 1.0);
-        assert_eq!(r.arm("t", "m", "1.0.0").calls, 0, "no rollout, nothing kept");
+        assert_eq!(
+            r.arm("t", "m", "1.0.0").calls,
+            0,
+            "no rollout, nothing kept"
+        );
         r.set_route(
             "t",
             "m",

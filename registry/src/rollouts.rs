@@ -419,6 +419,9 @@ mod tests {
         assert_eq!((rolled.state.as_str(), alias), ("rolled_back", None));
         assert_eq!(r.model_alias("t", "m", "champion").unwrap(), "1.1.0");
         let all = r.rollouts("t", "m", 10).unwrap();
-        assert_eq!(all.iter().map(|r| r.id).collect::<Vec<_>>(), [second.id, first.id]);
+        assert_eq!(
+            all.iter().map(|r| r.id).collect::<Vec<_>>(),
+            [second.id, first.id]
+        );
     }
 }

@@ -251,7 +251,11 @@ impl Functions {
                     }
                 }
                 let stage = match variant {
-                    Some(v) if stage.alias_models.contains(&(v.model.clone(), v.alias.clone())) => {
+                    Some(v)
+                        if stage
+                            .alias_models
+                            .contains(&(v.model.clone(), v.alias.clone())) =>
+                    {
                         self.variant(&stage, v.clone()).await?
                     }
                     _ => stage,

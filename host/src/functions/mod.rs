@@ -143,6 +143,9 @@ pub struct Output {
 /// (tenant, name, version)
 type DeploymentKey = (String, String, String);
 
+/// (tenant, name, version, `model@alias=version`)
+type VariantKey = (String, String, String, String);
+
 /// The stores deployments reach through their capabilities.
 pub struct Stores {
     pub features: Arc<dyn FeatureBackend>,
@@ -181,7 +184,7 @@ pub struct Functions {
     rollouts: crate::rollout::Rollouts,
     /// Deployments loaded with a rollout's candidate in an alias' place, by
     /// (tenant, name, version, `model@alias=version`); dropped when it ends.
-    variants: Mutex<HashMap<(String, String, String, String), Arc<Deployment>>>,
+    variants: Mutex<HashMap<VariantKey, Arc<Deployment>>>,
     /// Traffic splits and shadows read from the registry, by `tenant/name`.
     splits: RwLock<HashMap<String, traffic::Routing>>,
     feature_store: Arc<dyn FeatureBackend>,

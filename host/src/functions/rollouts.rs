@@ -92,8 +92,9 @@ impl Functions {
                 })
             })
             .await?;
-        self.rollouts
-            .set_route(tenant, model, Some(route_of(&rec, &spec, 0)));
+        let route = route_of(&rec, &spec, 0);
+        self.warm_variants(tenant, model, &route).await;
+        self.rollouts.set_route(tenant, model, Some(route));
         self.announce(&rec, &spec, "started", reason, &Value::Null)
             .await;
         Ok(rec)
@@ -119,8 +120,15 @@ impl Functions {
                 )))
             })?;
         let why = format!("aborted by {actor}: {reason}");
-        self.transition(&running, running.step, running.failures, "aborted", &why, json!({}))
-            .await
+        self.transition(
+            &running,
+            running.step,
+            running.failures,
+            "aborted",
+            &why,
+            json!({}),
+        )
+        .await
     }
 
     /// Model `model`'s newest rollouts (at most `limit`), each with its history.
@@ -185,10 +193,17 @@ impl Functions {
             if now.saturating_sub(rec.step_started_ms) < spec.interval.as_millis() as u64 {
                 continue;
             }
-            let base = self.rollouts.arm(&rec.tenant, &rec.model, &rec.baseline);
+            let mut base = self.rollouts.arm(&rec.tenant, &rec.model, &rec.baseline);
             let cand = self.rollouts.arm(&rec.tenant, &rec.model, &rec.candidate);
+            // At 100 % the champion serves nothing: its arm is the one measured in
+            // the step before (none after a restart: then only what needs no
+            // comparison is judged).
+            let all_in = spec.steps.get(rec.step as usize) == Some(&Step::Percent(100));
+            if all_in {
+                base = self.rollouts.last_baseline(&rec.tenant, &rec.model);
+            }
             let spec2 = spec.clone();
-            let verdict = tokio::task::spawn_blocking(move || judge(&spec2, &base, &cand))
+            let verdict = tokio::task::spawn_blocking(move || judge(&spec2, &base, &cand, all_in))
                 .await
                 .map_err(|e| DeployError::Internal(e.into()))?;
             match verdict {
@@ -196,7 +211,11 @@ impl Functions {
                 Verdict::Pass(m) if rec.step as usize + 1 >= spec.steps.len() => {
                     let why = format!(
                         "every step passed ({}); `{}` moved to {}",
-                        spec.steps.iter().map(|s| s.label()).collect::<Vec<_>>().join(" → "),
+                        spec.steps
+                            .iter()
+                            .map(|s| s.label())
+                            .collect::<Vec<_>>()
+                            .join(" → "),
                         rec.alias,
                         rec.candidate
                     );
@@ -204,6 +223,8 @@ impl Functions {
                         .await?;
                 }
                 Verdict::Pass(m) => {
+                    self.rollouts
+                        .keep_baseline(&rec.tenant, &rec.model, &rec.baseline);
                     let why = format!(
                         "step {} passed; next {}",
                         step_label(&spec, rec.step),
@@ -245,6 +266,7 @@ impl Functions {
         };
         let detail = json!({"reason": reason, "measured": &measured});
         let (id, why, detail_c, end_c) = (rec.id, reason.to_string(), detail, end.clone());
+        let judged = rec.step;
         let out = outcome.to_string();
         let (after, _moved) = self
             .registry_call(move |r| {
@@ -258,7 +280,7 @@ impl Functions {
                         promote: end_c.as_deref() == Some("promoted"),
                         record: RolloutStep {
                             at_ms: now,
-                            step,
+                            step: judged,
                             outcome: out,
                             detail: detail_c,
                         },
@@ -272,14 +294,20 @@ impl Functions {
                 self.rollouts.set_route(&after.tenant, &after.model, None);
                 self.drop_variants(&after.tenant, &after.model);
                 if outcome == "promoted" {
-                    self.unload_model_users(&after.tenant, &after.model, "a rollout promoted: unloaded");
+                    self.unload_model_users(
+                        &after.tenant,
+                        &after.model,
+                        "a rollout promoted: unloaded",
+                    );
                 }
             }
-            None => self.rollouts.set_route(
-                &after.tenant,
-                &after.model,
-                Some(route_of(&after, &spec, step)),
-            ),
+            None => {
+                let route = route_of(&after, &spec, step);
+                self.warm_variants(&after.tenant, &after.model, &route)
+                    .await;
+                self.rollouts
+                    .set_route(&after.tenant, &after.model, Some(route));
+            }
         }
         self.announce(&after, &spec, outcome, reason, &measured)
             .await;
@@ -302,18 +330,37 @@ impl Functions {
             "started" | "promoted" | "rolled_back" | "aborted" => format!("rollout.{outcome}"),
             _ => "rollout.step".to_string(),
         };
-        let payload = json!({
+        // Flat (scalars only), so a function subscribed to the topic gets it as
+        // one row.
+        let mut payload = json!({
             "rollout": rec.id, "model": rec.model, "alias": rec.alias,
             "baseline": rec.baseline, "candidate": rec.candidate, "outcome": outcome,
             "step": rec.step, "step_label": step_label(spec, rec.step),
-            "failures": rec.failures, "reason": reason, "measured": measured,
+            "failures": rec.failures, "reason": reason,
         });
+        for arm in ["champion", "candidate"] {
+            for field in ["calls", "errors", "error_rate", "p99_ms"] {
+                let v = &measured[arm][field];
+                if !v.is_null() {
+                    payload[format!("{arm}_{field}")] = v.clone();
+                }
+            }
+        }
+        for field in ["ks_d", "ks_p"] {
+            let v = &measured["score"][field];
+            if !v.is_null() {
+                payload[field] = v.clone();
+            }
+        }
         let entry = crate::tenancy::NewAuditEntry {
             actor: format!("rollout {}", rec.id),
             tenant: Some(tenant.clone()),
             action: topic.clone(),
             target: format!("{}@{}", rec.model, rec.candidate),
-            result: format!("{outcome}: {}", reason.chars().take(512).collect::<String>()),
+            result: format!(
+                "{outcome}: {}",
+                reason.chars().take(512).collect::<String>()
+            ),
         };
         let tenancy = self.tenancy.clone();
         match tokio::task::spawn_blocking(move || tenancy.audit(entry)).await {
@@ -331,6 +378,35 @@ impl Functions {
             tracing::warn!(rollout = rec.id, "publishing {topic}: {e}");
         }
         tracing::info!(rollout = rec.id, model = %rec.model, candidate = %rec.candidate, outcome, "{reason}");
+    }
+
+    /// Load the candidate's variant of every loaded deployment that binds the
+    /// rollout's alias before calls are routed to it, so the candidate's first
+    /// calls are not its cold starts (the champion's were long before).
+    async fn warm_variants(self: &Arc<Self>, tenant: &str, model: &str, route: &Route) {
+        let binding = (model.to_string(), route.alias.clone());
+        let users: Vec<Arc<super::Deployment>> = match self.loaded.lock() {
+            Ok(l) => l
+                .values()
+                .filter(|d| {
+                    d.record.tenant == tenant
+                        && d.variant.is_none()
+                        && d.alias_models.contains(&binding)
+                })
+                .cloned()
+                .collect(),
+            Err(_) => return,
+        };
+        for d in users {
+            let candidate = crate::rollout::ModelOverride {
+                model: model.to_string(),
+                alias: route.alias.clone(),
+                version: route.candidate.clone(),
+            };
+            if let Err(e) = self.variant(&d, candidate).await {
+                tracing::warn!(function = %d.invocation.tag, "loading the rollout's candidate: {e}");
+            }
+        }
     }
 
     /// Forget the variants that bind a candidate of `model` (its rollout ended).

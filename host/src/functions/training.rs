@@ -668,7 +668,9 @@ impl Functions {
                     .start_rollout(t, m, &record.version, section, &trainer, &why)
                     .await
                 {
-                    Ok(rec) => json!({"id": rec.id, "state": rec.state, "against": rec.alias, "baseline": rec.baseline}),
+                    Ok(rec) => {
+                        json!({"id": rec.id, "state": rec.state, "against": rec.alias, "baseline": rec.baseline})
+                    }
                     Err(e) => json!({"refused": e.to_string()}),
                 }
             }
