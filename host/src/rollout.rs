@@ -259,10 +259,22 @@ pub enum Verdict {
     Fail(String, Value),
 }
 
-/// Judge an interval: the candidate against the alias' version. `all_in`: the
-/// candidate serves every call, and `base` is what the champion did in the step
-/// before (empty when unknown: it is then not compared).
-pub fn judge(spec: &RolloutSpec, base: &Arm, cand: &Arm, all_in: bool) -> Verdict {
+/// How the step being judged routes the candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Judged {
+    /// Copies: their latency is measured beside the callers' calls (after each
+    /// answer, on the same cores), not comparable, so it is reported, not judged.
+    Shadow,
+    /// A share of the calls.
+    Canary,
+    /// Every call: `base` is what the champion did in the step before (empty
+    /// when unknown, e.g. after a restart: then it is not compared).
+    AllIn,
+}
+
+/// Judge an interval: the candidate against the alias' version.
+pub fn judge(spec: &RolloutSpec, base: &Arm, cand: &Arm, step: Judged) -> Verdict {
+    let all_in = step == Judged::AllIn;
     let rate = |a: &Arm| match a.calls {
         0 => 0.0,
         n => a.errors as f64 / n as f64,
@@ -307,7 +319,9 @@ pub fn judge(spec: &RolloutSpec, base: &Arm, cand: &Arm, all_in: bool) -> Verdic
     if let (Some(b), Some(c)) = (base.p99(), cand.p99()) {
         let limit = b * spec.max_p99_ratio + spec.p99_slack_ms;
         m["p99_limit_ms"] = json!(limit);
-        if c > limit {
+        if step == Judged::Shadow {
+            m["p99_judged"] = json!(false);
+        } else if c > limit {
             return Verdict::Fail(
                 format!("p99 {c:.1} ms above {limit:.1} ms (champion {b:.1} ms)"),
                 m,
@@ -614,23 +628,48 @@ mod tests {
         let s = spec("min_calls = 20").unwrap();
         let good = arm(40, 0, 5.0, spread(400, 0.0));
         assert!(matches!(
-            judge(&s, &good, &arm(5, 0, 5.0, vec![]), false),
+            judge(&s, &good, &arm(5, 0, 5.0, vec![]), Judged::Canary),
             Verdict::Wait(_)
         ));
         assert!(matches!(
-            judge(&s, &good, &arm(40, 0, 5.0, spread(400, 0.001)), false),
+            judge(
+                &s,
+                &good,
+                &arm(40, 0, 5.0, spread(400, 0.001)),
+                Judged::Canary
+            ),
             Verdict::Pass(_)
         ));
         // One error in 5 calls already fails (over a floor of min_calls).
-        match judge(&s, &good, &arm(5, 1, 5.0, vec![]), false) {
+        match judge(&s, &good, &arm(5, 1, 5.0, vec![]), Judged::Canary) {
             Verdict::Fail(why, _) => assert!(why.contains("error rate"), "{why}"),
             v => panic!("{v:?}"),
         }
-        match judge(&s, &good, &arm(40, 0, 50.0, spread(400, 0.0)), false) {
+        match judge(
+            &s,
+            &good,
+            &arm(40, 0, 50.0, spread(400, 0.0)),
+            Judged::Canary,
+        ) {
             Verdict::Fail(why, _) => assert!(why.contains("p99"), "{why}"),
             v => panic!("{v:?}"),
         }
-        match judge(&s, &good, &arm(40, 0, 5.0, spread(400, 0.3)), false) {
+        // A shadow copy's latency is reported, not judged.
+        assert!(matches!(
+            judge(
+                &s,
+                &good,
+                &arm(40, 0, 50.0, spread(400, 0.0)),
+                Judged::Shadow
+            ),
+            Verdict::Pass(_)
+        ));
+        match judge(
+            &s,
+            &good,
+            &arm(40, 0, 5.0, spread(400, 0.3)),
+            Judged::Canary,
+        ) {
             Verdict::Fail(why, m) => {
                 assert!(why.contains("KS"), "{why}");
                 assert!(m["score"]["ks_p"].as_f64().unwrap() < 0.01);
@@ -644,18 +683,23 @@ mod tests {
                 &s,
                 &Arm::default(),
                 &arm(40, 0, 5.0, spread(400, 0.0)),
-                true
+                Judged::AllIn
             ),
             Verdict::Pass(_)
         ));
         assert!(matches!(
-            judge(&s, &Arm::default(), &arm(3, 0, 5.0, vec![]), true),
+            judge(&s, &Arm::default(), &arm(3, 0, 5.0, vec![]), Judged::AllIn),
             Verdict::Wait(_)
         ));
         // Significant but small: D below min_shift passes.
         let big = arm(40, 0, 5.0, spread(4_000, 0.0));
         assert!(matches!(
-            judge(&s, &big, &arm(40, 0, 5.0, spread(4_000, 0.05)), false),
+            judge(
+                &s,
+                &big,
+                &arm(40, 0, 5.0, spread(4_000, 0.05)),
+                Judged::Canary
+            ),
             Verdict::Pass(_)
         ));
     }

@@ -143,7 +143,7 @@ fn a_training_run_registers_a_gated_version_with_its_lineage() {
         (Some("challenger"), Some("1.1.0")),
         "{history}"
     );
-    assert_eq!(last["actor"], "retrain-fraud@1.0.0", "{history}");
+    assert_eq!(last["actor"], "retrain-fraud@1.1.0", "{history}");
     assert!(
         last["reason"].as_str().unwrap().contains("passed: auc"),
         "{history}"
@@ -163,7 +163,7 @@ fn a_training_run_registers_a_gated_version_with_its_lineage() {
         .find(|m| m["version"] == "1.1.0")
         .map(|m| m["lineage"].clone())
         .unwrap_or_else(|| panic!("{meta}"));
-    assert_eq!(l["trainer"], "retrain-fraud@1.0.0", "{l}");
+    assert_eq!(l["trainer"], "retrain-fraud@1.1.0", "{l}");
     assert_eq!(l["parent"], "1.0.0", "{l}");
     assert_eq!(l["features"], "txn-features@1.0.0", "{l}");
     assert_eq!(l["dataset"]["rows"], 400, "{l}");
@@ -233,6 +233,21 @@ fn a_training_run_registers_a_gated_version_with_its_lineage() {
     }
     let digest = format!("sha256:{}", hex_of(&h.finalize()));
     assert_eq!(l["dataset"]["features_digest"], digest, "{}", l["dataset"]);
+
+    // A passed gate starts the manifest's rollout ([trainer.rollout]), and no
+    // training runs while it does; aborted by hand here (tests/tests/rollout.rs
+    // drives rollouts to their end).
+    assert_eq!(out["rollout"]["state"], "running", "{out}");
+    assert_eq!(out["rollout"]["against"], "champion", "{out}");
+    let skipped = train(&server, json!({}));
+    assert!(
+        skipped["skipped"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("rollout"),
+        "{skipped}"
+    );
+    server.cli_ok(&["models", "rollout-abort", "fraud-model"]);
 
     // The same data gives the same model bytes.
     let again = train(&server, json!({}));
@@ -373,6 +388,8 @@ fn drift_in_live_traffic_retrains_the_model_it_was_measured_against() {
     // 1.1.0, trained here, with references; the champion from now on, followed by
     // the pipeline's scorer.
     assert_eq!(train(&server, json!({}))["version"], "1.1.0");
+    // Promoted by hand, not by the rollout the gate started.
+    server.cli_ok(&["models", "rollout-abort", "fraud-model"]);
     server.cli_ok(&[
         "models",
         "alias",

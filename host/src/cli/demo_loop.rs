@@ -1,7 +1,9 @@
 //! The ML loop of `quiver demo`, on the host the demo started: labelled traffic →
 //! a training run inside Wasm (gated, registered with lineage) → the new version
-//! serves → drift injected → the drift monitor publishes `drift.detected` → the
-//! trainer retrains by itself; and a deliberately bad trainer the gate stops.
+//! is rolled out (shadow → 10 % → 50 % → 100 %, each step judged by the host's
+//! analysis) and promoted → drift injected → the drift monitor publishes
+//! `drift.detected` → the trainer retrains by itself and the new version is rolled
+//! out and promoted the same way; and a deliberately bad trainer the gate stops.
 //! Every line it prints is read back from the host (the run's answer, the
 //! registry, the monitor's report), not assumed.
 
@@ -158,6 +160,9 @@ pub async fn run(
             "config.dataset=fraud-pipeline",
             r#"datasets.read=["fraud-pipeline"]"#,
             "config.window_rows=600",
+            // A full window of one version's rows before it is judged: during a
+            // rollout the candidate has only a few (noise, not drift).
+            "config.min_rows=600",
         ],
     )
     .await?;
@@ -168,8 +173,20 @@ pub async fn run(
         &["datasets.log=true", r#"pipeline.monitor="drift-monitor""#],
     )
     .await?;
-    deploy(client, functions, "retrain-fraud", &[]).await?;
+    // The demo's rollouts: steps of one second, five calls per arm, a strict α,
+    // and a large shift allowed: the first model (1.0.0) was not trained on this
+    // traffic, so a model that is rightly much better moves its scores a lot (a
+    // KS D near 0.5 measured here); a broken one (constant, inverted) is near 1.
+    let rollout_sets = [
+        "trainer.rollout.interval=\"1s\"",
+        "trainer.rollout.min_calls=5",
+        "trainer.rollout.deadline=\"60s\"",
+        "trainer.rollout.alpha=0.001",
+        "trainer.rollout.min_shift=0.7",
+    ];
+    deploy(client, functions, "retrain-fraud", &rollout_sets).await?;
     say("  deployed ingest-json → txn-features → fraud-score (fraud-model@champion = 1.0.0), logged, tapped by drift-monitor; retrain-fraud on drift.detected");
+    say("  rollouts of what passes the gate: shadow → 10% → 50% → 100%, each step 1 s and ≥ 5 calls per arm; fails on 5xx > 1%, p99 > 2× champion + 10 ms, or scores shifted (KS p < 0.001 and D ≥ 0.7)");
     traffic(client, 0, 16, 1.0).await?;
     say("  800 transactions scored and labelled");
     // The logged rows land off the request path: wait until the window has them.
@@ -212,19 +229,13 @@ pub async fn run(
         first["gate"]["passed"] == true,
         "the first retrain did not pass its gate: {first}"
     );
-    // Shadow, canary and automatic promotion are not automated yet (the rollout
-    // analysis is the open part of the loop): the demo promotes the challenger.
-    client
-        .put_json(
-            "models/fraud-model/aliases/champion",
-            &json!({"version": version, "reason": "demo: challenger promoted (manual step)"}),
-        )
-        .await?;
-    say(&format!(
-        "▶ promoted fraud-model@{version} to champion (by the demo: the automatic rollout analysis is not built yet); fraud-score follows it"
-    ));
+    let (rolled, next) = drive_rollout(client, 800, 1.0, say).await?;
+    anyhow::ensure!(
+        rolled["state"] == "promoted" && rolled["candidate"] == version.as_str(),
+        "the first version was not promoted: {rolled}"
+    );
 
-    traffic(client, 800, 12, 1.0).await?;
+    traffic(client, next, 12, 1.0).await?;
     let calm = wait_report(client, &version).await?;
     say(&format!(
         "▶ normal traffic: drift-monitor over the newest {} rows of fraud-model@{version}: PSI amount {:.4}, KS p {:.3}, JS merchant {:.4}, PSI score {:.4}",
@@ -236,7 +247,10 @@ pub async fn run(
     ));
 
     say("▶ injecting drift: amounts 20 times larger");
-    traffic(client, 1400, 6, 20.0).await?;
+    let injected = Instant::now();
+    let next = next + 12 * 50;
+    traffic(client, next, 6, 20.0).await?;
+    let next = next + 6 * 50;
     let deadline = Instant::now() + Duration::from_secs(60);
     let retrained = loop {
         let m = newest(client).await?;
@@ -264,6 +278,18 @@ pub async fn run(
         retrained["version"].as_str().unwrap_or("?"),
         version,
         g["decision"].as_str().unwrap_or("?")
+    ));
+
+    let new_version = retrained["version"].as_str().unwrap_or("?").to_string();
+    let (rolled, _) = drive_rollout(client, next, 20.0, say).await?;
+    let to_full = injected.elapsed();
+    anyhow::ensure!(
+        rolled["state"] == "promoted" && rolled["candidate"] == new_version.as_str(),
+        "the retrained version was not promoted: {rolled}"
+    );
+    say(&format!(
+        "  drift injected → fraud-model@{new_version} serving 100 % as champion: {:.1} s",
+        to_full.as_secs_f64()
     ));
 
     // A trainer that learns the wrong thing: the gate refuses it.
@@ -297,7 +323,71 @@ pub async fn run(
         "  the loop took {:.1} s",
         started.elapsed().as_secs_f64()
     ));
-    Ok(json!({ "first": first, "retrained": retrained, "bad": bad, "calm": calm }))
+    Ok(
+        json!({ "first": first, "retrained": retrained, "bad": bad, "calm": calm,
+               "drift_to_promoted_s": to_full.as_secs_f64() }),
+    )
+}
+
+/// Score traffic (labelled, in calls of 50) while the newest rollout of
+/// fraud-model runs, printing each judged step; the rollout once it ended, and the
+/// next transaction number.
+async fn drive_rollout(
+    client: &Client,
+    mut next: u64,
+    scale: f64,
+    say: &dyn Fn(&str),
+) -> anyhow::Result<(Value, u64)> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut shown = 0;
+    loop {
+        traffic(client, next, 4, scale).await?;
+        next += 4 * 50;
+        let all = client.get("models/fraud-model/rollouts").await?;
+        let r = all["rollouts"][0].clone();
+        let history = r["history"].as_array().cloned().unwrap_or_default();
+        for h in history.iter().skip(shown) {
+            let m = &h["detail"]["measured"];
+            let label = r["spec"]["steps"]
+                .get(h["step"].as_u64().unwrap_or(0) as usize)
+                .map(|s| match s {
+                    Value::String(s) => s.clone(),
+                    other => format!("{other}%"),
+                })
+                .unwrap_or_else(|| "?".into());
+            say(&format!(
+                "  rollout {} of fraud-model@{}: step {label:<6} {:<11} candidate {} calls, {} errors, p99 {} ms (champion {} ms), score KS p {}",
+                r["id"],
+                r["candidate"].as_str().unwrap_or("?"),
+                h["outcome"].as_str().unwrap_or("?"),
+                m["candidate"]["calls"],
+                m["candidate"]["errors"],
+                fmt_ms(&m["candidate"]["p99_ms"]),
+                fmt_ms(&m["champion"]["p99_ms"]),
+                m["score"]["ks_p"]
+                    .as_f64()
+                    .map_or_else(|| "-".into(), |p| format!("{p:.3}")),
+            ));
+        }
+        shown = history.len();
+        if r["state"] != "running" {
+            say(&format!(
+                "▶ rollout {}: {} — {}",
+                r["id"],
+                r["state"].as_str().unwrap_or("?"),
+                r["reason"].as_str().unwrap_or("?")
+            ));
+            return Ok((r, next));
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the rollout did not end in 90 s: {r}"
+        );
+    }
+}
+
+fn fmt_ms(v: &Value) -> String {
+    v.as_f64().map_or_else(|| "-".into(), |x| format!("{x:.1}"))
 }
 
 /// The monitor's latest metrics once it has judged a full window of `version`.

@@ -2,7 +2,7 @@
 //! judges each step and promotes or rolls back (see [`crate::rollout`]).
 
 use super::{DeployError, Functions};
-use crate::rollout::{judge, RolloutSection, RolloutSpec, Route, Step, Verdict};
+use crate::rollout::{judge, Judged, RolloutSection, RolloutSpec, Route, Step, Verdict};
 use quiver_registry::{NewRollout, RolloutRecord, RolloutStep, RolloutUpdate};
 use serde_json::{json, Value};
 use std::sync::{Arc, Weak};
@@ -198,12 +198,16 @@ impl Functions {
             // At 100 % the champion serves nothing: its arm is the one measured in
             // the step before (none after a restart: then only what needs no
             // comparison is judged).
-            let all_in = spec.steps.get(rec.step as usize) == Some(&Step::Percent(100));
-            if all_in {
+            let judged = match spec.steps.get(rec.step as usize) {
+                Some(Step::Shadow) => Judged::Shadow,
+                Some(Step::Percent(100)) => Judged::AllIn,
+                _ => Judged::Canary,
+            };
+            if judged == Judged::AllIn {
                 base = self.rollouts.last_baseline(&rec.tenant, &rec.model);
             }
             let spec2 = spec.clone();
-            let verdict = tokio::task::spawn_blocking(move || judge(&spec2, &base, &cand, all_in))
+            let verdict = tokio::task::spawn_blocking(move || judge(&spec2, &base, &cand, judged))
                 .await
                 .map_err(|e| DeployError::Internal(e.into()))?;
             match verdict {

@@ -222,6 +222,24 @@ fn score(
 }
 
 impl Functions {
+    /// While a rollout of the model runs, a trainer that rolls its versions out
+    /// trains nothing: the candidate being rolled out is the answer to the alerts
+    /// that keep coming meanwhile (each would otherwise supersede it, and none
+    /// would finish). The run's outcome says so, and it is not an error (an event
+    /// is not retried for it).
+    fn rollout_in_progress(&self, tenant: &str, spec: &TrainerSpec) -> Option<Value> {
+        spec.rollout.as_ref()?;
+        let route = self.rollout_routes().route(tenant, &spec.model)?;
+        tracing::info!(model = %spec.model, rollout = route.id, "training skipped: a rollout is running");
+        Some(json!({
+            "model": spec.model,
+            "skipped": format!(
+                "a rollout of {}@{} is running (rollout {}): nothing trained until it ends",
+                spec.model, route.candidate, route.id
+            ),
+        }))
+    }
+
     /// One training run of trainer `d` (see the module's doc); its outcome as JSON.
     pub(crate) async fn train(
         self: &Arc<Self>,
@@ -236,6 +254,9 @@ impl Functions {
         let tenant =
             TenantId::parse(&r.tenant).map_err(|m| InvokeError::Host(anyhow::anyhow!(m)))?;
         let (params, reason) = call_params(spec, body)?;
+        if let Some(skipped) = self.rollout_in_progress(&r.tenant, spec) {
+            return Ok(skipped);
+        }
 
         // 1. The window, split.
         let now_ms = crate::unix_ms();
@@ -514,6 +535,10 @@ impl Functions {
         // run meets a version conflict, and fails like any run: an event retries it).
         let turn = registration_lock(&r.tenant, &spec.model);
         let _turn = turn.lock().await;
+        // A run that waited behind one that started a rollout registers nothing.
+        if let Some(skipped) = self.rollout_in_progress(&r.tenant, spec) {
+            return Ok(skipped);
+        }
         let version = {
             let (t, n) = (r.tenant.clone(), spec.model.clone());
             let versions = self
@@ -652,17 +677,9 @@ impl Functions {
         };
 
         // 6. Roll it out, when asked: the analysis promotes it or rolls it back.
-        // A newer candidate supersedes a rollout still running.
         let rollout = match (&spec.rollout, passed) {
             (Some(section), true) => {
                 let (t, m) = (r.tenant.as_str(), spec.model.as_str());
-                let running = self.rollout_routes().route(t, m).is_some();
-                if running {
-                    let why = format!("superseded by {}", record.version);
-                    if let Err(e) = self.abort_rollout(t, m, &trainer, &why).await {
-                        tracing::warn!(model = %m, "ending the running rollout: {e}");
-                    }
-                }
                 let why = format!("trained by {trainer}: gate {decision}");
                 match self
                     .start_rollout(t, m, &record.version, section, &trainer, &why)
