@@ -575,3 +575,18 @@ pub fn series(metric: &str, labels: &[(&str, &str)]) -> String {
     let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
     format!("{metric}{{{}}}", inner.join(","))
 }
+
+/// The Python of the test venv (`scripts/py-env.sh`: pinned real clients such as
+/// `tritonclient`), made on first use and reused.
+pub fn py_env() -> PathBuf {
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/py-env.sh"))
+        .output()
+        .expect("running scripts/py-env.sh");
+    assert!(
+        out.status.success(),
+        "scripts/py-env.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}

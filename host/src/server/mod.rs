@@ -28,6 +28,7 @@ mod logs;
 mod models;
 mod monitors;
 mod oip;
+mod oip_wire;
 mod tenants;
 pub mod tls;
 mod traffic;

@@ -1,0 +1,769 @@
+//! The Open Inference Protocol's tensors on the wire, both ways: JSON `data`, and
+//! the binary tensor data extension (KServe / Triton): a JSON header of
+//! `Inference-Header-Content-Length` bytes, then each binary tensor's bytes in
+//! the order of the header's tensors, `parameters.binary_data_size` each,
+//! little-endian, row-major; BOOL one byte, BYTES a 4-byte length before each
+//! element. Binary outputs when the request asks (`parameters.binary_data_output`,
+//! or an output's `parameters.binary_data`).
+//!
+//! Tensors are one column each: shape `[N]` or `[N, 1]`. FP16/BF16/FP32/FP64
+//! become float64 columns, INT*/UINT* int64, BOOL boolean, BYTES text (UTF-8).
+//! Outputs come back as `[N]` tensors (FP64, INT64, BOOL, BYTES).
+//!
+//! Every size comes from the client: each is checked against the bytes that
+//! came (the body is bounded) before anything is allocated from it.
+
+use super::ApiError;
+use crate::bindings::{Batch, Column, Field};
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::{json, Map, Value};
+
+pub(super) const HEADER_LENGTH: &str = "inference-header-content-length";
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_input", message)
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct InferRequest {
+    #[serde(default)]
+    id: Option<String>,
+    inputs: Vec<InputTensor>,
+    #[serde(default)]
+    outputs: Vec<RequestedOutput>,
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct InputTensor {
+    pub(crate) name: String,
+    pub(crate) shape: Vec<i64>,
+    pub(crate) datatype: String,
+    #[serde(default)]
+    pub(crate) data: Option<Value>,
+    #[serde(default)]
+    pub(crate) parameters: Option<Map<String, Value>>,
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct RequestedOutput {
+    name: String,
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+}
+
+/// A request as the call path takes it, and what its answer must look like.
+pub(crate) struct Request {
+    pub(crate) id: Option<String>,
+    pub(crate) batch: Batch,
+    pub(crate) outputs: Outputs,
+}
+
+/// Which outputs the client asked for, and in which encoding.
+pub(crate) struct Outputs {
+    wanted: Vec<(String, Option<bool>)>,
+    binary_default: bool,
+}
+
+/// A parameter that must be a boolean when present.
+fn flag(
+    params: &Option<Map<String, Value>>,
+    key: &str,
+    what: &str,
+) -> Result<Option<bool>, ApiError> {
+    match params.as_ref().and_then(|p| p.get(key)) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(bad(format!(
+            "{what}: parameter `{key}` is {other}, not a boolean"
+        ))),
+    }
+}
+
+/// The body's JSON header and the binary part after it, as the
+/// `Inference-Header-Content-Length` header splits them (no header: all JSON).
+fn split<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<(&'a [u8], &'a [u8]), ApiError> {
+    let Some(v) = headers.get(HEADER_LENGTH) else {
+        return Ok((body, &[]));
+    };
+    let n: usize = v
+        .to_str()
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| bad(format!("header {HEADER_LENGTH} is not a byte count: {v:?}")))?;
+    if n > body.len() {
+        return Err(bad(format!(
+            "header {HEADER_LENGTH} says the JSON header is {n} bytes; the body has {}",
+            body.len()
+        )));
+    }
+    Ok(body.split_at(n))
+}
+
+pub(crate) fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Request, ApiError> {
+    let (header, mut binary) = split(headers, body)?;
+    let req: InferRequest = super::extract::json_object(header)
+        .map_err(|e| bad(format!("not an inference request: {e}")))?;
+    let batch = request_batch(&req.inputs, &mut binary)?;
+    if !binary.is_empty() {
+        return Err(bad(format!(
+            "{} bytes of binary data after the last tensor's (binary_data_size of each input must add up to the body)",
+            binary.len()
+        )));
+    }
+    let mut wanted = Vec::with_capacity(req.outputs.len());
+    for o in &req.outputs {
+        let what = format!("output `{}`", o.name);
+        if let Some(p) = &o.parameters {
+            if p.contains_key("classification") {
+                return Err(bad(format!(
+                    "{what}: the classification extension is not supported; ask for the tensor"
+                )));
+            }
+        }
+        wanted.push((o.name.clone(), flag(&o.parameters, "binary_data", &what)?));
+    }
+    let binary_default =
+        flag(&req.parameters, "binary_data_output", "the request")?.unwrap_or(false);
+    Ok(Request {
+        id: req.id,
+        batch,
+        outputs: Outputs {
+            wanted,
+            binary_default,
+        },
+    })
+}
+
+/// Flatten nested JSON arrays (row-major) into one list of scalars.
+fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
+    match v {
+        Value::Array(items) => items.iter().for_each(|i| flatten(i, out)),
+        other => out.push(other),
+    }
+}
+
+/// The rows a tensor of `shape` holds, for shapes this mapping takes (`[N]`,
+/// `[N, 1]`), checked (a negative `N`) before anything is sized from it.
+fn tensor_rows(name: &str, shape: &[i64]) -> Result<usize, ApiError> {
+    let n = match shape {
+        [n] | [n, 1] => *n,
+        other => {
+            return Err(bad(format!(
+                "input `{name}` has shape {other:?}; this function takes one column per tensor: [N] or [N, 1]"
+            )))
+        }
+    };
+    usize::try_from(n).map_err(|_| {
+        bad(format!(
+            "input `{name}` has shape {shape:?}: a dimension is negative"
+        ))
+    })
+}
+
+/// The inclusive range of an integer datatype, as i64 (UINT64's top half does
+/// not fit an int64 column and is refused).
+fn int_range(datatype: &str) -> Option<(i64, i64)> {
+    Some(match datatype {
+        "INT8" => (i8::MIN.into(), i8::MAX.into()),
+        "INT16" => (i16::MIN.into(), i16::MAX.into()),
+        "INT32" => (i32::MIN.into(), i32::MAX.into()),
+        "INT64" => (i64::MIN, i64::MAX),
+        "UINT8" => (0, u8::MAX.into()),
+        "UINT16" => (0, u16::MAX.into()),
+        "UINT32" => (0, u32::MAX.into()),
+        "UINT64" => (0, i64::MAX),
+        _ => return None,
+    })
+}
+
+/// Bytes per element of a fixed-size datatype (BYTES is not fixed-size).
+fn element_size(datatype: &str) -> Option<usize> {
+    Some(match datatype {
+        "BOOL" | "INT8" | "UINT8" => 1,
+        "FP16" | "BF16" | "INT16" | "UINT16" => 2,
+        "FP32" | "INT32" | "UINT32" => 4,
+        "FP64" | "INT64" | "UINT64" => 8,
+        _ => return None,
+    })
+}
+
+const DATATYPES: &str = "BOOL, INT8-64, UINT8-64, FP16, BF16, FP32, FP64, BYTES";
+
+pub(crate) fn request_batch(inputs: &[InputTensor], binary: &mut &[u8]) -> Result<Batch, ApiError> {
+    if inputs.is_empty() {
+        return Err(bad("the request has no inputs"));
+    }
+    let mut fields = Vec::with_capacity(inputs.len());
+    let mut rows: Option<usize> = None;
+    for t in inputs {
+        let n = tensor_rows(&t.name, &t.shape)?;
+        if *rows.get_or_insert(n) != n {
+            return Err(bad(format!(
+                "input `{}` has {n} rows, other inputs have {}",
+                t.name,
+                rows.unwrap_or(0)
+            )));
+        }
+        if element_size(&t.datatype).is_none() && t.datatype != "BYTES" {
+            return Err(bad(format!(
+                "input `{}`: unknown datatype `{}` ({DATATYPES})",
+                t.name, t.datatype
+            )));
+        }
+        let size = match t
+            .parameters
+            .as_ref()
+            .and_then(|p| p.get("binary_data_size"))
+        {
+            None => None,
+            Some(v) => Some(
+                v.as_u64()
+                    .and_then(|s| usize::try_from(s).ok())
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "input `{}`: binary_data_size {v} is not a byte count",
+                            t.name
+                        ))
+                    })?,
+            ),
+        };
+        let values = match (size, &t.data) {
+            (Some(_), Some(_)) => {
+                return Err(bad(format!(
+                    "input `{}` has both `data` and binary_data_size: send one",
+                    t.name
+                )))
+            }
+            (None, None) => return Err(bad(format!("input `{}` has no `data`", t.name))),
+            (None, Some(data)) => json_column(t, n, data)?,
+            (Some(size), None) => {
+                if size > binary.len() {
+                    return Err(bad(format!(
+                        "input `{}`: binary_data_size {size} but only {} bytes of binary data are left",
+                        t.name,
+                        binary.len()
+                    )));
+                }
+                let (bytes, rest) = binary.split_at(size);
+                *binary = rest;
+                binary_column(t, n, bytes)?
+            }
+        };
+        fields.push(Field {
+            name: t.name.clone(),
+            values,
+        });
+    }
+    Ok(Batch { fields })
+}
+
+fn json_column(t: &InputTensor, n: usize, data: &Value) -> Result<Column, ApiError> {
+    // Sized from the data that came (bounded by the body), never from the shape.
+    let mut data_flat = Vec::new();
+    flatten(data, &mut data_flat);
+    let data = data_flat;
+    if data.len() != n {
+        return Err(bad(format!(
+            "input `{}`: shape {:?} needs {n} values, data has {}",
+            t.name,
+            t.shape,
+            data.len()
+        )));
+    }
+    let wrong = |i: usize, want: &str| {
+        bad(format!(
+            "input `{}` ({}): element {i} is {}, not {want}",
+            t.name, t.datatype, data[i]
+        ))
+    };
+    Ok(match t.datatype.as_str() {
+        "FP16" | "BF16" | "FP32" | "FP64" => Column::Float64(
+            data.iter()
+                .enumerate()
+                .map(|(i, v)| v.as_f64().ok_or_else(|| wrong(i, "a number")))
+                .collect::<Result<_, _>>()?,
+        ),
+        "BOOL" => Column::Boolean(
+            data.iter()
+                .enumerate()
+                .map(|(i, v)| v.as_bool().ok_or_else(|| wrong(i, "a boolean")))
+                .collect::<Result<_, _>>()?,
+        ),
+        "BYTES" => Column::Text(
+            data.iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| wrong(i, "a string"))
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        dt => {
+            // Checked above: an integer datatype.
+            let (lo, hi) = int_range(dt).unwrap_or((i64::MIN, i64::MAX));
+            let want = format!("an integer in {lo}..={hi}");
+            Column::Int64(
+                data.iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        v.as_i64()
+                            .filter(|x| (lo..=hi).contains(x))
+                            .ok_or_else(|| wrong(i, &want))
+                    })
+                    .collect::<Result<_, _>>()?,
+            )
+        }
+    })
+}
+
+fn binary_column(t: &InputTensor, n: usize, bytes: &[u8]) -> Result<Column, ApiError> {
+    let name = &t.name;
+    if t.datatype == "BYTES" {
+        // Each element: a u32 little-endian length, then that many bytes.
+        let mut out = Vec::new();
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+                return Err(bad(format!(
+                    "input `{name}` (BYTES): a length prefix is cut short"
+                )));
+            };
+            let len = u32::from_le_bytes(*len) as usize;
+            if len > tail.len() || out.len() == n {
+                return Err(bad(format!(
+                    "input `{name}` (BYTES): element {} overruns the tensor's {} bytes or its shape",
+                    out.len(),
+                    bytes.len()
+                )));
+            }
+            let (s, tail) = tail.split_at(len);
+            let s = std::str::from_utf8(s).map_err(|_| {
+                bad(format!(
+                    "input `{name}` (BYTES): element {} is not UTF-8 text",
+                    out.len()
+                ))
+            })?;
+            out.push(s.to_string());
+            rest = tail;
+        }
+        if out.len() != n {
+            return Err(bad(format!(
+                "input `{name}`: shape {:?} needs {n} elements, binary data has {}",
+                t.shape,
+                out.len()
+            )));
+        }
+        return Ok(Column::Text(out));
+    }
+    // Checked by the caller: a fixed-size datatype.
+    let size = element_size(&t.datatype).unwrap_or(1);
+    if n.checked_mul(size) != Some(bytes.len()) {
+        return Err(bad(format!(
+            "input `{name}`: shape {:?} of {} needs {n}×{size} bytes, binary_data_size is {}",
+            t.shape,
+            t.datatype,
+            bytes.len()
+        )));
+    }
+    let floats = |f: fn(&[u8]) -> f64| Column::Float64(bytes.chunks_exact(size).map(f).collect());
+    let ints = |f: fn(&[u8]) -> Option<i64>| -> Result<Column, ApiError> {
+        bytes
+            .chunks_exact(size)
+            .enumerate()
+            .map(|(i, c)| {
+                f(c).ok_or_else(|| {
+                    bad(format!(
+                        "input `{name}` ({}): element {i} does not fit an int64",
+                        t.datatype
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map(Column::Int64)
+    };
+    // `chunks_exact(size)` hands each closure exactly `size` bytes.
+    fn arr<const K: usize>(c: &[u8]) -> [u8; K] {
+        let mut a = [0u8; K];
+        a.copy_from_slice(c);
+        a
+    }
+    Ok(match t.datatype.as_str() {
+        "FP16" => floats(|c| half::f16::from_le_bytes(arr(c)).to_f64()),
+        "BF16" => floats(|c| half::bf16::from_le_bytes(arr(c)).to_f64()),
+        "FP32" => floats(|c| f32::from_le_bytes(arr(c)).into()),
+        "FP64" => floats(|c| f64::from_le_bytes(arr(c))),
+        "INT8" => ints(|c| Some(i8::from_le_bytes(arr(c)).into()))?,
+        "INT16" => ints(|c| Some(i16::from_le_bytes(arr(c)).into()))?,
+        "INT32" => ints(|c| Some(i32::from_le_bytes(arr(c)).into()))?,
+        "INT64" => ints(|c| Some(i64::from_le_bytes(arr(c))))?,
+        "UINT8" => ints(|c| Some(c[0].into()))?,
+        "UINT16" => ints(|c| Some(u16::from_le_bytes(arr(c)).into()))?,
+        "UINT32" => ints(|c| Some(u32::from_le_bytes(arr(c)).into()))?,
+        "UINT64" => ints(|c| i64::try_from(u64::from_le_bytes(arr(c))).ok())?,
+        "BOOL" => Column::Boolean(
+            bytes
+                .iter()
+                .enumerate()
+                .map(|(i, b)| match b {
+                    0 => Ok(false),
+                    1 => Ok(true),
+                    other => Err(bad(format!(
+                        "input `{name}` (BOOL): element {i} is byte {other}, not 0 or 1"
+                    ))),
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        other => {
+            return Err(bad(format!(
+                "input `{name}`: unknown datatype `{other}` ({DATATYPES})"
+            )))
+        }
+    })
+}
+
+/// The response's output tensors (JSON header entries) and the binary part that
+/// follows the header (empty when every output went as JSON).
+pub(crate) fn response_tensors(
+    out: &Batch,
+    wanted: &Outputs,
+) -> Result<(Vec<Value>, Vec<u8>), ApiError> {
+    for (w, _) in &wanted.wanted {
+        if !out.fields.iter().any(|f| &f.name == w) {
+            let have: Vec<&str> = out.fields.iter().map(|f| f.name.as_str()).collect();
+            return Err(bad(format!(
+                "no output `{w}`; this function returns {have:?}"
+            )));
+        }
+    }
+    let mut tensors = Vec::with_capacity(out.fields.len());
+    let mut binary = Vec::new();
+    for f in &out.fields {
+        let asked = wanted.wanted.iter().find(|(w, _)| w == &f.name);
+        if !wanted.wanted.is_empty() && asked.is_none() {
+            continue;
+        }
+        let as_binary = asked.and_then(|(_, b)| *b).unwrap_or(wanted.binary_default);
+        let (datatype, n) = match &f.values {
+            Column::Float64(v) => ("FP64", v.len()),
+            Column::Int64(v) => ("INT64", v.len()),
+            Column::Boolean(v) => ("BOOL", v.len()),
+            Column::Text(v) => ("BYTES", v.len()),
+        };
+        let mut t = json!({ "name": f.name, "datatype": datatype, "shape": [n] });
+        if as_binary {
+            let start = binary.len();
+            match &f.values {
+                Column::Float64(v) => v
+                    .iter()
+                    .for_each(|x| binary.extend_from_slice(&x.to_le_bytes())),
+                Column::Int64(v) => v
+                    .iter()
+                    .for_each(|x| binary.extend_from_slice(&x.to_le_bytes())),
+                Column::Boolean(v) => binary.extend(v.iter().map(|b| u8::from(*b))),
+                Column::Text(v) => {
+                    for s in v {
+                        let len = u32::try_from(s.len()).map_err(|_| {
+                            ApiError::new(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                "internal",
+                                format!("output `{}`: an element is over 4 GiB", f.name),
+                            )
+                        })?;
+                        binary.extend_from_slice(&len.to_le_bytes());
+                        binary.extend_from_slice(s.as_bytes());
+                    }
+                }
+            }
+            t["parameters"] = json!({ "binary_data_size": binary.len() - start });
+        } else {
+            t["data"] = match &f.values {
+                Column::Float64(v) => json!(v),
+                Column::Int64(v) => json!(v),
+                Column::Boolean(v) => json!(v),
+                Column::Text(v) => json!(v),
+            };
+        }
+        tensors.push(t);
+    }
+    Ok((tensors, binary))
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn scalar() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            any::<i64>().prop_map(|i| json!(i)),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| json!(f)),
+            any::<bool>().prop_map(|b| json!(b)),
+            "[a-z]{0,4}".prop_map(|s| json!(s)),
+        ]
+    }
+
+    fn dims() -> impl Strategy<Value = Vec<i64>> {
+        let dim = prop_oneof![
+            any::<i64>(),
+            -2i64..6,
+            Just(i64::MAX),
+            Just(i64::MIN),
+            Just(1i64 << 32),
+        ];
+        prop::collection::vec(dim, 0..4)
+    }
+
+    fn datatype() -> impl Strategy<Value = &'static str> {
+        prop_oneof![
+            Just("FP32"),
+            Just("FP64"),
+            Just("FP16"),
+            Just("INT64"),
+            Just("INT8"),
+            Just("UINT8"),
+            Just("UINT64"),
+            Just("BOOL"),
+            Just("BYTES"),
+            Just("FP8")
+        ]
+    }
+
+    fn tensor() -> impl Strategy<Value = InputTensor> {
+        (
+            "[a-z]{1,3}",
+            dims(),
+            datatype(),
+            prop::collection::vec(scalar(), 0..6),
+            any::<bool>(),
+        )
+            .prop_map(|(name, shape, datatype, data, nested)| InputTensor {
+                name,
+                shape,
+                datatype: datatype.to_string(),
+                data: Some(match nested {
+                    true => json!(data.chunks(2).map(|c| json!(c)).collect::<Vec<_>>()),
+                    false => json!(data),
+                }),
+                parameters: None,
+            })
+    }
+
+    /// A binary tensor: any declared size (often a lie) over any bytes.
+    fn binary_tensor() -> impl Strategy<Value = InputTensor> {
+        (
+            "[a-z]{1,3}",
+            dims(),
+            datatype(),
+            prop_oneof![0u64..40, any::<u64>()],
+        )
+            .prop_map(|(name, shape, datatype, size)| InputTensor {
+                name,
+                shape,
+                datatype: datatype.to_string(),
+                data: None,
+                parameters: Some(
+                    json!({ "binary_data_size": size })
+                        .as_object()
+                        .cloned()
+                        .unwrap_or_default(),
+                ),
+            })
+    }
+
+    fn check(batch: &Batch, inputs: &[InputTensor]) -> Result<(), TestCaseError> {
+        prop_assert_eq!(batch.fields.len(), inputs.len());
+        for (f, t) in batch.fields.iter().zip(inputs) {
+            let n = crate::convert::column_len(&f.values);
+            let want: i64 = t.shape.iter().product();
+            prop_assert_eq!(n as i64, want);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Any JSON request maps to a batch or a 400, never a panic or an
+        /// allocation sized from the shape; a batch has one column per tensor,
+        /// each as long as the shape says and as the data holds.
+        #[test]
+        fn any_request_is_a_batch_or_a_400(inputs in prop::collection::vec(tensor(), 0..4)) {
+            match request_batch(&inputs, &mut &[][..]) {
+                Err(e) => prop_assert_eq!(e.status, StatusCode::BAD_REQUEST),
+                Ok(batch) => {
+                    check(&batch, &inputs)?;
+                    for (f, t) in batch.fields.iter().zip(&inputs) {
+                        let mut flat = Vec::new();
+                        flatten(t.data.as_ref().unwrap_or(&Value::Null), &mut flat);
+                        prop_assert_eq!(crate::convert::column_len(&f.values), flat.len());
+                    }
+                }
+            }
+        }
+
+        /// Any binary request (sizes that lie, bytes of any value, data left over)
+        /// maps to a batch or a 400 the same way.
+        #[test]
+        fn any_binary_request_is_a_batch_or_a_400(
+            inputs in prop::collection::vec(binary_tensor(), 0..4),
+            bytes in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut rest = &bytes[..];
+            match request_batch(&inputs, &mut rest) {
+                Err(e) => prop_assert_eq!(e.status, StatusCode::BAD_REQUEST),
+                Ok(batch) => check(&batch, &inputs)?,
+            }
+        }
+    }
+
+    fn header(n: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(HEADER_LENGTH, n.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn binary_inputs_decode_and_outputs_encode_as_the_extension_says() {
+        let json = json!({
+            "inputs": [
+                {"name": "a", "shape": [2, 1], "datatype": "FP32", "parameters": {"binary_data_size": 8}},
+                {"name": "b", "shape": [2], "datatype": "BYTES", "parameters": {"binary_data_size": 11}},
+                {"name": "c", "shape": [2], "datatype": "UINT8", "data": [7, 255]},
+                {"name": "d", "shape": [2], "datatype": "FP16", "parameters": {"binary_data_size": 4}},
+            ],
+            "outputs": [{"name": "c", "parameters": {"binary_data": true}}, {"name": "b"}],
+        })
+        .to_string();
+        let mut body = json.clone().into_bytes();
+        body.extend(1.5f32.to_le_bytes());
+        body.extend((-2.0f32).to_le_bytes());
+        body.extend(2u32.to_le_bytes());
+        body.extend(b"hi");
+        body.extend(1u32.to_le_bytes());
+        body.extend(b"!");
+        body.extend(half::f16::from_f64(0.5).to_le_bytes());
+        body.extend(half::f16::from_f64(-4.0).to_le_bytes());
+        let req = parse(&header(&json.len().to_string()), &body).unwrap();
+        let col = |i: usize| &req.batch.fields[i].values;
+        assert!(matches!(col(0), Column::Float64(v) if v == &[1.5, -2.0]));
+        assert!(matches!(col(1), Column::Text(v) if v == &["hi", "!"]));
+        assert!(matches!(col(2), Column::Int64(v) if v == &[7, 255]));
+        assert!(matches!(col(3), Column::Float64(v) if v == &[0.5, -4.0]));
+
+        let (tensors, binary) = response_tensors(&req.batch, &req.outputs).unwrap();
+        // In the batch's order, only those asked for: b as JSON, c as binary.
+        assert_eq!(tensors.len(), 2);
+        assert_eq!(tensors[0]["name"], "b");
+        assert_eq!(tensors[0]["data"], json!(["hi", "!"]));
+        assert_eq!(tensors[1]["name"], "c");
+        assert_eq!(tensors[1]["parameters"]["binary_data_size"], 16);
+        assert!(tensors[1].get("data").is_none());
+        let mut want = 7i64.to_le_bytes().to_vec();
+        want.extend(255i64.to_le_bytes());
+        assert_eq!(binary, want);
+    }
+
+    #[test]
+    fn lying_sizes_and_bad_elements_are_400s_with_the_reason() {
+        let one = |t: Value, bytes: &[u8], hlen: Option<&str>| {
+            let json = json!({ "inputs": [t] }).to_string();
+            let mut body = json.clone().into_bytes();
+            body.extend(bytes);
+            let n = json.len().to_string();
+            let e = parse(&header(hlen.unwrap_or(&n)), &body).err().unwrap();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            e.message
+        };
+        let t = |dt: &str, shape: Value, size: u64| json!({"name": "x", "shape": shape, "datatype": dt, "parameters": {"binary_data_size": size}});
+        for (msg, want) in [
+            (one(t("FP32", json!([2]), 8), &[0; 4], None), "only 4 bytes"),
+            (
+                one(t("FP32", json!([3]), 8), &[0; 8], None),
+                "needs 3×4 bytes",
+            ),
+            (
+                one(t("FP32", json!([1]), 4), &[0; 6], None),
+                "2 bytes of binary data after",
+            ),
+            (one(t("BOOL", json!([1]), 1), &[2], None), "not 0 or 1"),
+            (
+                one(t("UINT64", json!([1]), 8), &u64::MAX.to_le_bytes(), None),
+                "does not fit",
+            ),
+            (
+                one(t("BYTES", json!([1]), 4), &9u32.to_le_bytes(), None),
+                "overruns",
+            ),
+            (one(t("BYTES", json!([1]), 3), &[0; 3], None), "cut short"),
+            (
+                one(t("BYTES", json!([1]), 5), &[1, 0, 0, 0, 0xff], None),
+                "not UTF-8",
+            ),
+            (
+                one(t("FP32", json!([1]), 4), &[0; 4], Some("99999")),
+                "the body has",
+            ),
+            (
+                one(t("FP32", json!([1]), 4), &[0; 4], Some("-1")),
+                "not a byte count",
+            ),
+            (one(t("FP32", json!([i64::MAX]), 4), &[0; 4], None), "needs"),
+            (
+                one(
+                    json!({"name": "x", "shape": [1], "datatype": "INT8", "data": [300]}),
+                    &[],
+                    None,
+                ),
+                "-128..=127",
+            ),
+            (
+                one(
+                    json!({"name": "x", "shape": [1], "datatype": "FP32", "data": [1], "parameters": {"binary_data_size": 4}}),
+                    &[0; 4],
+                    None,
+                ),
+                "both",
+            ),
+            (
+                one(
+                    json!({"name": "x", "shape": [1], "datatype": "FP32"}),
+                    &[],
+                    None,
+                ),
+                "no `data`",
+            ),
+        ] {
+            assert!(msg.contains(want), "{msg:?} does not say {want:?}");
+        }
+    }
+
+    #[test]
+    fn huge_and_negative_shapes_are_refused_before_allocating() {
+        for shape in [
+            vec![i64::MAX],
+            vec![-1],
+            vec![1 << 32, 1 << 32],
+            vec![i64::MAX, 1],
+        ] {
+            let t = InputTensor {
+                name: "x".into(),
+                shape: shape.clone(),
+                datatype: "FP32".into(),
+                data: Some(json!([1.0])),
+                parameters: None,
+            };
+            let e = request_batch(&[t], &mut &[][..]).unwrap_err();
+            assert_eq!(
+                e.status,
+                StatusCode::BAD_REQUEST,
+                "{shape:?}: {}",
+                e.message
+            );
+        }
+    }
+}

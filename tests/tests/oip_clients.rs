@@ -1,0 +1,146 @@
+//! The Open Inference Protocol with the clients users of Triton and KServe have:
+//! `tritonclient[http]` (tests/py/triton_http.py) against `fraud-score`, JSON and
+//! the binary tensor data extension in both directions, scores checked against
+//! scikit-learn's; and the extension's framing errors as raw requests.
+
+use quiver_tests::{py_env, repo, Server};
+use serde_json::{json, Value};
+use std::process::Command;
+
+fn invoke_token(server: &Server) -> String {
+    let out: Value =
+        serde_json::from_str(&server.cli_ok(&["--json", "tokens", "create", "--scope", "invoke"]))
+            .unwrap();
+    out["token"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn tritonclient_http_infers_with_json_and_binary_tensors() {
+    let server = Server::start();
+    server.deploy_fraud_score();
+    let token = invoke_token(&server);
+    let out = Command::new(py_env())
+        .arg(repo().join("tests/py/triton_http.py"))
+        .arg(server.url.trim_start_matches("http://"))
+        .arg("fraud-score")
+        .arg(&token)
+        .arg(repo().join("functions/fraud-score/model/reference.json"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "triton_http.py: {stderr}");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    let cases = r["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 4, "{r}");
+    for c in cases {
+        assert!(c["max_abs_err"].as_f64().unwrap() < 1e-4, "{c}");
+    }
+    let err = |k: &str| {
+        (
+            r["errors"][k]["status"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            r["errors"][k]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    };
+    let (status, message) = err("unknown_model");
+    assert_eq!(status, "404", "{message}");
+    let (status, message) = err("bad_shape");
+    assert_eq!(status, "400", "{message}");
+    assert!(message.contains("[1, "), "{message}");
+    let (status, message) = err("unknown_output");
+    assert_eq!(status, "400", "{message}");
+    assert!(message.contains("no output `nope`"), "{message}");
+    let (status, message) = err("compressed");
+    assert_eq!(status, "415", "{message}");
+    assert!(message.contains("uncompressed"), "{message}");
+    let (status, _) = err("no_token");
+    assert_eq!(status, "401");
+    server.assert_healthy();
+}
+
+/// A binary request: `json` as the header, then `binary`.
+fn binary_request(
+    server: &Server,
+    json: &Value,
+    binary: &[u8],
+    header_len: Option<String>,
+) -> (u16, Value) {
+    let head = json.to_string();
+    let mut body = head.clone().into_bytes();
+    body.extend_from_slice(binary);
+    let resp = server
+        .http()
+        .post(format!(
+            "{}/v2/tenants/default/models/fraud-score/infer",
+            server.url
+        ))
+        .header(
+            "inference-header-content-length",
+            header_len.unwrap_or(head.len().to_string()),
+        )
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .send()
+        .unwrap();
+    let status = resp.status().as_u16();
+    let v: Value = resp.json().unwrap();
+    (status, v)
+}
+
+#[test]
+fn binary_framing_that_lies_is_a_400_that_says_why() {
+    let server = Server::start();
+    server.deploy_fraud_score();
+    let tensor = |name: &str, dt: &str, size: u64| json!({"name": name, "shape": [1], "datatype": dt, "parameters": {"binary_data_size": size}});
+    let four = |size_of_first: u64| {
+        json!({"inputs": [
+            tensor("log_amount", "FP64", size_of_first),
+            tensor("hour_of_day", "INT64", 8),
+            tensor("merchant_z", "FP64", 8),
+            tensor("merchant_known", "BOOL", 1),
+        ]})
+    };
+    let mut good = Vec::new();
+    good.extend(3.5f64.to_le_bytes());
+    good.extend(12i64.to_le_bytes());
+    good.extend(0.25f64.to_le_bytes());
+    good.push(1);
+    let (status, v) = binary_request(&server, &four(8), &good, None);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["outputs"][0]["shape"], json!([1]), "{v}");
+
+    for (body, binary, header, says) in [
+        (four(8), &good[..good.len() - 1], None, "only 0 bytes"),
+        (four(4), &good[..], None, "needs 1×8 bytes"),
+        (
+            four(8),
+            &[good.clone(), vec![0; 3]].concat()[..],
+            None,
+            "3 bytes of binary data after",
+        ),
+        (
+            four(8),
+            &good[..],
+            Some("100000".to_string()),
+            "the body has",
+        ),
+        (
+            four(8),
+            &good[..],
+            Some("ten".to_string()),
+            "not a byte count",
+        ),
+        (four(u64::MAX), &good[..], None, "only 25 bytes"),
+    ] {
+        let (status, v) = binary_request(&server, &body, binary, header);
+        assert_eq!(status, 400, "{v}");
+        let message = v["error"].as_str().unwrap_or_else(|| panic!("{v}"));
+        assert!(message.contains(says), "{message:?} does not say {says:?}");
+    }
+    server.assert_healthy();
+}
