@@ -45,6 +45,8 @@ pub struct ServerConfig {
     pub onnx_backend: nn::OnnxBackend,
     /// Serve HTTPS with this PEM certificate chain and private key.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Also serve the Open Inference Protocol's gRPC service here.
+    pub grpc_listen: Option<SocketAddr>,
     /// How often tenants' usage counters are saved (and when the server stops).
     pub usage_save_interval: std::time::Duration,
     /// Event and schedule triggers: this host's consumer name, leases, trimming.
@@ -111,12 +113,20 @@ impl FeatureStoreConfig {
 
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// Where the gRPC service listens (`--grpc-listen`).
+    pub grpc_addr: Option<SocketAddr>,
     pub handle: tokio::task::JoinHandle<anyhow::Result<()>>,
     pub state: Arc<server::AppState>,
 }
 
 /// Open the data dir, build the runtime and start serving in the background.
 pub async fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
+    if config.tls.is_some() && config.grpc_listen.is_some() {
+        anyhow::bail!(
+            "--grpc-listen serves plaintext gRPC and does not take --tls-cert yet: \
+             serve gRPC without TLS behind a TLS proxy, or leave --grpc-listen out"
+        );
+    }
     let tls = match &config.tls {
         Some((cert, key)) => Some(server::tls::acceptor(cert, key)?),
         None => None,
@@ -210,6 +220,22 @@ pub async fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
         .map_err(|e| anyhow::anyhow!("binding {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
     let handle = tokio::spawn(server::serve(listener, state.clone(), tls));
+    let grpc_addr = match config.grpc_listen {
+        None => None,
+        Some(at) => {
+            let grpc = tokio::net::TcpListener::bind(at)
+                .await
+                .map_err(|e| anyhow::anyhow!("binding --grpc-listen {at}: {e}"))?;
+            let addr = grpc.local_addr()?;
+            let state = state.clone();
+            tokio::spawn(async move {
+                if let Err(e) = server::grpc::serve(grpc, state).await {
+                    tracing::error!("gRPC server on {addr}: {e}");
+                }
+            });
+            Some(addr)
+        }
+    };
     // The scaler's clock: idle deployments go back to Cold.
     let reaper = Arc::downgrade(&state.functions);
     tokio::spawn(async move {
@@ -242,6 +268,7 @@ pub async fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
     });
     Ok(RunningServer {
         addr,
+        grpc_addr,
         handle,
         state,
     })

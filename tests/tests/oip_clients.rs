@@ -144,3 +144,74 @@ fn binary_framing_that_lies_is_a_400_that_says_why() {
     }
     server.assert_healthy();
 }
+
+#[test]
+fn tritonclient_grpc_infers_with_raw_tensors() {
+    let port = quiver_tests::free_port();
+    let grpc = format!("127.0.0.1:{port}");
+    let server = Server::start_with(&["--grpc-listen", &grpc]);
+    server.deploy_fraud_score();
+    let token = invoke_token(&server);
+    let out = Command::new(py_env())
+        .arg(repo().join("tests/py/triton_grpc.py"))
+        .arg(&grpc)
+        .arg("fraud-score")
+        .arg(&token)
+        .arg(repo().join("functions/fraud-score/model/reference.json"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "triton_grpc.py: {stderr}");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert!(r["max_abs_err"].as_f64().unwrap() < 1e-4, "{r}");
+    let err = |k: &str| {
+        (
+            r["errors"][k]["status"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            r["errors"][k]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    };
+    // gRPC status codes, with the REST routes' messages.
+    for (case, status, says) in [
+        ("unknown_model", "StatusCode.NOT_FOUND", "no-such-model"),
+        ("bad_shape", "StatusCode.INVALID_ARGUMENT", "[1, "),
+        (
+            "unknown_output",
+            "StatusCode.INVALID_ARGUMENT",
+            "no output `nope`",
+        ),
+        ("no_token", "StatusCode.UNAUTHENTICATED", ""),
+        ("path_escape", "StatusCode.INVALID_ARGUMENT", "function `../../admin/v1/gc` must be"),
+    ] {
+        let (got, message) = err(case);
+        assert_eq!(got, status, "{case}: {message}");
+        assert!(
+            message.contains(says),
+            "{case}: {message:?} does not say {says:?}"
+        );
+    }
+    // The same call path: its calls are counted like the REST route's.
+    let calls = server.metric(
+        r#"quiver_invocations_total{function="fraud-score",status="200",tenant="default",version="1.2.0"}"#,
+    );
+    assert!(calls.unwrap_or(0.0) >= 2.0, "{calls:?}");
+    server.assert_healthy();
+}
+
+#[test]
+fn grpc_with_tls_is_refused_at_start() {
+    let message = quiver_tests::serve_refused(&[
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        "/nonexistent/cert.pem",
+        "--tls-key",
+        "/nonexistent/key.pem",
+    ]);
+    assert!(message.contains("--grpc-listen"), "{message}");
+}

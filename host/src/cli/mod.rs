@@ -135,6 +135,10 @@ struct ServeArgs {
     /// ORT_DYLIB_PATH; a build with `--features ort`). `gpu` models always use ort.
     #[arg(long, env = "QUIVER_ONNX_BACKEND", value_enum, default_value = "tract")]
     onnx_backend: crate::nn::OnnxBackend,
+    /// Also serve the Open Inference Protocol over gRPC
+    /// (`inference.GRPCInferenceService`) on this address.
+    #[arg(long, env = "QUIVER_GRPC_LISTEN")]
+    grpc_listen: Option<std::net::SocketAddr>,
     /// Serve HTTPS: a PEM certificate chain (with --tls-key).
     #[arg(long, env = "QUIVER_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -191,6 +195,7 @@ impl ServeArgs {
             inference_threads: self.inference_threads,
             onnx_backend: self.onnx_backend,
             tls: self.tls_cert.clone().zip(self.tls_key.clone()),
+            grpc_listen: self.grpc_listen,
             usage_save_interval: *self.usage_save_interval,
             triggers: crate::triggers::TriggerConfig {
                 consumer: self
@@ -398,6 +403,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     serde_json::json!({ "listening": format!("{scheme}://{}", server.addr) })
                 ),
                 false => println!("quiver listening on {scheme}://{}", server.addr),
+            }
+            if let Some(at) = server.grpc_addr {
+                tracing::info!("gRPC (inference.GRPCInferenceService) listening on {at}");
             }
             let mut handle = server.handle;
             tokio::select! {

@@ -24,6 +24,7 @@ mod datasets;
 mod events;
 mod extract;
 mod features;
+pub mod grpc;
 mod logs;
 mod models;
 mod monitors;

@@ -1,0 +1,481 @@
+//! The Open Inference Protocol over gRPC (`inference.GRPCInferenceService`, the
+//! vendored `proto/grpc_predict_v2.proto`, on `--grpc-listen`).
+//!
+//! Each RPC is translated into the REST request it mirrors and served in process
+//! by the same router: the same auth layer (the `authorization` metadata is the
+//! bearer token), call path, limits, metrics and errors. Tensors travel as the
+//! REST binary extension (`raw_input_contents` as they came; typed `contents` as
+//! JSON `data`), so the data is not re-encoded as JSON; outputs come back as
+//! `raw_output_contents`. REST errors become gRPC statuses with the same message.
+//!
+//! The tenant is the token's; metadata `quiver-tenant` names it for the platform
+//! admin's token and for public functions called without one (the REST
+//! `/v2/tenants/{t}/...` routes).
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderValue, Method, Request, StatusCode};
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+use tonic::{Code, Response, Status};
+use tower::ServiceExt as _;
+
+pub mod pb {
+    #![allow(clippy::all, clippy::pedantic)]
+    tonic::include_proto!("inference");
+}
+use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use pb::infer_parameter::ParameterChoice;
+
+/// Serve gRPC on `listener` until the process stops; messages up to `max_body`
+/// (the REST body limit), refused before they are read past it.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<super::AppState>,
+) -> anyhow::Result<()> {
+    let max = state.max_body;
+    let service = GrpcInferenceServiceServer::new(Grpc {
+        router: super::router(state),
+    })
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(usize::MAX);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(service)
+        .serve_with_incoming(incoming)
+        .await?;
+    Ok(())
+}
+
+struct Grpc {
+    router: axum::Router,
+}
+
+/// A REST answer: status, the JSON header, and the binary part after it.
+struct Answer {
+    status: StatusCode,
+    json: Value,
+    binary: Bytes,
+}
+
+/// Path segments from clients are percent-encoded: a name cannot step into
+/// another route; the route's own validation then judges it.
+fn segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+fn code_of(status: StatusCode) -> Code {
+    match status.as_u16() {
+        400 | 413 | 415 | 422 => Code::InvalidArgument,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::NotFound,
+        409 => Code::FailedPrecondition,
+        429 => Code::ResourceExhausted,
+        503 => Code::Unavailable,
+        504 => Code::DeadlineExceeded,
+        502 => Code::Unavailable,
+        _ => Code::Internal,
+    }
+}
+
+impl Grpc {
+    /// `/v2/models/{name}[/versions/{v}]{suffix}`, under the tenant the metadata
+    /// names, if any.
+    fn model_path(
+        meta: &tonic::metadata::MetadataMap,
+        name: &str,
+        version: &str,
+        suffix: &str,
+    ) -> Result<String, Status> {
+        if name.is_empty() {
+            return Err(Status::invalid_argument("no model name"));
+        }
+        let mut path = String::from("/v2");
+        if let Some(t) = meta.get("quiver-tenant") {
+            let t = t
+                .to_str()
+                .map_err(|_| Status::invalid_argument("metadata quiver-tenant is not text"))?;
+            path.push_str(&format!("/tenants/{}", segment(t)));
+        }
+        path.push_str(&format!("/models/{}", segment(name)));
+        if !version.is_empty() {
+            path.push_str(&format!("/versions/{}", segment(version)));
+        }
+        path.push_str(suffix);
+        Ok(path)
+    }
+
+    async fn rest(
+        &self,
+        meta: &tonic::metadata::MetadataMap,
+        method: Method,
+        path: &str,
+        body: Option<(Vec<u8>, usize)>,
+    ) -> Result<Answer, Status> {
+        let mut req = Request::builder().method(method).uri(path);
+        for key in ["authorization", "traceparent", "x-quiver-route-key"] {
+            if let Some(v) = meta.get(key) {
+                let v = HeaderValue::from_bytes(v.as_bytes()).map_err(|_| {
+                    Status::invalid_argument(format!("metadata {key} is not a header value"))
+                })?;
+                req = req.header(key, v);
+            }
+        }
+        let body = match body {
+            None => Body::empty(),
+            Some((bytes, header_len)) => {
+                req = req
+                    .header("content-type", "application/octet-stream")
+                    .header(super::oip_wire::HEADER_LENGTH, header_len);
+                Body::from(bytes)
+            }
+        };
+        let req = req
+            .body(body)
+            .map_err(|e| Status::invalid_argument(format!("not a request: {e}")))?;
+        let resp = self
+            .router
+            .clone()
+            .oneshot(req)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let status = resp.status();
+        let header_len = resp
+            .headers()
+            .get(super::oip_wire::HEADER_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.parse::<usize>().ok());
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .map_err(|e| Status::internal(format!("reading the answer: {e}")))?;
+        let (json, binary) = match header_len {
+            Some(n) if n <= bytes.len() => (bytes.slice(..n), bytes.slice(n..)),
+            _ => (bytes, Bytes::new()),
+        };
+        let json: Value = serde_json::from_slice(&json).unwrap_or(Value::Null);
+        if !status.is_success() {
+            // The REST routes' errors: {"error": "..."} (OIP) or {"error": {"message"}}.
+            let message = json["error"]
+                .as_str()
+                .or_else(|| json["error"]["message"].as_str())
+                .unwrap_or("the request failed")
+                .to_string();
+            return Err(Status::new(code_of(status), message));
+        }
+        Ok(Answer {
+            status,
+            json,
+            binary,
+        })
+    }
+}
+
+fn parameter(p: &pb::InferParameter) -> Value {
+    match &p.parameter_choice {
+        Some(ParameterChoice::BoolParam(b)) => json!(b),
+        Some(ParameterChoice::Int64Param(i)) => json!(i),
+        Some(ParameterChoice::StringParam(s)) => json!(s),
+        Some(ParameterChoice::DoubleParam(d)) => json!(d),
+        Some(ParameterChoice::Uint64Param(u)) => json!(u),
+        None => Value::Null,
+    }
+}
+
+fn parameters(ps: &std::collections::HashMap<String, pb::InferParameter>) -> Map<String, Value> {
+    ps.iter().map(|(k, v)| (k.clone(), parameter(v))).collect()
+}
+
+/// A tensor's typed `contents` as REST JSON `data` (the REST route checks them
+/// against the datatype and shape).
+fn contents_data(name: &str, c: &pb::InferTensorContents) -> Result<Value, Status> {
+    let mut filled = 0;
+    let mut data = Value::Null;
+    let mut take = |v: Value, n: usize| {
+        if n > 0 {
+            filled += 1;
+            data = v;
+        }
+    };
+    take(json!(c.bool_contents), c.bool_contents.len());
+    take(json!(c.int_contents), c.int_contents.len());
+    take(json!(c.int64_contents), c.int64_contents.len());
+    take(json!(c.uint_contents), c.uint_contents.len());
+    take(json!(c.uint64_contents), c.uint64_contents.len());
+    take(json!(c.fp32_contents), c.fp32_contents.len());
+    take(json!(c.fp64_contents), c.fp64_contents.len());
+    let mut texts = Vec::with_capacity(c.bytes_contents.len());
+    for (i, b) in c.bytes_contents.iter().enumerate() {
+        texts.push(std::str::from_utf8(b).map_err(|_| {
+            Status::invalid_argument(format!(
+                "input `{name}`: bytes_contents[{i}] is not UTF-8 text"
+            ))
+        })?);
+    }
+    take(json!(texts), texts.len());
+    match filled {
+        0 => Ok(json!([])),
+        1 => Ok(data),
+        _ => Err(Status::invalid_argument(format!(
+            "input `{name}`: contents in more than one typed field"
+        ))),
+    }
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for Grpc {
+    async fn server_live(
+        &self,
+        req: tonic::Request<pb::ServerLiveRequest>,
+    ) -> Result<Response<pb::ServerLiveResponse>, Status> {
+        let a = self
+            .rest(req.metadata(), Method::GET, "/v2/health/live", None)
+            .await?;
+        Ok(Response::new(pb::ServerLiveResponse {
+            live: a.json["live"].as_bool().unwrap_or(false),
+        }))
+    }
+
+    async fn server_ready(
+        &self,
+        req: tonic::Request<pb::ServerReadyRequest>,
+    ) -> Result<Response<pb::ServerReadyResponse>, Status> {
+        let ready = match self
+            .rest(req.metadata(), Method::GET, "/v2/health/ready", None)
+            .await
+        {
+            Ok(a) => a.json["ready"].as_bool().unwrap_or(false),
+            Err(s) if s.code() == Code::Unavailable => false,
+            Err(s) => return Err(s),
+        };
+        Ok(Response::new(pb::ServerReadyResponse { ready }))
+    }
+
+    async fn model_ready(
+        &self,
+        req: tonic::Request<pb::ModelReadyRequest>,
+    ) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        let m = req.get_ref();
+        let path = Self::model_path(req.metadata(), &m.name, &m.version, "/ready")?;
+        let a = self.rest(req.metadata(), Method::GET, &path, None).await?;
+        Ok(Response::new(pb::ModelReadyResponse {
+            ready: a.json["ready"].as_bool().unwrap_or(false),
+        }))
+    }
+
+    async fn server_metadata(
+        &self,
+        req: tonic::Request<pb::ServerMetadataRequest>,
+    ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
+        let a = self.rest(req.metadata(), Method::GET, "/v2", None).await?;
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        Ok(Response::new(pb::ServerMetadataResponse {
+            name: text(&a.json["name"]),
+            version: text(&a.json["version"]),
+            extensions: a.json["extensions"]
+                .as_array()
+                .map(|e| e.iter().map(text).collect())
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        req: tonic::Request<pb::ModelMetadataRequest>,
+    ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        let m = req.get_ref();
+        let path = Self::model_path(req.metadata(), &m.name, &m.version, "")?;
+        let a = self.rest(req.metadata(), Method::GET, &path, None).await?;
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        let tensors = |v: &Value| {
+            v.as_array()
+                .map(|ts| {
+                    ts.iter()
+                        .map(|t| pb::model_metadata_response::TensorMetadata {
+                            name: text(&t["name"]),
+                            datatype: text(&t["datatype"]),
+                            shape: t["shape"]
+                                .as_array()
+                                .map(|s| s.iter().filter_map(Value::as_i64).collect())
+                                .unwrap_or_default(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Ok(Response::new(pb::ModelMetadataResponse {
+            name: text(&a.json["name"]),
+            versions: a.json["versions"]
+                .as_array()
+                .map(|v| v.iter().map(text).collect())
+                .unwrap_or_default(),
+            platform: text(&a.json["platform"]),
+            inputs: tensors(&a.json["inputs"]),
+            outputs: tensors(&a.json["outputs"]),
+            // The REST metadata's parameters, as text.
+            properties: a.json["parameters"]
+                .as_object()
+                .map(|p| {
+                    p.iter()
+                        .map(|(k, v)| {
+                            (
+                                k.clone(),
+                                v.as_str().map_or_else(|| v.to_string(), str::to_string),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn model_infer(
+        &self,
+        req: tonic::Request<pb::ModelInferRequest>,
+    ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        let (meta, _, r) = req.into_parts();
+        let path = Self::model_path(&meta, &r.model_name, &r.model_version, "/infer")?;
+        let raw = !r.raw_input_contents.is_empty();
+        if raw && r.raw_input_contents.len() != r.inputs.len() {
+            return Err(Status::invalid_argument(format!(
+                "{} inputs but {} raw_input_contents: one each, in order",
+                r.inputs.len(),
+                r.raw_input_contents.len()
+            )));
+        }
+        let mut inputs = Vec::with_capacity(r.inputs.len());
+        for (i, t) in r.inputs.iter().enumerate() {
+            let mut params = parameters(&t.parameters);
+            let mut input = json!({ "name": t.name, "datatype": t.datatype, "shape": t.shape });
+            match raw {
+                true => {
+                    params.insert(
+                        "binary_data_size".into(),
+                        json!(r.raw_input_contents[i].len()),
+                    );
+                }
+                false => {
+                    let c = t.contents.clone().unwrap_or_default();
+                    input["data"] = contents_data(&t.name, &c)?;
+                }
+            }
+            input["parameters"] = Value::Object(params);
+            inputs.push(input);
+        }
+        // Every output comes back binary: raw_output_contents.
+        let outputs: Vec<Value> = r
+            .outputs
+            .iter()
+            .map(|o| {
+                let mut p = parameters(&o.parameters);
+                p.insert("binary_data".into(), json!(true));
+                json!({ "name": o.name, "parameters": p })
+            })
+            .collect();
+        let mut params = parameters(&r.parameters);
+        params.insert("binary_data_output".into(), json!(true));
+        let mut header = json!({ "inputs": inputs, "outputs": outputs, "parameters": params });
+        if !r.id.is_empty() {
+            header["id"] = json!(r.id);
+        }
+        let mut body = header.to_string().into_bytes();
+        let header_len = body.len();
+        for raw in &r.raw_input_contents {
+            body.extend_from_slice(raw);
+        }
+        let a = self
+            .rest(&meta, Method::POST, &path, Some((body, header_len)))
+            .await?;
+        debug_assert!(a.status.is_success());
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        let mut at = 0usize;
+        let mut tensors = Vec::new();
+        let mut raw_out = Vec::new();
+        for o in a.json["outputs"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            let size = o["parameters"]["binary_data_size"]
+                .as_u64()
+                .and_then(|s| usize::try_from(s).ok())
+                .filter(|s| at + s <= a.binary.len())
+                .ok_or_else(|| {
+                    Status::internal(format!(
+                        "output {} came without its binary data (a bug)",
+                        o["name"]
+                    ))
+                })?;
+            raw_out.push(a.binary.slice(at..at + size).to_vec());
+            at += size;
+            tensors.push(pb::model_infer_response::InferOutputTensor {
+                name: text(&o["name"]),
+                datatype: text(&o["datatype"]),
+                shape: o["shape"]
+                    .as_array()
+                    .map(|s| s.iter().filter_map(Value::as_i64).collect())
+                    .unwrap_or_default(),
+                parameters: Default::default(),
+                contents: None,
+            });
+        }
+        Ok(Response::new(pb::ModelInferResponse {
+            model_name: text(&a.json["model_name"]),
+            model_version: text(&a.json["model_version"]),
+            id: text(&a.json["id"]),
+            parameters: Default::default(),
+            outputs: tensors,
+            raw_output_contents: raw_out,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cannot_leave_their_path_segment() {
+        assert_eq!(segment("fraud-score"), "fraud-score");
+        assert_eq!(segment("../../admin/v1?x"), "..%2F..%2Fadmin%2Fv1%3Fx");
+        let meta = tonic::metadata::MetadataMap::new();
+        assert_eq!(
+            Grpc::model_path(&meta, "m/x", "1.0.0", "/infer").unwrap(),
+            "/v2/models/m%2Fx/versions/1.0.0/infer"
+        );
+        assert!(Grpc::model_path(&meta, "", "", "").is_err());
+    }
+
+    #[test]
+    fn contents_in_two_fields_or_bad_text_are_refused() {
+        let c = pb::InferTensorContents {
+            fp32_contents: vec![1.0],
+            int64_contents: vec![1],
+            ..Default::default()
+        };
+        assert_eq!(
+            contents_data("x", &c).unwrap_err().code(),
+            Code::InvalidArgument
+        );
+        let c = pb::InferTensorContents {
+            bytes_contents: vec![vec![0xff]],
+            ..Default::default()
+        };
+        assert_eq!(
+            contents_data("x", &c).unwrap_err().code(),
+            Code::InvalidArgument
+        );
+        let c = pb::InferTensorContents {
+            fp64_contents: vec![0.5, 2.0],
+            ..Default::default()
+        };
+        assert_eq!(contents_data("x", &c).unwrap(), json!([0.5, 2.0]));
+    }
+}

@@ -1,0 +1,86 @@
+"""Drive Quiver's Open Inference Protocol gRPC service (`--grpc-listen`) with
+NVIDIA's client (`tritonclient[grpc]`, pinned in scripts/requirements-test.txt).
+
+usage: triton_grpc.py HOST:PORT MODEL TOKEN REFERENCE_JSON
+Prints one JSON object of what it measured; exits non-zero on any failed check.
+"""
+import json
+import sys
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+url, model, token, reference = sys.argv[1:5]
+AUTH = {"authorization": f"Bearer {token}"}
+ref = json.load(open(reference))
+rows = np.array(ref["rows"], dtype=np.float64)
+want = np.array([p[1] for p in ref["probabilities"]], dtype=np.float64)
+n = len(rows)
+
+client = grpcclient.InferenceServerClient(url)
+assert client.is_server_live(headers=AUTH)
+assert client.is_server_ready(headers=AUTH)
+assert client.is_model_ready(model, headers=AUTH)
+meta = client.get_model_metadata(model, headers=AUTH, as_json=True)
+assert meta["name"] == model, meta
+assert [i["name"] for i in meta["inputs"]] == [
+    "log_amount", "hour_of_day", "merchant_z", "merchant_known"], meta
+server = client.get_server_metadata(headers=AUTH, as_json=True)
+assert server["name"] == "quiver", server
+assert "binary_tensor_data" in server["extensions"], server
+
+
+def inputs():
+    cols = [
+        ("log_amount", rows[:, 0].astype(np.float32), "FP32"),
+        ("hour_of_day", rows[:, 1].astype(np.int64).reshape(n, 1), "INT64"),
+        ("merchant_z", rows[:, 2], "FP64"),
+        ("merchant_known", rows[:, 3] == 1.0, "BOOL"),
+    ]
+    out = []
+    for name, arr, dt in cols:
+        t = grpcclient.InferInput(name, list(arr.shape), dt)
+        t.set_data_from_numpy(arr)  # raw_input_contents, as the client sends them
+        out.append(t)
+    return out
+
+
+results = {"rows": n}
+outs = [grpcclient.InferRequestedOutput("score"), grpcclient.InferRequestedOutput("label")]
+r = client.infer(model, inputs(), outputs=outs, headers=AUTH, request_id="req-9")
+score, label = r.as_numpy("score"), r.as_numpy("label")
+assert score.shape == (n,) and score.dtype == np.float64, (score.shape, score.dtype)
+assert label.dtype == np.bool_, label.dtype
+err = float(np.max(np.abs(score - want)))
+assert err < 1e-4, err
+assert (label == (score > 0.5)).all()
+resp = r.get_response(as_json=True)
+assert resp["id"] == "req-9", resp
+assert resp["model_name"] == model, resp
+results["max_abs_err"] = err
+
+# No outputs named: all of them.
+r = client.infer(model, inputs(), headers=AUTH)
+assert sorted(o["name"] for o in r.get_response(as_json=True)["outputs"]) == ["label", "score"]
+
+
+def refused(call):
+    try:
+        call()
+    except InferenceServerException as e:
+        return {"status": e.status(), "message": e.message()}
+    raise AssertionError("not refused")
+
+
+bad_shape = grpcclient.InferInput("log_amount", [1, n], "FP32")
+bad_shape.set_data_from_numpy(rows[:, 0].astype(np.float32).reshape(1, n))
+results["errors"] = {
+    "unknown_model": refused(lambda: client.infer("no-such-model", inputs(), headers=AUTH)),
+    "bad_shape": refused(lambda: client.infer(model, [bad_shape] + inputs()[1:], headers=AUTH)),
+    "unknown_output": refused(lambda: client.infer(
+        model, inputs(), outputs=[grpcclient.InferRequestedOutput("nope")], headers=AUTH)),
+    "no_token": refused(lambda: client.infer(model, inputs())),
+    "path_escape": refused(lambda: client.infer("../../admin/v1/gc", inputs(), headers=AUTH)),
+}
+print(json.dumps(results))
