@@ -4,7 +4,9 @@
 //! held for an `interval` and judged on what the candidate did against what the
 //! alias' version did in the same interval on this host:
 //! - **error rate**: the candidate's share of 5xx answers at most `max_error_rate`;
-//! - **latency**: its p99 at most `max_p99_ratio` × the champion's + `p99_slack_ms`;
+//! - **latency**: its p99 at most `max_p99_ratio` × the champion's + `p99_slack_ms`,
+//!   judged once both arms have [`P99_MIN_CALLS`] calls (with fewer, a p99 is the
+//!   slowest call: one cold start or scheduling hiccup would fail a step);
 //! - **score distribution**: a two-sample Kolmogorov–Smirnov test of the two arms'
 //!   `output` values (SciPy's `ks_2samp`, from `quiver-ml`); the step fails when the
 //!   test rejects "same distribution" at level `alpha` *and* the shift (the KS
@@ -238,6 +240,9 @@ pub struct Arm {
     pub scores: Vec<f64>,
 }
 
+/// Calls each arm needs before its p99 is judged (it is reported before).
+pub const P99_MIN_CALLS: u64 = 100;
+
 impl Arm {
     fn p99(&self) -> Option<f64> {
         let mut l = self.latencies_ms.clone();
@@ -319,7 +324,8 @@ pub fn judge(spec: &RolloutSpec, base: &Arm, cand: &Arm, step: Judged) -> Verdic
     if let (Some(b), Some(c)) = (base.p99(), cand.p99()) {
         let limit = b * spec.max_p99_ratio + spec.p99_slack_ms;
         m["p99_limit_ms"] = json!(limit);
-        if step == Judged::Shadow {
+        let few = cand.calls < P99_MIN_CALLS || (!all_in && base.calls < P99_MIN_CALLS);
+        if step == Judged::Shadow || few {
             m["p99_judged"] = json!(false);
         } else if c > limit {
             return Verdict::Fail(
@@ -645,10 +651,17 @@ mod tests {
             Verdict::Fail(why, _) => assert!(why.contains("error rate"), "{why}"),
             v => panic!("{v:?}"),
         }
+        // p99 is judged once both arms have P99_MIN_CALLS calls: before, the
+        // slowest call alone would decide.
+        assert!(matches!(
+            judge(&s, &good, &arm(40, 0, 50.0, spread(400, 0.0)), Judged::Canary),
+            Verdict::Pass(m) if m["p99_judged"] == false
+        ));
+        let many = arm(P99_MIN_CALLS, 0, 5.0, spread(400, 0.0));
         match judge(
             &s,
-            &good,
-            &arm(40, 0, 50.0, spread(400, 0.0)),
+            &many,
+            &arm(P99_MIN_CALLS, 0, 50.0, spread(400, 0.0)),
             Judged::Canary,
         ) {
             Verdict::Fail(why, _) => assert!(why.contains("p99"), "{why}"),

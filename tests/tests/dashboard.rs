@@ -276,7 +276,7 @@ fn the_dashboard_shows_functions_and_charts_in_a_real_browser_and_honours_tenanc
     assert!(
         recent
             .iter()
-            .any(|e| e["topic"] == "drift.detected" && e["source"] == "drift-monitor@1.1.0"),
+            .any(|e| e["topic"] == "drift.detected" && e["source"] == "drift-monitor@1.2.0"),
         "{recent:?}"
     );
 

@@ -93,7 +93,7 @@ fn a_tapped_pipeline_hands_its_calls_to_its_monitor_which_reports_and_alerts() {
         "outputs observed: {window}"
     );
     assert_eq!(window["alerts"], json!([]), "{window}");
-    assert_eq!(window["monitor_version"], "drift-monitor@1.1.0");
+    assert_eq!(window["monitor_version"], "drift-monitor@1.2.0");
     // As Prometheus series: the model version's predictions, the monitor's last metrics.
     let scores = series(
         "quiver_prediction_value_count",

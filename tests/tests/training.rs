@@ -540,3 +540,83 @@ fn a_trainer_that_fails_is_retried_then_dead_lettered_and_no_alias_moves() {
     assert_eq!(history["aliases"]["champion"], "1.0.0", "{history}");
     assert_eq!(history["history"].as_array().unwrap().len(), 1, "{history}");
 }
+
+/// The drift monitor keeps its window between observations and reads only the
+/// rows logged since (plus `window_overlap`): no row is lost or counted twice.
+#[test]
+fn the_drift_window_is_kept_and_extended_between_observations() {
+    let server = pipeline();
+    server.deploy_with(
+        "drift-monitor",
+        &[
+            "--set",
+            "config.dataset=fraud-pipeline",
+            "--set",
+            r#"datasets.read=["fraud-pipeline"]"#,
+            "--set",
+            "config.window_rows=100000",
+            "--set",
+            "config.window_overlap=0ms",
+        ],
+    );
+    server.deploy_with(
+        "fraud-pipeline",
+        &[
+            "--set",
+            "function.version=2.3.0",
+            "--set",
+            "datasets.log=true",
+            "--set",
+            r#"pipeline.monitor="drift-monitor""#,
+        ],
+    );
+    let window = |server: &Server| {
+        reports(server)["windows"]
+            .as_array()
+            .and_then(|w| w.last())
+            .map(|w| w["metrics"].clone())
+            .unwrap_or_default()
+    };
+    // 600 rows, observed (calls that queue while the monitor is busy are joined
+    // into one observation).
+    traffic_from(&server, 0, 12, 1.0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while window(&server)["window.rows"]["last"]
+        .as_f64()
+        .unwrap_or_default()
+        < 600.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no window of 600 rows"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Then one call at a time, until an observation has seen the rows of one of
+    // them (a call is observed when it answers, maybe before its rows are logged).
+    let mut sent = 600;
+    let metrics = loop {
+        traffic_from(&server, sent, 1, 1.0);
+        sent += 50;
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let m = window(&server);
+        if m["window.rows"]["last"].as_f64().unwrap_or_default() > 600.0 {
+            break m;
+        }
+        assert!(sent < 1000, "no observation saw the later calls: {m}");
+    };
+    assert!(
+        metrics["window.rows"]["count"].as_u64().unwrap() >= 2,
+        "{metrics}"
+    );
+    let (rows, read) = (
+        metrics["window.rows"]["last"].as_f64().unwrap(),
+        metrics["window.read_rows"]["last"].as_f64().unwrap(),
+    );
+    assert!(rows <= sent as f64, "rows counted twice: {metrics}");
+    assert_eq!(metrics["window.incremental"]["last"], 1.0, "{metrics}");
+    assert!(
+        read < rows,
+        "the last observation read the whole window: {metrics}"
+    );
+}

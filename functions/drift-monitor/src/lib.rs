@@ -1,8 +1,10 @@
 //! Drift monitor, in one of two modes.
 //!
-//! **Distributions** (with `[config] dataset`): each observation, it reads the
-//! newest `window_rows` (default 1000) rows of the last `window` (default 1h) of
-//! that function's logged predictions (its `[datasets] read` must name it), takes
+//! **Distributions** (with `[config] dataset`): its window is the newest
+//! `window_rows` (default 1000) rows of the last `window` (default 1h) of that
+//! function's logged predictions (its `[datasets] read` must name it), kept while
+//! the instance is warm and extended each observation by the rows logged since
+//! (`window.rs`; `window.read_rows` and `window.incremental` say what it read); it takes
 //! the rows the most-served version of `[config] model` (default `fraud-model`)
 //! scored, and compares each column against the reference distributions that
 //! version was trained on (`quiver:ml/datasets.reference`, kept with its lineage):
@@ -25,7 +27,9 @@
 //! when one is set, as one flat JSON row (`monitor`, the first `alert`, the
 //! count of `alerts`, and every metric). Numeric outputs are reported as `out.<column>.mean`.
 use quiver_ml::drift;
-use quiver_sdk::datasets::{self, Distribution, Query};
+use quiver_sdk::datasets::{self, Distribution};
+
+mod window;
 use quiver_sdk::events::{self, Payload};
 use quiver_sdk::features::{self, Value as FeatureValue};
 use quiver_sdk::{Batch, Column, Error, Report};
@@ -186,12 +190,28 @@ fn observe_distributions(dataset: String) -> Result<Report, Error> {
     let min_rows = number("min_rows", 100.0)? as usize;
     let model = quiver_sdk::config("model").unwrap_or_else(|| "fraud-model".into());
     let score = quiver_sdk::config("score").unwrap_or_else(|| "score".into());
-    let rows = datasets::read(&Query {
-        function: dataset.clone(),
-        since_ms: window_ms,
-        labelled_only: false,
-        limit: limit.max(1),
-    })?;
+    let overlap_ms = duration_ms("window_overlap", 5_000)?;
+    window::with_window(
+        &dataset,
+        window_ms,
+        limit,
+        overlap_ms,
+        now_ms(),
+        |rows, read| judge_window(&dataset, window_ms, min_rows, &model, &score, rows, read),
+    )
+}
+
+/// Compare a window with the reference of the model version that served most of
+/// it; on drift, publish `drift.detected` (once per cooldown).
+fn judge_window(
+    dataset: &str,
+    window_ms: u64,
+    min_rows: usize,
+    model: &str,
+    score: &str,
+    rows: &Batch,
+    read: window::Read,
+) -> Result<Report, Error> {
     // The model version that served most of the window, and its rows.
     let served = rows
         .texts("models")
@@ -209,7 +229,14 @@ fn observe_distributions(dataset: String) -> Result<Report, Error> {
             *counts.entry(v).or_default() += 1;
         }
     }
-    let mut metrics = vec![("window.rows".to_string(), rows.num_rows() as f64)];
+    let mut metrics = vec![
+        ("window.rows".to_string(), rows.num_rows() as f64),
+        ("window.read_rows".to_string(), read.read as f64),
+        (
+            "window.incremental".to_string(),
+            f64::from(u8::from(read.incremental)),
+        ),
+    ];
     let Some((version, n)) = counts.into_iter().max_by_key(|(_, n)| *n) else {
         return Ok(Report {
             metrics,

@@ -1,0 +1,171 @@
+//! The window of live traffic, kept between observations while this instance is
+//! warm (instances of a monitor are reused within its deployment): each
+//! observation reads only the rows logged since the newest row it holds (with a
+//! short overlap for rows logged late, dropped by their `request_id`/`row` key),
+//! appends them, and drops rows past the window's time (`window`) and count
+//! (`window_rows`). A fresh instance, another dataset or window, or a read that
+//! came back full (more new rows than the window holds) reads the whole window.
+//!
+//! The statistics are still computed over the whole window each time: PSI as
+//! Evidently bins it depends on the pooled data's range and count, so a window's
+//! bins cannot be updated row by row and give the same numbers.
+
+use quiver_sdk::datasets::{self, Query};
+use quiver_sdk::{Batch, Column, Error, Field};
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+struct Kept {
+    dataset: String,
+    window_ms: u64,
+    limit: u32,
+    rows: Batch,
+}
+
+static KEPT: Mutex<Option<Kept>> = Mutex::new(None);
+
+/// What one observation read, besides the window itself.
+pub struct Read {
+    /// Rows the dataset reads returned this time.
+    pub read: usize,
+    /// Whether the kept window was extended (rather than read whole).
+    pub incremental: bool,
+}
+
+fn times(b: &Batch) -> &[i64] {
+    b.i64s("time_ms").unwrap_or_default()
+}
+
+fn keys(b: &Batch, from: usize) -> HashSet<(String, i64)> {
+    let (ids, rows) = (
+        b.texts("request_id").unwrap_or_default(),
+        b.i64s("row").unwrap_or_default(),
+    );
+    (from..ids.len().min(rows.len()))
+        .map(|i| (ids[i].clone(), rows[i]))
+        .collect()
+}
+
+/// `b`'s rows at `idx`, in that order.
+fn take(b: &Batch, idx: &[usize]) -> Batch {
+    let pick = |c: &Column| match c {
+        Column::Float64(v) => Column::Float64(idx.iter().map(|&i| v[i]).collect()),
+        Column::Int64(v) => Column::Int64(idx.iter().map(|&i| v[i]).collect()),
+        Column::Text(v) => Column::Text(idx.iter().map(|&i| v[i].clone()).collect()),
+        Column::Boolean(v) => Column::Boolean(idx.iter().map(|&i| v[i]).collect()),
+    };
+    Batch {
+        fields: b
+            .fields
+            .iter()
+            .map(|f| Field {
+                name: f.name.clone(),
+                values: pick(&f.values),
+            })
+            .collect(),
+    }
+}
+
+/// `a` then `b`, when both have the same fields of the same types.
+fn concat(mut a: Batch, b: Batch) -> Option<Batch> {
+    if a.fields.len() != b.fields.len() {
+        return None;
+    }
+    for (x, y) in a.fields.iter_mut().zip(b.fields) {
+        if x.name != y.name {
+            return None;
+        }
+        match (&mut x.values, y.values) {
+            (Column::Float64(v), Column::Float64(w)) => v.extend(w),
+            (Column::Int64(v), Column::Int64(w)) => v.extend(w),
+            (Column::Text(v), Column::Text(w)) => v.extend(w),
+            (Column::Boolean(v), Column::Boolean(w)) => v.extend(w),
+            _ => return None,
+        }
+    }
+    Some(a)
+}
+
+fn read_since(dataset: &str, since_ms: u64, limit: u32) -> Result<Batch, Error> {
+    datasets::read(&Query {
+        function: dataset.to_string(),
+        since_ms,
+        labelled_only: false,
+        limit: limit.max(1),
+    })
+}
+
+/// Bring the kept window up to date and run `f` on it: the newest `limit` rows
+/// of the last `window_ms`, oldest first.
+///
+/// Rows logged up to `overlap_ms` before the newest one held are read again
+/// (and dropped when already held): a call's rows are stamped when it started
+/// and logged when it ends, so a slow call's rows come in late.
+pub fn with_window<R>(
+    dataset: &str,
+    window_ms: u64,
+    limit: u32,
+    overlap_ms: u64,
+    now_ms: i64,
+    f: impl FnOnce(&Batch, Read) -> Result<R, Error>,
+) -> Result<R, Error> {
+    // A poisoned lock only means an earlier observation trapped: start over.
+    let mut kept = KEPT.lock().unwrap_or_else(|p| p.into_inner());
+    let held = kept
+        .take()
+        .filter(|k| k.dataset == dataset && k.window_ms == window_ms && k.limit == limit);
+    let newest = held.as_ref().and_then(|k| times(&k.rows).last().copied());
+    let mut read = 0;
+    let mut extended = None;
+    if let (Some(k), Some(t)) = (held, newest) {
+        let since_ms = (now_ms
+            .saturating_sub(t)
+            .saturating_add(overlap_ms.min(window_ms) as i64)
+            .max(0) as u64)
+            .min(window_ms);
+        let new = read_since(dataset, since_ms, limit)?;
+        read += new.num_rows();
+        if new.num_rows() < limit as usize {
+            // Drop what is already held: rows of the overlap.
+            let from_ms = now_ms.saturating_sub(since_ms as i64);
+            let from = times(&k.rows).partition_point(|&t| t < from_ms);
+            let held = keys(&k.rows, from);
+            let (ids, rows) = (
+                new.texts("request_id").unwrap_or_default(),
+                new.i64s("row").unwrap_or_default(),
+            );
+            let fresh: Vec<usize> = (0..new.num_rows().min(ids.len()).min(rows.len()))
+                .filter(|&i| !held.contains(&(ids[i].clone(), rows[i])))
+                .collect();
+            // Fields that changed (another schema): read whole below.
+            extended = concat(k.rows, take(&new, &fresh));
+        }
+    }
+    let incremental = extended.is_some();
+    let mut rows = match extended {
+        Some(rows) => rows,
+        None => {
+            let whole = read_since(dataset, window_ms, limit)?;
+            read += whole.num_rows();
+            whole
+        }
+    };
+    // Past the window's time, then its count: the oldest go.
+    let oldest_ms = now_ms.saturating_sub(window_ms.min(i64::MAX as u64) as i64);
+    let n = rows.num_rows();
+    let start = times(&rows)
+        .partition_point(|&t| t < oldest_ms)
+        .max(n.saturating_sub(limit as usize));
+    if start > 0 {
+        let idx: Vec<usize> = (start..n).collect();
+        rows = take(&rows, &idx);
+    }
+    let out = f(&rows, Read { read, incremental });
+    *kept = Some(Kept {
+        dataset: dataset.to_string(),
+        window_ms,
+        limit,
+        rows,
+    });
+    out
+}
