@@ -11,7 +11,14 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q evidently==0.7.23 scipy==1.14.1 numpy==2.2.6 pandas==2.2.3
 fi
-step "quiver-ml (release)"
+step "quiver-ml (native, release)"
 (cd sdk/ml && cargo run -q --release --example bench_drift -- "$DATA" "$CUR" "$REF" "$FEATURES")
+step "quiver-ml inside Wasm (wasm32-wasip2, Quiver's engine configuration), same data"
+(cd sdk/ml && cargo build -q --release --example bench_drift --target wasm32-wasip2)
+cargo build -q --locked --release --example run_guest -p quiver-host
+QUIVER_BENCH_READ=1 QUIVER_BENCH_LABEL="quiver-ml in wasm" \
+  "$CARGO_TARGET_DIR/release/examples/run_guest" \
+  "$CARGO_TARGET_DIR/wasm32-wasip2/release/examples/bench_drift.wasm" "$DATA" \
+  /data "$CUR" "$REF" "$FEATURES"
 step "Evidently + SciPy"
 "$VENV/bin/python" scripts/bench-drift.py "$DATA" "$FEATURES"

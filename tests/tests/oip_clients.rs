@@ -186,7 +186,11 @@ fn tritonclient_grpc_infers_with_raw_tensors() {
             "no output `nope`",
         ),
         ("no_token", "StatusCode.UNAUTHENTICATED", ""),
-        ("path_escape", "StatusCode.INVALID_ARGUMENT", "function `../../admin/v1/gc` must be"),
+        (
+            "path_escape",
+            "StatusCode.INVALID_ARGUMENT",
+            "function `../../admin/v1/gc` must be",
+        ),
     ] {
         let (got, message) = err(case);
         assert_eq!(got, status, "{case}: {message}");

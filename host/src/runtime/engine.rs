@@ -4,7 +4,9 @@
 use crate::manifest::MAX_MEMORY;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-pub(super) fn engine_config() -> Config {
+/// The configuration every Quiver engine starts from (public for the benchmark
+/// runner `examples/run_guest.rs`).
+pub fn engine_config() -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);

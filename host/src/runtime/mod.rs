@@ -30,7 +30,8 @@ mod engine;
 mod host;
 mod instances;
 
-use engine::{engine_config, pooled_engine};
+pub use engine::engine_config;
+use engine::pooled_engine;
 pub use host::HostState;
 use host::MemoryLimiter;
 pub use instances::MAX_IDLE;

@@ -6,6 +6,11 @@
 //! `scripts/bench-drift.py` times Evidently and SciPy on exactly the same values.
 //!
 //! `cargo run --release --example bench_drift -- DIR [current] [reference] [features]`
+//!
+//! With `QUIVER_BENCH_READ=1` it reads the files an earlier run wrote instead:
+//! how `scripts/bench-drift.sh` runs the same computation built for
+//! `wasm32-wasip2` inside the sandbox (`host/examples/run_guest.rs`) on the same data.
+//! The label it prints is `QUIVER_BENCH_LABEL` (default `quiver-ml`).
 use std::time::Instant;
 
 fn splitmix(state: &mut u64) -> f64 {
@@ -28,6 +33,14 @@ fn sample(n: usize, seed: u64, shift: f64) -> Vec<f64> {
         .collect()
 }
 
+fn read(path: &std::path::Path) -> std::io::Result<Vec<f64>> {
+    let bytes = std::fs::read(path)?;
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect())
+}
+
 fn write(path: &std::path::Path, v: &[f64]) -> std::io::Result<()> {
     let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
     std::fs::write(path, bytes)
@@ -41,19 +54,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let arg = |i: usize, d: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d);
     let (current, reference, features) = (arg(2, 1_000_000), arg(3, 100_000), arg(4, 20));
-    std::fs::create_dir_all(&dir)?;
+    let label = std::env::var("QUIVER_BENCH_LABEL").unwrap_or_else(|_| "quiver-ml".into());
     let mut data = Vec::new();
-    for f in 0..features {
-        let r = sample(reference, 1000 + f as u64, 0.0);
-        // Every other feature drifts a little.
-        let c = sample(
-            current,
-            5000 + f as u64,
-            if f % 2 == 0 { 0.0 } else { 0.05 },
-        );
-        write(&dir.join(format!("ref_{f}.f64")), &r)?;
-        write(&dir.join(format!("cur_{f}.f64")), &c)?;
-        data.push((r, c));
+    if std::env::var("QUIVER_BENCH_READ").is_ok_and(|v| v == "1") {
+        for f in 0..features {
+            data.push((
+                read(&dir.join(format!("ref_{f}.f64")))?,
+                read(&dir.join(format!("cur_{f}.f64")))?,
+            ));
+        }
+    }
+    if data.is_empty() {
+        std::fs::create_dir_all(&dir)?;
+        for f in 0..features {
+            let r = sample(reference, 1000 + f as u64, 0.0);
+            // Every other feature drifts a little.
+            let c = sample(
+                current,
+                5000 + f as u64,
+                if f % 2 == 0 { 0.0 } else { 0.05 },
+            );
+            write(&dir.join(format!("ref_{f}.f64")), &r)?;
+            write(&dir.join(format!("cur_{f}.f64")), &c)?;
+            data.push((r, c));
+        }
     }
     let started = Instant::now();
     let mut results = Vec::new();
@@ -67,7 +91,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("feature {f:2}: psi {psi:.6} ks {d:.6} p {p:.3e}");
     }
     println!(
-        "quiver-ml: {features} features x {current} rows vs {reference}: {secs:.3} s (PSI + KS)"
+        "{label}: {features} features x {} rows vs {}: {secs:.3} s (PSI + KS)",
+        data.first().map_or(0, |d| d.1.len()),
+        data.first().map_or(0, |d| d.0.len())
     );
     Ok(())
 }
