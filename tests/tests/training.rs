@@ -620,3 +620,37 @@ fn the_drift_window_is_kept_and_extended_between_observations() {
         "the last observation read the whole window: {metrics}"
     );
 }
+
+/// `[triggers] schedule` retrains too: the tick is the run's reason, kept in the
+/// new version's lineage.
+#[test]
+fn a_schedule_retrains_the_model() {
+    let server = pipeline();
+    traffic(&server, 8);
+    server.deploy_with(
+        "retrain-fraud",
+        &["--set", r#"triggers.schedule="*/1 * * * * *""#],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let trained = loop {
+        if let Some(m) = meta_versions(&server)
+            .into_iter()
+            .find(|m| m["version"] == "1.1.0")
+        {
+            break m;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scheduled training"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    };
+    let reason = &trained["lineage"]["reason"];
+    assert!(reason["tick_ms"].as_i64().is_some(), "{reason}");
+    assert!(reason["scheduled_at"].as_str().is_some(), "{reason}");
+    // Later ticks train nothing while the rollout the gate started runs.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert!(meta_versions(&server)
+        .iter()
+        .all(|m| m["version"] != "1.2.0"));
+}
