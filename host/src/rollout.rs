@@ -5,7 +5,7 @@
 //! alias' version did in the same interval on this host:
 //! - **error rate**: the candidate's share of 5xx answers at most `max_error_rate`;
 //! - **latency**: its p99 at most `max_p99_ratio` × the champion's + `p99_slack_ms`,
-//!   judged once both arms have [`P99_MIN_CALLS`] calls (with fewer, a p99 is the
+//!   judged once both arms (at 100 %, the candidate) have [`P99_MIN_CALLS`] calls (with fewer, a p99 is the
 //!   slowest call: one cold start or scheduling hiccup would fail a step);
 //! - **score distribution**: a two-sample Kolmogorov–Smirnov test of the two arms'
 //!   `output` values (SciPy's `ks_2samp`, from `quiver-ml`); the step fails when the

@@ -80,6 +80,8 @@ for binary_in in (True, False):
 # No outputs named: all of them, binary by default (tritonclient asks for that).
 r = client.infer(model, inputs(True), headers=h())
 assert sorted(o["name"] for o in r.get_response()["outputs"]) == ["label", "score"]
+for o in r.get_response()["outputs"]:
+    assert "binary_data_size" in o.get("parameters", {}), o
 assert r.as_numpy("score").shape == (n,)
 
 

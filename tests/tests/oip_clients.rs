@@ -58,8 +58,12 @@ fn tritonclient_http_infers_with_json_and_binary_tensors() {
     let (status, message) = err("compressed");
     assert_eq!(status, "415", "{message}");
     assert!(message.contains("uncompressed"), "{message}");
-    let (status, _) = err("no_token");
+    let (status, message) = err("no_token");
     assert_eq!(status, "401");
+    assert!(
+        message.contains("missing `Authorization: Bearer"),
+        "{message}"
+    );
     server.assert_healthy();
 }
 
@@ -158,12 +162,14 @@ fn tritonclient_grpc_infers_with_raw_tensors() {
         .arg("fraud-score")
         .arg(&token)
         .arg(repo().join("functions/fraud-score/model/reference.json"))
+        .arg(&server.admin_token)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "triton_grpc.py: {stderr}");
     let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
     assert!(r["max_abs_err"].as_f64().unwrap() < 1e-4, "{r}");
+    assert!(r["typed_max_abs_err"].as_f64().unwrap() < 1e-4, "{r}");
     let err = |k: &str| {
         (
             r["errors"][k]["status"]
@@ -185,7 +191,22 @@ fn tritonclient_grpc_infers_with_raw_tensors() {
             "StatusCode.INVALID_ARGUMENT",
             "no output `nope`",
         ),
-        ("no_token", "StatusCode.UNAUTHENTICATED", ""),
+        (
+            "no_token",
+            "StatusCode.UNAUTHENTICATED",
+            "missing `Authorization: Bearer",
+        ),
+        // A platform token must name the tenant; a tenant's token sees no other.
+        (
+            "admin_without_tenant",
+            "StatusCode.INVALID_ARGUMENT",
+            "names the tenant",
+        ),
+        (
+            "other_tenant",
+            "StatusCode.NOT_FOUND",
+            "no tenant `someone-else` that this token can see",
+        ),
         (
             "path_escape",
             "StatusCode.INVALID_ARGUMENT",

@@ -542,7 +542,8 @@ fn a_trainer_that_fails_is_retried_then_dead_lettered_and_no_alias_moves() {
 }
 
 /// The drift monitor keeps its window between observations and reads only the
-/// rows logged since (plus `window_overlap`): no row is lost or counted twice.
+/// rows logged since (plus `window_overlap`, whose rows it already holds are
+/// dropped): no row is counted twice.
 #[test]
 fn the_drift_window_is_kept_and_extended_between_observations() {
     let server = pipeline();
@@ -556,7 +557,7 @@ fn the_drift_window_is_kept_and_extended_between_observations() {
             "--set",
             "config.window_rows=100000",
             "--set",
-            "config.window_overlap=0ms",
+            "config.window_overlap=100ms",
         ],
     );
     server.deploy_with(
@@ -594,6 +595,9 @@ fn the_drift_window_is_kept_and_extended_between_observations() {
     }
     // Then one call at a time, until an observation has seen the rows of one of
     // them (a call is observed when it answers, maybe before its rows are logged).
+    // Each read takes the 100 ms before the newest row held again (the overlap):
+    // those rows are dropped as already held.
+    std::thread::sleep(std::time::Duration::from_millis(500));
     let mut sent = 600;
     let metrics = loop {
         traffic_from(&server, sent, 1, 1.0);
@@ -614,6 +618,7 @@ fn the_drift_window_is_kept_and_extended_between_observations() {
         metrics["window.read_rows"]["last"].as_f64().unwrap(),
     );
     assert!(rows <= sent as f64, "rows counted twice: {metrics}");
+    assert_eq!(metrics["window.duplicates"]["max"], 0.0, "{metrics}");
     assert_eq!(metrics["window.incremental"]["last"], 1.0, "{metrics}");
     assert!(
         read < rows,

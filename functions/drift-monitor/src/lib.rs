@@ -4,7 +4,8 @@
 //! `window_rows` (default 1000) rows of the last `window` (default 1h) of that
 //! function's logged predictions (its `[datasets] read` must name it), kept while
 //! the instance is warm and extended each observation by the rows logged since
-//! (`window.rs`; `window.read_rows` and `window.incremental` say what it read); it takes
+//! (`window.rs`; `window.read_rows`, `window.incremental` and `window.duplicates`
+//! say what it read and that no row is held twice); it takes
 //! the rows the most-served version of `[config] model` (default `fraud-model`)
 //! scored, and compares each column against the reference distributions that
 //! version was trained on (`quiver:ml/datasets.reference`, kept with its lineage):
@@ -236,6 +237,7 @@ fn judge_window(
             "window.incremental".to_string(),
             f64::from(u8::from(read.incremental)),
         ),
+        ("window.duplicates".to_string(), read.duplicates as f64),
     ];
     let Some((version, n)) = counts.into_iter().max_by_key(|(_, n)| *n) else {
         return Ok(Report {

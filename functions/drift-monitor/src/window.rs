@@ -30,6 +30,9 @@ pub struct Read {
     pub read: usize,
     /// Whether the kept window was extended (rather than read whole).
     pub incremental: bool,
+    /// Rows held twice (a `request_id`/`row` key seen before): 0 unless the
+    /// window's bookkeeping is wrong; reported so that it is checked.
+    pub duplicates: usize,
 }
 
 fn times(b: &Batch) -> &[i64] {
@@ -64,6 +67,23 @@ fn take(b: &Batch, idx: &[usize]) -> Batch {
             })
             .collect(),
     }
+}
+
+/// `b`'s rows ordered by (`time_ms`, `request_id`, `row`), as the host reads them.
+fn in_time_order(b: Batch) -> Batch {
+    let (t, ids, rows) = (
+        times(&b),
+        b.texts("request_id").unwrap_or_default(),
+        b.i64s("row").unwrap_or_default(),
+    );
+    let n = b.num_rows().min(t.len()).min(ids.len()).min(rows.len());
+    let key = |i: usize| (t[i], &ids[i], rows[i]);
+    if (1..n).all(|i| key(i - 1) <= key(i)) {
+        return b;
+    }
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.sort_by(|&x, &y| key(x).cmp(&key(y)));
+    take(&b, &idx)
 }
 
 /// `a` then `b`, when both have the same fields of the same types.
@@ -114,14 +134,14 @@ pub fn with_window<R>(
     let held = kept
         .take()
         .filter(|k| k.dataset == dataset && k.window_ms == window_ms && k.limit == limit);
+    // The kept rows are in time order (sorted below), so the last is the newest.
     let newest = held.as_ref().and_then(|k| times(&k.rows).last().copied());
     let mut read = 0;
     let mut extended = None;
     if let (Some(k), Some(t)) = (held, newest) {
-        let since_ms = (now_ms
-            .saturating_sub(t)
-            .saturating_add(overlap_ms.min(window_ms) as i64)
-            .max(0) as u64)
+        // A newest row stamped after `now` (a clock step) reads the overlap.
+        let since_ms = (now_ms.saturating_sub(t).max(0) as u64)
+            .saturating_add(overlap_ms)
             .min(window_ms);
         let new = read_since(dataset, since_ms, limit)?;
         read += new.num_rows();
@@ -137,8 +157,9 @@ pub fn with_window<R>(
             let fresh: Vec<usize> = (0..new.num_rows().min(ids.len()).min(rows.len()))
                 .filter(|&i| !held.contains(&(ids[i].clone(), rows[i])))
                 .collect();
-            // Fields that changed (another schema): read whole below.
-            extended = concat(k.rows, take(&new, &fresh));
+            // Fields that changed (another schema): read whole below. Rows
+            // logged late are older than the newest held: back into time order.
+            extended = concat(k.rows, take(&new, &fresh)).map(in_time_order);
         }
     }
     let incremental = extended.is_some();
@@ -160,7 +181,18 @@ pub fn with_window<R>(
         let idx: Vec<usize> = (start..n).collect();
         rows = take(&rows, &idx);
     }
-    let out = f(&rows, Read { read, incremental });
+    let duplicates = match rows.texts("request_id") {
+        Ok(_) => rows.num_rows().saturating_sub(keys(&rows, 0).len()),
+        Err(_) => 0,
+    };
+    let out = f(
+        &rows,
+        Read {
+            read,
+            incremental,
+            duplicates,
+        },
+    );
     *kept = Some(Kept {
         dataset: dataset.to_string(),
         window_ms,

@@ -4,9 +4,10 @@
 //! Each RPC is translated into the REST request it mirrors and served in process
 //! by the same router: the same auth layer (the `authorization` metadata is the
 //! bearer token), call path, limits, metrics and errors. Tensors travel as the
-//! REST binary extension (`raw_input_contents` as they came; typed `contents` as
-//! JSON `data`), so the data is not re-encoded as JSON; outputs come back as
-//! `raw_output_contents`. REST errors become gRPC statuses with the same message.
+//! REST binary extension (`raw_input_contents` as they came; typed `contents`
+//! encoded the same way), so the data is not re-encoded as JSON; outputs come
+//! back as `raw_output_contents`. REST errors become gRPC statuses with the same
+//! message.
 //!
 //! The tenant is the token's; metadata `quiver-tenant` names it for the platform
 //! admin's token and for public functions called without one (the REST
@@ -35,6 +36,7 @@ pub async fn serve(
     let max = state.max_body;
     let service = GrpcInferenceServiceServer::new(Grpc {
         router: super::router(state),
+        max_body: max,
     })
     .max_decoding_message_size(max)
     .max_encoding_message_size(usize::MAX);
@@ -49,6 +51,8 @@ pub async fn serve(
 
 struct Grpc {
     router: axum::Router,
+    /// The REST body limit, which typed contents are checked against.
+    max_body: usize,
 }
 
 /// A REST answer: status, the JSON header, and the binary part after it.
@@ -73,7 +77,9 @@ fn segment(s: &str) -> String {
 
 fn code_of(status: StatusCode) -> Code {
     match status.as_u16() {
-        400 | 413 | 415 | 422 => Code::InvalidArgument,
+        400 | 415 | 422 => Code::InvalidArgument,
+        413 => Code::ResourceExhausted,
+        408 => Code::DeadlineExceeded,
         401 => Code::Unauthenticated,
         403 => Code::PermissionDenied,
         404 => Code::NotFound,
@@ -193,40 +199,122 @@ fn parameters(ps: &std::collections::HashMap<String, pb::InferParameter>) -> Map
     ps.iter().map(|(k, v)| (k.clone(), parameter(v))).collect()
 }
 
-/// A tensor's typed `contents` as REST JSON `data` (the REST route checks them
-/// against the datatype and shape).
-fn contents_data(name: &str, c: &pb::InferTensorContents) -> Result<Value, Status> {
-    let mut filled = 0;
-    let mut data = Value::Null;
-    let mut take = |v: Value, n: usize| {
-        if n > 0 {
-            filled += 1;
-            data = v;
+/// A tensor's typed `contents` as the binary extension's bytes (little-endian;
+/// BYTES with a 4-byte length before each element), from the one field its
+/// datatype uses: refused with the reason before anything is allocated past
+/// `max` bytes.
+fn contents_bytes(
+    name: &str,
+    datatype: &str,
+    c: &pb::InferTensorContents,
+    max: usize,
+) -> Result<Vec<u8>, Status> {
+    let filled = [
+        !c.bool_contents.is_empty(),
+        !c.int_contents.is_empty(),
+        !c.int64_contents.is_empty(),
+        !c.uint_contents.is_empty(),
+        !c.uint64_contents.is_empty(),
+        !c.fp32_contents.is_empty(),
+        !c.fp64_contents.is_empty(),
+        !c.bytes_contents.is_empty(),
+    ];
+    if filled.iter().filter(|f| **f).count() > 1 {
+        return Err(Status::invalid_argument(format!(
+            "input `{name}`: contents in more than one typed field"
+        )));
+    }
+    let (n, size) = match datatype {
+        "BOOL" => (c.bool_contents.len(), 1),
+        "INT8" | "INT16" | "INT32" => (c.int_contents.len(), 4),
+        "INT64" => (c.int64_contents.len(), 8),
+        "UINT8" | "UINT16" | "UINT32" => (c.uint_contents.len(), 4),
+        "UINT64" => (c.uint64_contents.len(), 8),
+        "FP32" => (c.fp32_contents.len(), 4),
+        "FP64" => (c.fp64_contents.len(), 8),
+        "BYTES" => (1, {
+            let total: usize = c.bytes_contents.iter().map(Vec::len).sum();
+            total.saturating_add(c.bytes_contents.len().saturating_mul(4))
+        }),
+        other => {
+            return Err(Status::invalid_argument(format!(
+                "input `{name}` ({other}): send it in raw_input_contents (the protocol has no typed contents for it)"
+            )))
         }
     };
-    take(json!(c.bool_contents), c.bool_contents.len());
-    take(json!(c.int_contents), c.int_contents.len());
-    take(json!(c.int64_contents), c.int64_contents.len());
-    take(json!(c.uint_contents), c.uint_contents.len());
-    take(json!(c.uint64_contents), c.uint64_contents.len());
-    take(json!(c.fp32_contents), c.fp32_contents.len());
-    take(json!(c.fp64_contents), c.fp64_contents.len());
-    let mut texts = Vec::with_capacity(c.bytes_contents.len());
-    for (i, b) in c.bytes_contents.iter().enumerate() {
-        texts.push(std::str::from_utf8(b).map_err(|_| {
+    let need = n.saturating_mul(size);
+    if need > max {
+        return Err(Status::resource_exhausted(format!(
+            "input `{name}`: its contents take {need} bytes, over the {max}-byte request limit"
+        )));
+    }
+    let range = |lo: i64, hi: i64, v: i64, i: usize| -> Result<i64, Status> {
+        (lo..=hi).contains(&v).then_some(v).ok_or_else(|| {
             Status::invalid_argument(format!(
-                "input `{name}`: bytes_contents[{i}] is not UTF-8 text"
+                "input `{name}` ({datatype}): element {i} is {v}, outside {lo}..={hi}"
             ))
-        })?);
+        })
+    };
+    let mut out = Vec::with_capacity(need);
+    match datatype {
+        "BOOL" => out.extend(c.bool_contents.iter().map(|b| u8::from(*b))),
+        "INT8" => {
+            for (i, v) in c.int_contents.iter().enumerate() {
+                out.extend(
+                    (range(i8::MIN.into(), i8::MAX.into(), (*v).into(), i)? as i8).to_le_bytes(),
+                );
+            }
+        }
+        "INT16" => {
+            for (i, v) in c.int_contents.iter().enumerate() {
+                out.extend(
+                    (range(i16::MIN.into(), i16::MAX.into(), (*v).into(), i)? as i16).to_le_bytes(),
+                );
+            }
+        }
+        "INT32" => c
+            .int_contents
+            .iter()
+            .for_each(|v| out.extend(v.to_le_bytes())),
+        "INT64" => c
+            .int64_contents
+            .iter()
+            .for_each(|v| out.extend(v.to_le_bytes())),
+        "UINT8" => {
+            for (i, v) in c.uint_contents.iter().enumerate() {
+                out.push(range(0, u8::MAX.into(), (*v).into(), i)? as u8);
+            }
+        }
+        "UINT16" => {
+            for (i, v) in c.uint_contents.iter().enumerate() {
+                out.extend((range(0, u16::MAX.into(), (*v).into(), i)? as u16).to_le_bytes());
+            }
+        }
+        "UINT32" => c
+            .uint_contents
+            .iter()
+            .for_each(|v| out.extend(v.to_le_bytes())),
+        "UINT64" => c
+            .uint64_contents
+            .iter()
+            .for_each(|v| out.extend(v.to_le_bytes())),
+        "FP32" => c
+            .fp32_contents
+            .iter()
+            .for_each(|v| out.extend(v.to_le_bytes())),
+        "FP64" => c
+            .fp64_contents
+            .iter()
+            .for_each(|v| out.extend(v.to_le_bytes())),
+        _ => {
+            // BYTES; each element is under 4 GiB (the message is bounded).
+            for b in &c.bytes_contents {
+                out.extend((b.len() as u32).to_le_bytes());
+                out.extend_from_slice(b);
+            }
+        }
     }
-    take(json!(texts), texts.len());
-    match filled {
-        0 => Ok(json!([])),
-        1 => Ok(data),
-        _ => Err(Status::invalid_argument(format!(
-            "input `{name}`: contents in more than one typed field"
-        ))),
-    }
+    Ok(out)
 }
 
 #[tonic::async_trait]
@@ -350,24 +438,31 @@ impl GrpcInferenceService for Grpc {
                 r.raw_input_contents.len()
             )));
         }
+        // Typed contents become the binary extension's bytes too, so every input
+        // travels as binary, in the order of the header's inputs.
+        let mut typed: Vec<Vec<u8>> = Vec::new();
         let mut inputs = Vec::with_capacity(r.inputs.len());
         for (i, t) in r.inputs.iter().enumerate() {
+            let bytes = match (raw, &t.contents) {
+                (true, Some(_)) => {
+                    return Err(Status::invalid_argument(format!(
+                        "input `{}` has contents and the request has raw_input_contents: send one",
+                        t.name
+                    )))
+                }
+                (true, None) => r.raw_input_contents[i].len(),
+                (false, c) => {
+                    let empty = pb::InferTensorContents::default();
+                    let c = c.as_ref().unwrap_or(&empty);
+                    typed.push(contents_bytes(&t.name, &t.datatype, c, self.max_body)?);
+                    typed.last().map_or(0, Vec::len)
+                }
+            };
             let mut params = parameters(&t.parameters);
-            let mut input = json!({ "name": t.name, "datatype": t.datatype, "shape": t.shape });
-            match raw {
-                true => {
-                    params.insert(
-                        "binary_data_size".into(),
-                        json!(r.raw_input_contents[i].len()),
-                    );
-                }
-                false => {
-                    let c = t.contents.clone().unwrap_or_default();
-                    input["data"] = contents_data(&t.name, &c)?;
-                }
-            }
-            input["parameters"] = Value::Object(params);
-            inputs.push(input);
+            params.insert("binary_data_size".into(), json!(bytes));
+            inputs.push(json!({
+                "name": t.name, "datatype": t.datatype, "shape": t.shape, "parameters": params,
+            }));
         }
         // Every output comes back binary: raw_output_contents.
         let outputs: Vec<Value> = r
@@ -387,8 +482,8 @@ impl GrpcInferenceService for Grpc {
         }
         let mut body = header.to_string().into_bytes();
         let header_len = body.len();
-        for raw in &r.raw_input_contents {
-            body.extend_from_slice(raw);
+        for part in r.raw_input_contents.iter().chain(&typed) {
+            body.extend_from_slice(part);
         }
         let a = self
             .rest(&meta, Method::POST, &path, Some((body, header_len)))
@@ -454,28 +549,43 @@ mod tests {
     }
 
     #[test]
-    fn contents_in_two_fields_or_bad_text_are_refused() {
-        let c = pb::InferTensorContents {
-            fp32_contents: vec![1.0],
-            int64_contents: vec![1],
-            ..Default::default()
+    fn typed_contents_become_the_binary_extensions_bytes_or_a_clear_refusal() {
+        let c = |f: fn(&mut pb::InferTensorContents)| {
+            let mut c = pb::InferTensorContents::default();
+            f(&mut c);
+            c
         };
+        let two = c(|c| {
+            c.fp32_contents = vec![1.0];
+            c.int64_contents = vec![1];
+        });
         assert_eq!(
-            contents_data("x", &c).unwrap_err().code(),
+            contents_bytes("x", "FP32", &two, 1 << 20)
+                .unwrap_err()
+                .code(),
             Code::InvalidArgument
         );
-        let c = pb::InferTensorContents {
-            bytes_contents: vec![vec![0xff]],
-            ..Default::default()
-        };
+        let fp = c(|c| c.fp64_contents = vec![0.5, 2.0]);
+        let mut want = 0.5f64.to_le_bytes().to_vec();
+        want.extend(2.0f64.to_le_bytes());
+        assert_eq!(contents_bytes("x", "FP64", &fp, 1 << 20).unwrap(), want);
+        let text = c(|c| c.bytes_contents = vec![b"hi".to_vec()]);
         assert_eq!(
-            contents_data("x", &c).unwrap_err().code(),
-            Code::InvalidArgument
+            contents_bytes("x", "BYTES", &text, 1 << 20).unwrap(),
+            [2, 0, 0, 0, b'h', b'i']
         );
-        let c = pb::InferTensorContents {
-            fp64_contents: vec![0.5, 2.0],
-            ..Default::default()
-        };
-        assert_eq!(contents_data("x", &c).unwrap(), json!([0.5, 2.0]));
+        let int8 = c(|c| c.int_contents = vec![-3, 300]);
+        let e = contents_bytes("x", "INT8", &int8, 1 << 20).unwrap_err();
+        assert!(e.message().contains("element 1 is 300"), "{}", e.message());
+        let big = c(|c| c.bool_contents = vec![true; 100]);
+        assert_eq!(
+            contents_bytes("x", "BOOL", &big, 99).unwrap_err().code(),
+            Code::ResourceExhausted
+        );
+        let half = c(|c| c.fp32_contents = vec![1.0]);
+        assert!(contents_bytes("x", "FP16", &half, 1 << 20)
+            .unwrap_err()
+            .message()
+            .contains("raw_input_contents"));
     }
 }
