@@ -2,7 +2,7 @@
 (`tritonclient[http]`, pinned in scripts/requirements-test.txt), as a user of
 Triton or KServe would: JSON and the binary tensor data extension, both ways.
 
-usage: triton_http.py HOST:PORT MODEL TOKEN REFERENCE_JSON
+usage: triton_http.py HOST:PORT MODEL TOKEN REFERENCE_JSON [ADMIN_TOKEN]
 Prints one JSON object of what it measured; exits non-zero on any failed check.
 """
 import json
@@ -12,7 +12,7 @@ import numpy as np
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-url, model, token, reference = sys.argv[1:5]
+url, model, token, reference = sys.argv[1:5]  # the admin token is not used here
 AUTH = {"Authorization": f"Bearer {token}"}
 
 

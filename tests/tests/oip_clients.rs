@@ -14,39 +14,51 @@ fn invoke_token(server: &Server) -> String {
     out["token"].as_str().unwrap().to_string()
 }
 
+/// Run a client script of tests/py against `addr` as `fraud-score`'s caller;
+/// what it printed (it exits non-zero when a check of its own fails).
+fn run_client(script: &str, addr: &str, token: &str, admin: &str) -> Value {
+    let out = Command::new(py_env())
+        .arg(repo().join("tests/py").join(script))
+        .arg(addr)
+        .arg("fraud-score")
+        .arg(token)
+        .arg(repo().join("functions/fraud-score/model/reference.json"))
+        .arg(admin)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{script}: {stderr}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"))
+}
+
+/// The (status, message) a script recorded for the refused call `case`.
+fn refusal(r: &Value, case: &str) -> (String, String) {
+    let text = |k: &str| {
+        r["errors"][case][k]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    (text("status"), text("message"))
+}
+
 #[test]
 fn tritonclient_http_infers_with_json_and_binary_tensors() {
     let server = Server::start();
     server.deploy_fraud_score();
     let token = invoke_token(&server);
-    let out = Command::new(py_env())
-        .arg(repo().join("tests/py/triton_http.py"))
-        .arg(server.url.trim_start_matches("http://"))
-        .arg("fraud-score")
-        .arg(&token)
-        .arg(repo().join("functions/fraud-score/model/reference.json"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "triton_http.py: {stderr}");
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    let r = run_client(
+        "triton_http.py",
+        server.url.trim_start_matches("http://"),
+        &token,
+        &server.admin_token,
+    );
     let cases = r["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 4, "{r}");
     for c in cases {
         assert!(c["max_abs_err"].as_f64().unwrap() < 1e-4, "{c}");
     }
-    let err = |k: &str| {
-        (
-            r["errors"][k]["status"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            r["errors"][k]["message"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-        )
-    };
+    let err = |k: &str| refusal(&r, k);
     let (status, message) = err("unknown_model");
     assert_eq!(status, "404", "{message}");
     let (status, message) = err("bad_shape");
@@ -156,32 +168,10 @@ fn tritonclient_grpc_infers_with_raw_tensors() {
     let server = Server::start_with(&["--grpc-listen", &grpc]);
     server.deploy_fraud_score();
     let token = invoke_token(&server);
-    let out = Command::new(py_env())
-        .arg(repo().join("tests/py/triton_grpc.py"))
-        .arg(&grpc)
-        .arg("fraud-score")
-        .arg(&token)
-        .arg(repo().join("functions/fraud-score/model/reference.json"))
-        .arg(&server.admin_token)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "triton_grpc.py: {stderr}");
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    let r = run_client("triton_grpc.py", &grpc, &token, &server.admin_token);
     assert!(r["max_abs_err"].as_f64().unwrap() < 1e-4, "{r}");
     assert!(r["typed_max_abs_err"].as_f64().unwrap() < 1e-4, "{r}");
-    let err = |k: &str| {
-        (
-            r["errors"][k]["status"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            r["errors"][k]["message"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-        )
-    };
+    let err = |k: &str| refusal(&r, k);
     // gRPC status codes, with the REST routes' messages.
     for (case, status, says) in [
         ("unknown_model", "StatusCode.NOT_FOUND", "no-such-model"),
