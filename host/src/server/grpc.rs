@@ -154,6 +154,7 @@ impl Grpc {
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         let status = resp.status();
+        let retry_after = resp.headers().get("retry-after").cloned();
         let header_len = resp
             .headers()
             .get(super::oip_wire::HEADER_LENGTH)
@@ -174,7 +175,16 @@ impl Grpc {
                 .or_else(|| json["error"]["message"].as_str())
                 .unwrap_or("the request failed")
                 .to_string();
-            return Err(Status::new(code_of(status), message));
+            let mut meta = tonic::metadata::MetadataMap::new();
+            // 429 and 503 say when to come back, as the REST routes do.
+            if let Some(v) = retry_after
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+            {
+                meta.insert("retry-after", v);
+            }
+            return Err(Status::with_metadata(code_of(status), message, meta));
         }
         Ok(Answer {
             status,
