@@ -294,6 +294,22 @@ fn meta_versions(server: &Server) -> Vec<Value> {
     meta["versions"].as_array().unwrap().clone()
 }
 
+/// The registered `fraud-model@version`, once it is there; `why` says what
+/// failed when it is not within `secs`.
+fn wait_version(server: &Server, version: &str, secs: u64, why: impl Fn() -> String) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(m) = meta_versions(server)
+            .into_iter()
+            .find(|m| m["version"] == version)
+        {
+            return m;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", why());
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
 fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -464,21 +480,9 @@ fn drift_in_live_traffic_retrains_the_model_it_was_measured_against() {
     // Amounts 20 times larger: the monitor sees it in the window, publishes
     // drift.detected, and the trainer retrains on the (labelled) window.
     traffic_from(&server, 1400, 6, 20.0);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let retrained = loop {
-        if let Some(m) = meta_versions(&server)
-            .into_iter()
-            .find(|m| m["version"] == "1.2.0")
-        {
-            break m;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no retrain after drift: {}",
-            reports(&server)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    };
+    let retrained = wait_version(&server, "1.2.0", 60, || {
+        format!("no retrain after drift: {}", reports(&server))
+    });
     let reason = &retrained["lineage"]["reason"];
     assert_eq!(reason["monitor"], "drift-monitor", "{reason}");
     assert_eq!(reason["model_version"], "fraud-model@1.1.0", "{reason}");
@@ -636,20 +640,7 @@ fn a_schedule_retrains_the_model() {
         "retrain-fraud",
         &["--set", r#"triggers.schedule="*/1 * * * * *""#],
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let trained = loop {
-        if let Some(m) = meta_versions(&server)
-            .into_iter()
-            .find(|m| m["version"] == "1.1.0")
-        {
-            break m;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no scheduled training"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    };
+    let trained = wait_version(&server, "1.1.0", 30, || "no scheduled training".into());
     let reason = &trained["lineage"]["reason"];
     assert!(reason["tick_ms"].as_i64().is_some(), "{reason}");
     assert!(reason["scheduled_at"].as_str().is_some(), "{reason}");
