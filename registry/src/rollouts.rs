@@ -78,6 +78,14 @@ pub struct RolloutUpdate<'a> {
 const COLUMNS: &str = "id, tenant, model, alias, baseline, candidate, spec, actor, state, step, \
                        failures, started_ms, step_started_ms, updated_ms, reason";
 
+fn by_id(tx: &rusqlite::Transaction<'_>, id: i64) -> rusqlite::Result<RolloutRecord> {
+    tx.query_row(
+        &format!("SELECT {COLUMNS} FROM rollouts WHERE id = ?1"),
+        params![id],
+        row,
+    )
+}
+
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RolloutRecord> {
     Ok(RolloutRecord {
         id: r.get(0)?,
@@ -169,11 +177,7 @@ impl Registry {
             ],
         )?;
         let id = tx.last_insert_rowid();
-        let record = tx.query_row(
-            &format!("SELECT {COLUMNS} FROM rollouts WHERE id = ?1"),
-            params![id],
-            row,
-        )?;
+        let record = by_id(&tx, id)?;
         tx.commit()?;
         Ok(record)
     }
@@ -246,11 +250,7 @@ impl Registry {
                 detail
             ],
         )?;
-        let record = tx.query_row(
-            &format!("SELECT {COLUMNS} FROM rollouts WHERE id = ?1"),
-            params![id],
-            row,
-        )?;
+        let record = by_id(&tx, id)?;
         tx.commit()?;
         Ok((record, moved))
     }

@@ -590,3 +590,26 @@ pub fn py_env() -> PathBuf {
     );
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
+
+/// The HTTP status `curl` got for `url` (0 when there was no HTTP answer), with
+/// `extra` curl arguments (`-k`, `--cacert`, `-H`).
+pub fn curl_status(extra: &[&str], url: &str) -> u16 {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+        ])
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("curl (apt-get install curl)");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}

@@ -110,7 +110,7 @@ impl Host {
 
     /// The status of GET `path` (curl: the TLS cases use a self-signed certificate).
     fn get(&self, path: &str) -> u16 {
-        curl_status(&["-k"], &format!("{}{path}", self.url))
+        quiver_tests::curl_status(&["-k"], &format!("{}{path}", self.url))
     }
 }
 
@@ -119,27 +119,6 @@ impl Drop for Host {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn curl_status(extra: &[&str], url: &str) -> u16 {
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "10",
-        ])
-        .args(extra)
-        .arg(url)
-        .output()
-        .expect("curl (apt-get install curl)");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0)
 }
 
 /// A loopback redis-server, with a password when given; killed on drop.

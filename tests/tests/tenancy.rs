@@ -1192,49 +1192,22 @@ fn tls_serves_the_same_api_over_https() {
         server.url
     );
     let curl = |extra: &[&str], path: &str| {
-        std::process::Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "10",
-            ])
-            .args(extra)
-            .arg(format!("{}{path}", server.url))
-            .output()
-            .expect("curl")
+        quiver_tests::curl_status(extra, &format!("{}{path}", server.url))
     };
     let auth = format!("Authorization: Bearer {}", server.admin_token);
-    let out = curl(
+    let status = curl(
         &["--cacert", cert.to_str().unwrap(), "-H", &auth],
         "/admin/v1/tenants",
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
-    let out = curl(&["--cacert", cert.to_str().unwrap()], "/admin/v1/tenants");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "401",
-        "no token over TLS either"
-    );
+    assert_eq!(status, 200);
+    let status = curl(&["--cacert", cert.to_str().unwrap()], "/admin/v1/tenants");
+    assert_eq!(status, 401, "no token over TLS either");
     // Plain HTTP to the TLS port gets no HTTP answer.
     let plain = server.url.replace("https://", "http://");
-    let out = std::process::Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "5",
-        ])
-        .arg(format!("{plain}/healthz"))
-        .output()
-        .unwrap();
-    assert_ne!(String::from_utf8_lossy(&out.stdout), "200");
+    assert_ne!(
+        quiver_tests::curl_status(&[], &format!("{plain}/healthz")),
+        200
+    );
 }
 
 /// A loopback HTTP server that answers 200 and counts connections.
