@@ -180,12 +180,21 @@ impl Server {
         self.cli_ok(&args)
     }
 
-    /// `chaos` twice: as `emitter`, which may publish to `scored`, and as `sink`,
+    /// `chaos` twice: as `emitter`, which may publish to `scored` (10 s deadline), and as `sink`,
     /// triggered by `scored` with one attempt per event.
     pub fn deploy_emitter_and_sink(&self) {
         self.deploy_with(
             "chaos",
-            &["--name", "emitter", "--set", r#"events.publish=["scored"]"#],
+            &[
+                "--name",
+                "emitter",
+                "--set",
+                r#"events.publish=["scored"]"#,
+                // A call that publishes 100 events commits 100 times: on a loaded
+                // 2-core CI machine that outlasts chaos's 500 ms.
+                "--set",
+                r#"limits.timeout="10s""#,
+            ],
         );
         self.deploy_with(
             "chaos",
