@@ -22,6 +22,7 @@ pub mod rollout;
 pub mod runtime;
 pub mod scaler;
 pub mod server;
+pub mod signing;
 pub mod sqlite;
 pub mod tenancy;
 pub mod trace;

@@ -100,7 +100,10 @@ const SCHEMA: &str = "PRAGMA journal_mode = WAL;
      CREATE TABLE IF NOT EXISTS rollout_steps (
          rollout INTEGER NOT NULL, seq INTEGER NOT NULL, at_ms INTEGER NOT NULL,
          step INTEGER NOT NULL, outcome TEXT NOT NULL, detail TEXT NOT NULL,
-         PRIMARY KEY (rollout, seq));";
+         PRIMARY KEY (rollout, seq));
+     CREATE TABLE IF NOT EXISTS signatures (
+         digest TEXT NOT NULL, key TEXT NOT NULL, signature TEXT NOT NULL,
+         added_at TEXT NOT NULL, PRIMARY KEY (digest, key));";
 
 /// What [`Index::insert`] found: it inserted the row, or one was already there (the
 /// caller compares digests).

@@ -15,6 +15,7 @@ mod index;
 mod models;
 mod retention;
 mod rollouts;
+mod signatures;
 mod traffic;
 pub mod validate;
 
@@ -24,6 +25,7 @@ pub use index::{Index, VersionRecord, BUSY_TIMEOUT, READERS};
 pub use models::{check_model_name, MODEL_KIND};
 pub use retention::{Deleted, GcReport};
 pub use rollouts::{NewRollout, RolloutRecord, RolloutStep, RolloutUpdate};
+pub use signatures::MAX_SIGNATURES;
 pub use traffic::MAX_SPLIT;
 
 use index::Inserted;

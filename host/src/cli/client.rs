@@ -178,6 +178,7 @@ impl Client {
         &self,
         manifest_toml: &str,
         component: Option<Vec<u8>>,
+        signature: Option<&crate::signing::Signature>,
     ) -> anyhow::Result<Value> {
         let mut form = reqwest::multipart::Form::new().text("manifest", manifest_toml.to_string());
         if let Some(bytes) = component {
@@ -185,6 +186,9 @@ impl Client {
                 "component",
                 reqwest::multipart::Part::bytes(bytes).mime_str("application/wasm")?,
             );
+        }
+        if let Some(sig) = signature {
+            form = form.text("signature", serde_json::to_string(sig)?);
         }
         Ok(self
             .json(self.http.post(self.admin("functions")).multipart(form))

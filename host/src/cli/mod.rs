@@ -268,7 +268,14 @@ enum Command {
         /// Override any manifest field: `--set limits.timeout=5s --set config.k=v`.
         #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
         sets: Vec<String>,
+        /// Sign the component's digest with this ed25519 private key (PKCS#8 PEM,
+        /// from `quiver keys generate` or `openssl genpkey -algorithm ed25519`).
+        #[arg(long, value_name = "KEY")]
+        sign: Option<PathBuf>,
     },
+    /// Make and show ed25519 signing keys for `quiver deploy --sign`.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Invoke a function: NAME or NAME@VERSION.
     Invoke {
         function: String,
@@ -435,12 +442,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             version,
             kind,
             sets,
+            sign,
         } => {
             let overrides = Overrides {
                 name,
                 version,
                 kind,
                 sets,
+                sign,
             };
             let out = deploy(&client, &path, &overrides, !cli.json).await?;
             match cli.json {
@@ -484,6 +493,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Models(cmd) => models::run(&client, cmd, cli.json).await,
         Command::Tenants(cmd) => tenancy::tenants(&client, cmd, cli.json).await,
+        Command::Keys(cmd) => keys(cmd, cli.json),
         Command::Tokens(cmd) => tenancy::tokens(&client, cmd, cli.json).await,
         Command::Audit { command, all } => tenancy::audit(&client, command, all, cli.json).await,
         Command::Usage => tenancy::usage(&client, cli.json).await,
@@ -820,14 +830,70 @@ fn short(v: &Value) -> String {
     d.get(..19).map(|p| format!("{p}…")).unwrap_or(d)
 }
 
-/// Resolve what to upload from a path, apply overrides, build if needed, upload.
-/// What `deploy` changes in the manifest it sends.
+/// What `deploy` changes in the manifest it sends, and the key it signs with.
 #[derive(Debug, Default)]
 pub(crate) struct Overrides {
     pub name: Option<String>,
     pub version: Option<String>,
     pub kind: Option<String>,
     pub sets: Vec<String>,
+    pub sign: Option<PathBuf>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Write a new private key to PATH (mode 0600; refused if PATH exists) and
+    /// print its public key, which `quiver tenants grant T signer KEY` trusts.
+    Generate { path: PathBuf },
+    /// Print the public key of the private key in PATH.
+    Public { path: PathBuf },
+}
+
+/// Read a private key file, refusing one too large to be a key before reading it.
+pub(crate) fn read_signing_key(path: &Path) -> anyhow::Result<crate::signing::SigningKey> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    if len > crate::signing::MAX_KEY_FILE {
+        bail!(
+            "{} is {len} bytes: not an ed25519 key (at most {} bytes)",
+            path.display(),
+            crate::signing::MAX_KEY_FILE
+        );
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    crate::signing::SigningKey::from_pem(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+fn keys(cmd: KeysCommand, json_out: bool) -> anyhow::Result<()> {
+    let (key, path) = match cmd {
+        KeysCommand::Generate { path } => {
+            let (key, pem) = crate::signing::SigningKey::generate().map_err(anyhow::Error::msg)?;
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut file = opts
+                .open(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            std::io::Write::write_all(&mut file, pem.as_bytes())
+                .and_then(|()| file.sync_all())
+                .with_context(|| format!("writing {}", path.display()))?;
+            (key, path)
+        }
+        KeysCommand::Public { path } => (read_signing_key(&path)?, path),
+    };
+    let public = key.public().to_string();
+    match json_out {
+        true => println!(
+            "{}",
+            serde_json::json!({ "public_key": public, "path": path })
+        ),
+        false => println!("{public}"),
+    }
+    Ok(())
 }
 
 pub(crate) async fn deploy(
@@ -841,8 +907,11 @@ pub(crate) async fn deploy(
         version,
         kind,
         sets,
+        sign,
     } = overrides;
     let (name, version, kind) = (name.clone(), version.clone(), kind.clone());
+    // Read before building: a bad key path fails in a moment, not after a build.
+    let key = sign.as_deref().map(read_signing_key).transpose()?;
     let (mut manifest, component_path) = if path.is_dir() {
         let manifest_path = path.join("quiver.toml");
         let text = std::fs::read_to_string(&manifest_path)
@@ -917,7 +986,14 @@ pub(crate) async fn deploy(
             manifest.function.name, manifest.function.version
         ),
     );
-    let out = client.deploy(&manifest.to_toml()?, component).await;
+    let signature = match (&key, &component) {
+        (Some(key), Some(bytes)) => Some(key.sign(&quiver_registry::Digest::of(bytes).to_string())),
+        (Some(_), None) => bail!("a pipeline has no component to sign; sign its stages"),
+        (None, _) => None,
+    };
+    let out = client
+        .deploy(&manifest.to_toml()?, component, signature.as_ref())
+        .await;
     spinner.finish_and_clear();
     out
 }

@@ -38,8 +38,16 @@ pub enum TenantsCommand {
         #[arg(long)]
         feature_bytes: Option<bytesize::ByteSize>,
     },
-    /// Grant a capability: `quiver tenants grant acme outbound "https://*.example.com"`.
+    /// Grant a capability: `quiver tenants grant acme outbound "https://*.example.com"`,
+    /// or trust a signing key: `quiver tenants grant acme signer ed25519:<hex>` (from
+    /// then on the tenant's components must be signed by a key it trusts).
     Grant {
+        name: String,
+        capability: String,
+        pattern: String,
+    },
+    /// Stop trusting a signing key: `quiver tenants revoke acme signer ed25519:<hex>`.
+    Revoke {
         name: String,
         capability: String,
         pattern: String,
@@ -98,10 +106,11 @@ pub async fn tenants(client: &Client, cmd: TenantsCommand, json_out: bool) -> an
                     .flatten()
                     .map(|t| {
                         format!(
-                            "{}\tquota {}\toutbound {}",
+                            "{}\tquota {}\toutbound {}\tsigners {}",
                             t["name"].as_str().unwrap_or("?"),
                             t["quota"],
-                            t["outbound"]
+                            t["outbound"],
+                            t["signers"]
                         )
                     })
                     .collect::<Vec<_>>()
@@ -150,8 +159,25 @@ pub async fn tenants(client: &Client, cmd: TenantsCommand, json_out: bool) -> an
                     Some(&json!({ "capability": capability, "pattern": pattern })),
                 )
                 .await?;
+            print(json_out, &v, |v| match capability.as_str() {
+                "signer" => format!("{name}: signers {}", v["signers"]),
+                _ => format!("{name}: outbound {}", v["outbound"]),
+            });
+        }
+        TenantsCommand::Revoke {
+            name,
+            capability,
+            pattern,
+        } => {
+            let v = client
+                .admin_call(
+                    Method::DELETE,
+                    &format!("tenants/{name}/grants"),
+                    Some(&json!({ "capability": capability, "pattern": pattern })),
+                )
+                .await?;
             print(json_out, &v, |v| {
-                format!("{name}: outbound {}", v["outbound"])
+                format!("{name}: signers {}", v["signers"])
             });
         }
     }

@@ -9,14 +9,31 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 impl Functions {
-    /// Validate, compile, link and publish. Nothing is published unless it would run.
+    /// Validate, compile, link and publish. Nothing is published unless it would run,
+    /// nor, for a tenant that trusts signers, unless it is signed by one of them.
+    /// `signature` (already checked to verify over the component's digest) is kept
+    /// with the digest.
     pub async fn deploy(
         self: &Arc<Self>,
         tenant: &TenantId,
         mut manifest: Manifest,
         component: Option<Vec<u8>>,
+        signature: Option<crate::signing::Signature>,
     ) -> Result<(VersionRecord, PublishOutcome), DeployError> {
         let tenant = tenant.as_str();
+        if let Some(bytes) = component.as_deref() {
+            let digest = quiver_registry::Digest::of(bytes);
+            if let Some(sig) = &signature {
+                sig.verify(&digest.to_string())
+                    .map_err(DeployError::BadSignature)?;
+            }
+            self.check_signatures(tenant, digest, signature.as_ref())
+                .await?;
+        } else if signature.is_some() {
+            return Err(DeployError::Invalid(
+                "a pipeline has no component to sign; its stages carry their own signatures".into(),
+            ));
+        }
         manifest
             .check()
             .map_err(|e| DeployError::Invalid(e.to_string()))?;
@@ -120,6 +137,11 @@ impl Functions {
                 })
             })
             .await?;
+        if let Some(sig) = signature {
+            let digest = published.0.digest()?;
+            self.registry_call(move |r| r.add_signature(&digest, &sig.key, &sig.signature))
+                .await?;
+        }
         // An identical re-deploy changes nothing, so nothing is re-resolved either.
         if published.1 == PublishOutcome::Unchanged {
             return Ok(published);

@@ -186,6 +186,12 @@ impl Functions {
         record: VersionRecord,
         variant: Option<&crate::rollout::ModelOverride>,
     ) -> Result<Arc<Deployment>, DeployError> {
+        // A pull is checked like a deploy: the tenant may have come to trust signers
+        // since, or the index may have been changed under the host.
+        if record.kind != "pipeline" {
+            self.check_signatures(&record.tenant, record.digest()?, None)
+                .await?;
+        }
         let mut manifest = Manifest::parse(&record.manifest).map_err(DeployError::Internal)?;
         let mut alias_models = Vec::new();
         for r in manifest.model_refs().map_err(DeployError::Internal)? {

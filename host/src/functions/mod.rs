@@ -115,6 +115,12 @@ pub enum DeploymentBody {
 pub enum DeployError {
     #[error("{0}")]
     Invalid(String),
+    /// The tenant requires a signature by a key it trusts, and there is none.
+    #[error("{0}")]
+    Unsigned(String),
+    /// A signature came with the deploy and does not verify.
+    #[error("{0}")]
+    BadSignature(String),
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error("{0:#}")]
@@ -472,14 +478,11 @@ impl Functions {
         )
     }
 
-    /// Send every loaded deployment of `tenant` back to Cold (its quota changed:
-    /// the next call loads it under the new ceilings). Calls in flight finish as
-    /// they started. Returns how many were unloaded.
-    pub fn unload_tenant(&self, tenant: &crate::tenancy::TenantId) -> usize {
-        self.unload_where(
-            |d| d.record.tenant == tenant.as_str(),
-            "quota changed: unloaded",
-        )
+    /// Send every loaded deployment of `tenant` back to Cold (its quota or grants
+    /// changed: the next call loads it under the new ones). Calls in flight finish
+    /// as they started. Returns how many were unloaded.
+    pub fn unload_tenant(&self, tenant: &crate::tenancy::TenantId, why: &str) -> usize {
+        self.unload_where(|d| d.record.tenant == tenant.as_str(), why)
     }
 
     /// Send the loaded deployments `which` picks back to Cold: their `InstancePre`,
@@ -625,6 +628,34 @@ impl Functions {
 
     /// Run a registry call on a blocking thread (SQLite, hashing, fsync): never on an
     /// async worker, which would stall every request it polls.
+    /// Refuse `digest` unless `tenant` trusts no key, or a signature it carries
+    /// (kept in the registry, or `offered` with this deploy) is by a trusted key and
+    /// verifies. Every stored signature is verified again: the index is not trusted
+    /// more than the bytes.
+    pub async fn check_signatures(
+        &self,
+        tenant: &str,
+        digest: quiver_registry::Digest,
+        offered: Option<&crate::signing::Signature>,
+    ) -> Result<(), DeployError> {
+        let Some(t) = self.tenancy.find(tenant) else {
+            return Ok(());
+        };
+        if t.signers.is_empty() {
+            return Ok(());
+        }
+        let mut signatures: Vec<crate::signing::Signature> = self
+            .registry_call(move |r| r.signatures(&digest))
+            .await?
+            .into_iter()
+            .map(|(key, signature)| crate::signing::Signature { key, signature })
+            .collect();
+        signatures.extend(offered.cloned());
+        crate::signing::check_trusted(tenant, &t.signers, &digest.to_string(), &signatures)
+            .map(|_| ())
+            .map_err(DeployError::Unsigned)
+    }
+
     pub async fn registry_call<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Registry) -> Result<T, RegistryError> + Send + 'static,

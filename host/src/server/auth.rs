@@ -403,6 +403,7 @@ fn audited_action(method: &Method, route: &str) -> Option<&'static str> {
         ("DELETE", _, Some("/tokens/{id}")) => "tokens.revoke",
         ("PUT", _, Some("/quota")) => "tenants.set-quota",
         ("POST", _, Some("/grants")) => "tenants.grant",
+        ("DELETE", _, Some("/grants")) => "tenants.revoke-grant",
         ("POST", "/admin/v1/tenants", _) => "tenants.create",
         ("POST", "/admin/v1/gc", _) => "gc",
         (_, r, _) if r.starts_with("/admin/v1") => "admin",

@@ -137,6 +137,12 @@ impl From<DeployError> for ApiError {
             DeployError::Invalid(m) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_component", m)
             }
+            DeployError::Unsigned(m) => {
+                ApiError::new(StatusCode::FORBIDDEN, "signature_required", m)
+            }
+            DeployError::BadSignature(m) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad_signature", m)
+            }
             DeployError::Registry(r) => r.into(),
             DeployError::Internal(e) => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -616,6 +622,7 @@ async fn deploy(
     })?;
     let mut manifest_text = None;
     let mut component = None;
+    let mut signature = None;
     loop {
         let field = multipart.next_field().await.map_err(upload_error)?;
         let Some(field) = field else { break };
@@ -632,6 +639,20 @@ async fn deploy(
             }
             Some("component") => {
                 component = Some(read_part(field, "component", MAX_COMPONENT_SIZE).await?)
+            }
+            Some("signature") => {
+                let bytes = read_part(field, "signature", MAX_SIGNATURE_SIZE).await?;
+                let sig: crate::signing::Signature =
+                    serde_json::from_slice(&bytes).map_err(|e| {
+                        ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            "bad_signature",
+                            format!(
+                                "the `signature` part is not {{\"key\": \"ed25519:…\", \"signature\": \"<hex>\"}}: {e}"
+                            ),
+                        )
+                    })?;
+                signature = Some(sig)
             }
             other => {
                 return Err(ApiError::new(
@@ -658,7 +679,10 @@ async fn deploy(
     })?;
     let (_, _turn) = tenants::deploy_turn(&state, access.tenant()?).await?;
     tenants::check_deploy(&state, access.tenant()?, &manifest, component.as_deref()).await?;
-    let (record, outcome) = state.functions.deploy(&tenant, manifest, component).await?;
+    let (record, outcome) = state
+        .functions
+        .deploy(&tenant, manifest, component, signature)
+        .await?;
     state.triggers.deployed(&record).await?;
     let status = match outcome {
         PublishOutcome::Created => StatusCode::CREATED,
@@ -676,6 +700,9 @@ async fn deploy(
     )));
     Ok(resp)
 }
+
+/// The most a deploy's `signature` part may hold (a key and a signature in JSON).
+pub const MAX_SIGNATURE_SIZE: usize = 1 << 10;
 
 /// The most a `manifest` (or a model's `metadata`) part may hold.
 pub const MAX_MANIFEST_SIZE: usize = 256 << 10;

@@ -20,7 +20,10 @@ pub fn routes() -> Router<Arc<AppState>> {
             "/admin/v1/tenants/{tenant}/quota",
             get(quota).put(set_quota),
         )
-        .route("/admin/v1/tenants/{tenant}/grants", post(grant))
+        .route(
+            "/admin/v1/tenants/{tenant}/grants",
+            post(grant).delete(revoke_grant),
+        )
         .route(
             "/admin/v1/tenants/{tenant}/tokens",
             post(create_token).get(list_tokens),
@@ -98,7 +101,7 @@ async fn list_tenants(State(state): State<Arc<AppState>>) -> Json<Value> {
         .tenancy
         .tenants()
         .iter()
-        .map(|t| json!({ "name": t.id, "quota": t.quota, "outbound": t.outbound }))
+        .map(|t| json!({ "name": t.id, "quota": t.quota, "outbound": t.outbound, "signers": t.signers }))
         .collect();
     Json(json!({ "tenants": tenants }))
 }
@@ -112,7 +115,7 @@ async fn quota(
         .tenant(access.tenant()?)
         .ok_or_else(|| super::auth::hidden(access.tenant().map_or("", |t| t.as_str())))?;
     Ok(Json(
-        json!({ "tenant": t.id, "quota": t.quota, "outbound": t.outbound }),
+        json!({ "tenant": t.id, "quota": t.quota, "outbound": t.outbound, "signers": t.signers }),
     ))
 }
 
@@ -136,7 +139,9 @@ async fn set_quota(
     let quota = blocking(&state, move |t| t.set_quota(&id2, &change)).await?;
     let ceilings = |q: &Quota| (q.memory, q.cpu_ms);
     if before.as_ref().map(ceilings) != Some(ceilings(&quota)) {
-        state.functions.unload_tenant(&id);
+        state
+            .functions
+            .unload_tenant(&id, "quota changed: unloaded");
     }
     state
         .functions
@@ -162,22 +167,63 @@ async fn grant(
     body: Body,
 ) -> Result<Response, ApiError> {
     let g: Grant = json_body(&headers, body).await?;
-    if g.capability != "outbound" {
+    let id = access.tenant()?.clone();
+    let id2 = id.clone();
+    let pattern = g.pattern.clone();
+    let body = match g.capability.as_str() {
+        "outbound" => {
+            let outbound = blocking(&state, move |t| t.grant_outbound(&id2, &pattern)).await?;
+            json!({ "outbound": outbound })
+        }
+        "signer" => {
+            let signers = blocking(&state, move |t| t.grant_signer(&id2, &pattern)).await?;
+            // What is loaded was checked under the old policy: load it again.
+            state
+                .functions
+                .unload_tenant(&id, "trusted signers changed: unloaded");
+            json!({ "signers": signers })
+        }
+        other => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!("unknown capability `{other}` (grantable: outbound, signer)"),
+            ))
+        }
+    };
+    let mut resp = Json(body).into_response();
+    resp.extensions_mut()
+        .insert(AuditDetail(format!("{} {}", g.capability, g.pattern)));
+    Ok(resp)
+}
+
+async fn revoke_grant(
+    State(state): State<Arc<AppState>>,
+    access: Access,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let g: Grant = json_body(&headers, body).await?;
+    if g.capability != "signer" {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid",
             format!(
-                "unknown capability `{}` (grantable: outbound)",
+                "`{}` grants are not revocable (revocable: signer); outbound grants are checked at deploy only",
                 g.capability
             ),
         ));
     }
     let id = access.tenant()?.clone();
-    let pattern = g.pattern.clone();
-    let outbound = blocking(&state, move |t| t.grant_outbound(&id, &pattern)).await?;
-    let mut resp = Json(json!({ "outbound": outbound })).into_response();
+    let (id2, key) = (id.clone(), g.pattern.clone());
+    let signers = blocking(&state, move |t| t.revoke_signer(&id2, &key)).await?;
+    // What is loaded was checked under the old policy: load it again.
+    state
+        .functions
+        .unload_tenant(&id, "trusted signers changed: unloaded");
+    let mut resp = Json(json!({ "signers": signers })).into_response();
     resp.extensions_mut()
-        .insert(AuditDetail(format!("outbound {}", g.pattern)));
+        .insert(AuditDetail(format!("signer {}", g.pattern)));
     Ok(resp)
 }
 

@@ -45,12 +45,25 @@ pub struct TokenInfo {
     pub revoked_at: Option<u64>,
 }
 
+/// What a tenant has been granted, as the store keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    pub outbound: Vec<String>,
+    pub signers: Vec<String>,
+}
+
+/// The most keys one tenant may trust.
+pub const MAX_SIGNERS: usize = 32;
+
 /// A tenant as the mirror holds it: its limits and its running state.
 pub struct Tenant {
     pub id: TenantId,
     pub quota: Quota,
     /// `outbound` grants: URL patterns its functions may be allowed to call.
     pub outbound: Vec<String>,
+    /// `signer` grants: public keys (`ed25519:<hex>`) it trusts. When there is one,
+    /// its components must carry a signature by one of them to deploy and to load.
+    pub signers: Vec<String>,
     pub limiter: quota::Limiter,
     pub usage: Usage,
     /// Held from a deploy's quota checks to its publish, so that racing deploys of
@@ -165,8 +178,8 @@ impl Tenancy {
         drop(db);
         *self.tokens.write().map_err(|_| poisoned())? = tokens;
         let mut map = self.tenants.write().map_err(|_| poisoned())?;
-        for (id, quota, outbound) in tenants {
-            let tenant = Tenant::new(id.clone(), quota, outbound);
+        for (id, quota, grants) in tenants {
+            let tenant = Tenant::new(id.clone(), quota, grants);
             if let Some(counters) = saved.get(id.as_str()) {
                 tenant.usage.add_saved(*counters);
             }
@@ -228,7 +241,7 @@ impl Tenancy {
         let db = self.db()?;
         store::insert_tenant(&db, id, now_secs())?;
         drop(db);
-        let tenant = Arc::new(Tenant::new(id.clone(), Quota::default(), Vec::new()));
+        let tenant = Arc::new(Tenant::new(id.clone(), Quota::default(), Grants::default()));
         self.tenants
             .write()
             .map_err(|_| poisoned())?
@@ -238,6 +251,8 @@ impl Tenancy {
 
     /// Replace a tenant's quota (the fields given; `None` keeps the old value).
     pub fn set_quota(&self, id: &TenantId, change: &Quota) -> Result<Quota, TenancyError> {
+        // Held from the read to the mirror's swap, like a grant's (see `change_grants`).
+        let db = self.db()?;
         let old = self
             .tenant(id)
             .ok_or_else(|| TenancyError::NotFound(format!("no tenant `{id}`")))?;
@@ -246,10 +261,9 @@ impl Tenancy {
             return Err(TenancyError::Invalid("a burst needs a rate".into()));
         }
         quota.check().map_err(TenancyError::Invalid)?;
-        let db = self.db()?;
-        store::update_tenant(&db, id, &quota, &old.outbound)?;
+        store::update_tenant(&db, id, &quota, &old.grants())?;
+        self.replace(&old, quota.clone(), old.grants())?;
         drop(db);
-        self.replace(&old, quota.clone(), old.outbound.clone())?;
         Ok(quota)
     }
 
@@ -259,35 +273,84 @@ impl Tenancy {
         id: &TenantId,
         pattern: &str,
     ) -> Result<Vec<String>, TenancyError> {
+        crate::egress::Pattern::parse(pattern).map_err(TenancyError::Invalid)?;
+        let grants = self.change_grants(id, |g| {
+            if !g.outbound.iter().any(|p| p == pattern) {
+                g.outbound.push(pattern.to_string());
+            }
+            Ok(())
+        })?;
+        Ok(grants.outbound)
+    }
+
+    /// Trust `key` (`ed25519:<hex>`) to sign the tenant's components; from then on
+    /// its components need a signature by a trusted key.
+    pub fn grant_signer(&self, id: &TenantId, key: &str) -> Result<Vec<String>, TenancyError> {
+        let key = crate::signing::PublicKey::parse(key)
+            .map_err(TenancyError::Invalid)?
+            .to_string();
+        let grants = self.change_grants(id, |g| {
+            if !g.signers.contains(&key) {
+                if g.signers.len() >= MAX_SIGNERS {
+                    return Err(TenancyError::Invalid(format!(
+                        "a tenant trusts at most {MAX_SIGNERS} keys"
+                    )));
+                }
+                g.signers.push(key.clone());
+            }
+            Ok(())
+        })?;
+        Ok(grants.signers)
+    }
+
+    /// Stop trusting `key`. (An `outbound` grant is checked against manifests at
+    /// deploy only, so it is not revocable: taking it back would not stop what runs.)
+    pub fn revoke_signer(&self, id: &TenantId, key: &str) -> Result<Vec<String>, TenancyError> {
+        let key = crate::signing::PublicKey::parse(key)
+            .map_err(TenancyError::Invalid)?
+            .to_string();
+        let grants = self.change_grants(id, |g| {
+            let before = g.signers.len();
+            g.signers.retain(|k| *k != key);
+            match g.signers.len() < before {
+                true => Ok(()),
+                false => Err(TenancyError::NotFound(format!(
+                    "tenant `{id}` does not trust {key}"
+                ))),
+            }
+        })?;
+        Ok(grants.signers)
+    }
+
+    /// Apply `change` to a tenant's grants: the store first, then the mirror.
+    fn change_grants(
+        &self,
+        id: &TenantId,
+        change: impl FnOnce(&mut Grants) -> Result<(), TenancyError>,
+    ) -> Result<Grants, TenancyError> {
+        let db = self.db()?;
+        // Read under the store's lock, so that two grants at once do not lose one.
         let old = self
             .tenant(id)
             .ok_or_else(|| TenancyError::NotFound(format!("no tenant `{id}`")))?;
-        crate::egress::Pattern::parse(pattern).map_err(TenancyError::Invalid)?;
-        let mut outbound = old.outbound.clone();
-        if !outbound.iter().any(|p| p == pattern) {
-            outbound.push(pattern.to_string());
-        }
-        let db = self.db()?;
-        store::update_tenant(&db, id, &old.quota, &outbound)?;
+        let mut grants = old.grants();
+        change(&mut grants)?;
+        store::update_tenant(&db, id, &old.quota, &grants)?;
+        self.replace(&old, old.quota.clone(), grants.clone())?;
         drop(db);
-        self.replace(&old, old.quota.clone(), outbound.clone())?;
-        Ok(outbound)
+        Ok(grants)
     }
 
     /// Swap a tenant's settings in the mirror, keeping its limiter and usage.
-    fn replace(
-        &self,
-        old: &Tenant,
-        quota: Quota,
-        outbound: Vec<String>,
-    ) -> Result<(), TenancyError> {
+    fn replace(&self, old: &Tenant, quota: Quota, grants: Grants) -> Result<(), TenancyError> {
         let tenant = Arc::new(Tenant {
             id: old.id.clone(),
             limiter: old.limiter.reconfigured(&quota),
             usage: old.usage.clone(),
             deploys: old.deploys.clone(),
             quota,
-            outbound,
+            outbound: grants.outbound,
+            signers: grants.signers,
         });
         self.tenants
             .write()
@@ -375,14 +438,22 @@ impl Tenancy {
 }
 
 impl Tenant {
-    fn new(id: TenantId, quota: Quota, outbound: Vec<String>) -> Tenant {
+    fn new(id: TenantId, quota: Quota, grants: Grants) -> Tenant {
         Tenant {
             limiter: quota::Limiter::new(&quota),
             usage: Usage::default(),
             deploys: Arc::default(),
             id,
             quota,
-            outbound,
+            outbound: grants.outbound,
+            signers: grants.signers,
+        }
+    }
+
+    pub fn grants(&self) -> Grants {
+        Grants {
+            outbound: self.outbound.clone(),
+            signers: self.signers.clone(),
         }
     }
 }

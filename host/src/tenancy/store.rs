@@ -1,7 +1,7 @@
 //! The tenancy database: tenants (quota and grants as JSON), tokens (hashes only)
 //! and the audit log.
 
-use super::{Quota, Scope, TenancyError, TenantId, TokenEntry, TokenInfo};
+use super::{Grants, Quota, Scope, TenancyError, TenantId, TokenEntry, TokenInfo};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
 use std::path::Path;
@@ -10,7 +10,8 @@ const SCHEMA: &str = "PRAGMA journal_mode = WAL;
      PRAGMA synchronous = FULL;
      CREATE TABLE IF NOT EXISTS tenants (
          name TEXT PRIMARY KEY, created_at INTEGER NOT NULL,
-         quota TEXT NOT NULL, outbound TEXT NOT NULL);
+         quota TEXT NOT NULL, outbound TEXT NOT NULL,
+         signers TEXT NOT NULL DEFAULT '[]');
      CREATE TABLE IF NOT EXISTS tokens (
          id TEXT PRIMARY KEY, hash BLOB NOT NULL UNIQUE, tenant TEXT,
          scope TEXT NOT NULL, created_at INTEGER NOT NULL,
@@ -27,6 +28,15 @@ pub(super) fn open(path: &Path) -> Result<Connection, TenancyError> {
         .map_err(|e| TenancyError::Storage(format!("opening {}: {e}", path.display())))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.execute_batch(SCHEMA)?;
+    // Stores made before signatures have no `signers` column: add it (no signers).
+    let has_signers: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('tenants') WHERE name = 'signers'",
+        [],
+        |r| r.get(0),
+    )?;
+    if has_signers == 0 {
+        conn.execute_batch("ALTER TABLE tenants ADD COLUMN signers TEXT NOT NULL DEFAULT '[]'")?;
+    }
     Ok(conn)
 }
 
@@ -34,25 +44,28 @@ fn storage(what: &str) -> impl Fn(serde_json::Error) -> TenancyError + '_ {
     move |e| TenancyError::Storage(format!("{what} in the tenancy store does not parse: {e}"))
 }
 
-pub(super) fn tenants(
-    db: &Connection,
-) -> Result<Vec<(TenantId, Quota, Vec<String>)>, TenancyError> {
-    let mut stmt = db.prepare("SELECT name, quota, outbound FROM tenants ORDER BY name")?;
+pub(super) fn tenants(db: &Connection) -> Result<Vec<(TenantId, Quota, Grants)>, TenancyError> {
+    let mut stmt =
+        db.prepare("SELECT name, quota, outbound, signers FROM tenants ORDER BY name")?;
     let rows = stmt
         .query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
             ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     rows.into_iter()
-        .map(|(name, quota, outbound)| {
+        .map(|(name, quota, outbound, signers)| {
             let id = TenantId::parse(&name).map_err(TenancyError::Storage)?;
             let quota: Quota = serde_json::from_str(&quota).map_err(storage("a quota"))?;
-            let outbound = serde_json::from_str(&outbound).map_err(storage("a grant"))?;
-            Ok((id, quota, outbound))
+            let grants = Grants {
+                outbound: serde_json::from_str(&outbound).map_err(storage("a grant"))?,
+                signers: serde_json::from_str(&signers).map_err(storage("a signer"))?,
+            };
+            Ok((id, quota, grants))
         })
         .collect()
 }
@@ -72,13 +85,14 @@ pub(super) fn update_tenant(
     db: &Connection,
     id: &TenantId,
     quota: &Quota,
-    outbound: &[String],
+    grants: &Grants,
 ) -> Result<(), TenancyError> {
     let quota = serde_json::to_string(quota).map_err(storage("a quota"))?;
-    let outbound = serde_json::to_string(outbound).map_err(storage("a grant"))?;
+    let outbound = serde_json::to_string(&grants.outbound).map_err(storage("a grant"))?;
+    let signers = serde_json::to_string(&grants.signers).map_err(storage("a signer"))?;
     db.execute(
-        "UPDATE tenants SET quota = ?2, outbound = ?3 WHERE name = ?1",
-        params![id.as_str(), quota, outbound],
+        "UPDATE tenants SET quota = ?2, outbound = ?3, signers = ?4 WHERE name = ?1",
+        params![id.as_str(), quota, outbound, signers],
     )?;
     Ok(())
 }
@@ -258,4 +272,38 @@ pub(super) fn save_usage(
     }
     tx.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_from_before_signers_opens_with_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tenancy.db");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE tenants (name TEXT PRIMARY KEY, created_at INTEGER NOT NULL,
+                 quota TEXT NOT NULL, outbound TEXT NOT NULL);
+             INSERT INTO tenants VALUES ('acme', 1, '{}', '[\"https://a.example\"]');",
+        )
+        .unwrap();
+        drop(old);
+        let db = open(&path).unwrap();
+        let all = tenants(&db).unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].2.outbound, vec!["https://a.example".to_string()]);
+        assert!(all[0].2.signers.is_empty());
+        // Opening again finds the column there and leaves it.
+        drop(db);
+        let db = open(&path).unwrap();
+        let id = TenantId::parse("acme").unwrap();
+        let grants = Grants {
+            outbound: vec![],
+            signers: vec!["ed25519:00".into()],
+        };
+        update_tenant(&db, &id, &Quota::default(), &grants).unwrap();
+        assert_eq!(tenants(&db).unwrap()[0].2, grants);
+    }
 }
