@@ -29,7 +29,7 @@ cargo clippy --locked -p quiver-host --lib -- -D warnings
 # real Prometheus scrapes /metrics in tests/tests/prometheus.rs; headless Chromium
 # loads the dashboard in tests/tests/dashboard.rs.
 missing=()
-for tool in redis-server:redis-server openssl:openssl curl:curl prometheus:prometheus chromium:chromium nginx:nginx; do
+for tool in redis-server:redis-server docker-registry:docker-registry openssl:openssl curl:curl prometheus:prometheus chromium:chromium nginx:nginx; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -17,6 +17,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod monitors;
 pub mod nn;
+pub mod oci;
 pub mod otel;
 pub mod rollout;
 pub mod runtime;
@@ -56,6 +57,9 @@ pub struct ServerConfig {
     pub function_logs: Option<(PathBuf, u64)>,
     /// Export spans and metrics to this OTLP/HTTP receiver (off when `None`).
     pub otlp: Option<OtlpConfig>,
+    /// Push and pull artifacts in this OCI registry (`oci://HOST[:PORT]/PATH`); the
+    /// data dir's blobs are then a cache.
+    pub oci_registry: Option<String>,
 }
 
 /// Where and how often telemetry goes out over OTLP.
@@ -150,7 +154,16 @@ pub async fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
     let reports = Arc::new(monitors::Reports::open(
         &config.data_dir.join("reports.db"),
     )?);
+    let oci = match &config.oci_registry {
+        Some(url) => {
+            let store = oci::OciStore::open(url).map_err(anyhow::Error::msg)?;
+            tracing::info!(registry = %store.describe(), "artifacts in an OCI registry");
+            Some(Arc::new(store))
+        }
+        None => None,
+    };
     let stores = functions::Stores {
+        oci,
         features: feature_store,
         models,
         events: events.clone(),

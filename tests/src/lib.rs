@@ -622,3 +622,76 @@ pub fn curl_status(extra: &[&str], url: &str) -> u16 {
         .parse()
         .unwrap_or(0)
 }
+
+/// A real OCI registry (Debian's `docker-registry`, distribution v2) on a free
+/// loopback port, storing in a temp dir; killed on drop.
+pub struct OciRegistry {
+    child: Child,
+    pub port: u16,
+    /// Its storage root (`docker/registry/v2/...` under it).
+    pub root: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl OciRegistry {
+    pub fn start() -> OciRegistry {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let root = dir.path().join("storage");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                root.display()
+            ),
+        )
+        .expect("write the registry config");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("docker-registry (apt-get install docker-registry)");
+        let registry = OciRegistry {
+            child,
+            port,
+            root,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while curl_status(&[], &format!("{}/v2/", registry.http_url())) != 200 {
+            assert!(Instant::now() < deadline, "docker-registry did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        registry
+    }
+
+    /// `http://127.0.0.1:PORT` (the distribution API's base).
+    pub fn http_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `oci://127.0.0.1:PORT/<path>` (what `--registry` takes).
+    pub fn oci_url(&self, path: &str) -> String {
+        format!("oci://127.0.0.1:{}/{path}", self.port)
+    }
+
+    /// Where the registry keeps blob `sha256:<hex>` on disk.
+    pub fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+        self.root
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+}
+
+impl Drop for OciRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -121,6 +121,15 @@ struct ServeArgs {
     /// Keep features in Redis (`redis://127.0.0.1:6379/0`) instead of in process.
     #[arg(long, env = "QUIVER_REDIS")]
     redis: Option<String>,
+    /// Push components and models to this OCI registry (`oci://127.0.0.1:5000/quiver`)
+    /// and pull from it what the data dir lacks (plain HTTP to loopback only;
+    /// credentials from QUIVER_REGISTRY_USERNAME / QUIVER_REGISTRY_PASSWORD).
+    #[arg(
+        long = "registry",
+        env = "QUIVER_REGISTRY",
+        value_name = "oci://HOST/PATH"
+    )]
+    oci_registry: Option<String>,
     /// How long a feature-store call may take before it fails as `unavailable`.
     #[arg(long, env = "QUIVER_FEATURES_TIMEOUT", default_value = "250ms")]
     features_timeout: humantime::Duration,
@@ -197,6 +206,7 @@ impl ServeArgs {
             tls: self.tls_cert.clone().zip(self.tls_key.clone()),
             grpc_listen: self.grpc_listen,
             usage_save_interval: *self.usage_save_interval,
+            oci_registry: self.oci_registry.clone(),
             triggers: crate::triggers::TriggerConfig {
                 consumer: self
                     .host_id
@@ -253,7 +263,8 @@ enum Command {
         #[arg(long)]
         keep_serving: bool,
     },
-    /// Build (if needed) and upload a function directory, a pipeline or a .wasm file.
+    /// Build (if needed) and upload a function directory, a pipeline, a .wasm file, or a
+    /// component from an OCI registry (`oci://HOST/REPO:TAG`, with --kind).
     Deploy {
         path: PathBuf,
         /// Override the manifest's name.
@@ -912,7 +923,20 @@ pub(crate) async fn deploy(
     let (name, version, kind) = (name.clone(), version.clone(), kind.clone());
     // Read before building: a bad key path fails in a moment, not after a build.
     let key = sign.as_deref().map(read_signing_key).transpose()?;
-    let (mut manifest, component_path) = if path.is_dir() {
+    let oci_ref = path.to_str().filter(|p| p.starts_with("oci://"));
+    let mut pulled = None;
+    let (mut manifest, component_path) = if let Some(url) = oci_ref {
+        let kind = kind.context("deploying from an OCI registry needs --kind")?;
+        let (bytes, repo_name, tag) =
+            crate::oci::pull_component(url, crate::server::MAX_COMPONENT_SIZE as u64).await?;
+        let version = version
+            .clone()
+            .or(tag.filter(|t| semver::Version::parse(t).is_ok()))
+            .context("the tag is not a semver version: give --version")?;
+        pulled = Some(bytes);
+        let manifest = bare_manifest(repo_name, version, kind);
+        (manifest.with_overrides(sets)?, None)
+    } else if path.is_dir() {
         let manifest_path = path.join("quiver.toml");
         let text = std::fs::read_to_string(&manifest_path)
             .with_context(|| format!("reading {}", manifest_path.display()))?;
@@ -943,27 +967,7 @@ pub(crate) async fn deploy(
         let version = version
             .clone()
             .context("deploying a bare .wasm needs --version")?;
-        let manifest = Manifest {
-            function: crate::manifest::FunctionSection {
-                name: stem,
-                version,
-                kind,
-            },
-            scaling: None,
-            limits: None,
-            triggers: None,
-            models: Default::default(),
-            config: Default::default(),
-            pipeline: None,
-            features: None,
-            cache: None,
-            inference: None,
-            capabilities: None,
-            events: None,
-            monitor: None,
-            datasets: None,
-            trainer: None,
-        };
+        let manifest = bare_manifest(stem, version, kind);
         (manifest.with_overrides(sets)?, Some(path.to_path_buf()))
     } else {
         bail!("{} does not exist", path.display());
@@ -977,7 +981,7 @@ pub(crate) async fn deploy(
     manifest.check()?;
     let component = match &component_path {
         Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
-        None => None,
+        None => pulled,
     };
     let spinner = build::spinner(
         progress,
@@ -996,6 +1000,32 @@ pub(crate) async fn deploy(
         .await;
     spinner.finish_and_clear();
     out
+}
+
+/// The manifest of a bare component (a .wasm file, or one pulled from an OCI
+/// registry): its name, version and kind, every section at its default.
+fn bare_manifest(name: String, version: String, kind: String) -> Manifest {
+    Manifest {
+        function: crate::manifest::FunctionSection {
+            name,
+            version,
+            kind,
+        },
+        scaling: None,
+        limits: None,
+        triggers: None,
+        models: Default::default(),
+        config: Default::default(),
+        pipeline: None,
+        features: None,
+        cache: None,
+        inference: None,
+        capabilities: None,
+        events: None,
+        monitor: None,
+        datasets: None,
+        trainer: None,
+    }
 }
 
 /// Ctrl-C or SIGTERM (what systemd and Kubernetes send to stop a service).

@@ -123,6 +123,16 @@ impl Functions {
             "pipeline" => String::from_utf8_lossy(&bytes).into_owned(),
             _ => manifest.to_toml().map_err(DeployError::Internal)?,
         };
+        if kind != "pipeline" {
+            self.push_artifact(
+                crate::oci::Artifact::Component,
+                tenant,
+                &manifest.function.name,
+                &version.to_string(),
+                &bytes,
+            )
+            .await?;
+        }
         let (t, name) = (tenant.to_string(), manifest.function.name.clone());
         let published = self
             .registry_call(move |r| {
@@ -212,6 +222,14 @@ impl Functions {
             "outputs": model.outputs,
             "lineage": lineage.unwrap_or(Value::Null),
         });
+        self.push_artifact(
+            crate::oci::Artifact::Model,
+            tenant,
+            name,
+            &version.to_string(),
+            &bytes,
+        )
+        .await?;
         let (t, n, text) = (tenant.to_string(), name.to_string(), metadata.to_string());
         let (rec, outcome) = self
             .registry_call(move |r| r.publish_model(&t, &n, &version, "onnx", &text, &bytes))

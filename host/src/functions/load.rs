@@ -270,6 +270,8 @@ impl Functions {
             }
             DeploymentBody::Pipeline(stages)
         } else {
+            self.ensure_local(crate::oci::Artifact::Component, &record)
+                .await?;
             let this = self.clone();
             let rec = record.clone();
             let prepared = tokio::task::spawn_blocking(move || -> anyhow::Result<Prepared> {
@@ -359,6 +361,7 @@ impl Functions {
         let mut bound = Vec::new();
         for r in manifest.model_refs().map_err(DeployError::Internal)? {
             let rec = self.resolve_model_ref(tenant, &r).await?;
+            self.ensure_local(crate::oci::Artifact::Model, &rec).await?;
             let this = self.clone();
             let digest = rec.digest()?;
             let target = inference.target.clone();

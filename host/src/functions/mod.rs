@@ -121,6 +121,9 @@ pub enum DeployError {
     /// A signature came with the deploy and does not verify.
     #[error("{0}")]
     BadSignature(String),
+    /// The OCI registry failed, or sent what does not match the index.
+    #[error("{0:#}")]
+    Upstream(anyhow::Error),
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error("{0:#}")]
@@ -154,6 +157,9 @@ type VariantKey = (String, String, String, String);
 
 /// The stores deployments reach through their capabilities.
 pub struct Stores {
+    /// Where artifacts are pushed and pulled from (`--registry oci://…`), if anywhere
+    /// beyond the data dir.
+    pub oci: Option<Arc<crate::oci::OciStore>>,
     pub features: Arc<dyn FeatureBackend>,
     pub models: Arc<ModelCache>,
     pub events: Arc<dyn crate::events::Bus>,
@@ -204,6 +210,7 @@ pub struct Functions {
     inference_runs: IntGaugeVec,
     max_component_size: usize,
     tenancy: Arc<crate::tenancy::Tenancy>,
+    oci: Option<Arc<crate::oci::OciStore>>,
 }
 
 impl Functions {
@@ -215,6 +222,7 @@ impl Functions {
         max_component_size: usize,
     ) -> anyhow::Result<Self> {
         let Stores {
+            oci,
             features: feature_store,
             models,
             events,
@@ -290,6 +298,7 @@ impl Functions {
                 &["tenant", "function", "version"],
             )?,
             max_component_size,
+            oci,
             tenancy,
             events,
             reports,
@@ -654,6 +663,72 @@ impl Functions {
         crate::signing::check_trusted(tenant, &t.signers, &digest.to_string(), &signatures)
             .map(|_| ())
             .map_err(DeployError::Unsigned)
+    }
+
+    /// With `--registry oci://…`, push `bytes` as `name@version` unless the index
+    /// already has that version (a re-deploy, or a conflict the publish refuses:
+    /// the tag must not move to other bytes). A tenant's deploys run one at a time
+    /// (`deploy_turn`), so two cannot both find the version new.
+    pub(crate) async fn push_artifact(
+        &self,
+        what: crate::oci::Artifact,
+        tenant: &str,
+        name: &str,
+        version: &str,
+        bytes: &[u8],
+    ) -> Result<(), DeployError> {
+        let Some(oci) = &self.oci else {
+            return Ok(());
+        };
+        let (t, n, v) = (tenant.to_string(), name.to_string(), version.to_string());
+        if self
+            .registry_call(move |r| r.index().get(&t, &n, &v))
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let pushed = match what {
+            crate::oci::Artifact::Component => {
+                oci.push_component(tenant, name, version, bytes.to_vec())
+                    .await
+            }
+            crate::oci::Artifact::Model => {
+                oci.push_model(tenant, name, version, bytes.to_vec()).await
+            }
+        };
+        let url = pushed.map_err(DeployError::Upstream)?;
+        tracing::info!(tenant, name, version, manifest = %url, "pushed to the OCI registry");
+        Ok(())
+    }
+
+    /// Make sure the blob store holds `rec`'s bytes: with `--registry oci://…`, pull
+    /// them (by digest, at most the recorded size, verified) when it does not.
+    pub(crate) async fn ensure_local(
+        &self,
+        what: crate::oci::Artifact,
+        rec: &VersionRecord,
+    ) -> Result<(), DeployError> {
+        let Some(oci) = &self.oci else {
+            return Ok(());
+        };
+        let digest = rec.digest()?;
+        if self.registry.blobs().has(&digest) {
+            return Ok(());
+        }
+        let bytes = oci
+            .pull_layer(
+                what,
+                &rec.tenant,
+                &rec.name,
+                &rec.version,
+                &rec.digest,
+                rec.size,
+            )
+            .await
+            .map_err(DeployError::Upstream)?;
+        self.registry_call(move |r| r.blobs().put(&bytes).map(|_| ()))
+            .await
     }
 
     pub async fn registry_call<T: Send + 'static>(

@@ -143,6 +143,11 @@ impl From<DeployError> for ApiError {
             DeployError::BadSignature(m) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "bad_signature", m)
             }
+            DeployError::Upstream(e) => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "registry_unavailable",
+                format!("{e:#}"),
+            ),
             DeployError::Registry(r) => r.into(),
             DeployError::Internal(e) => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
