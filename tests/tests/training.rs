@@ -583,20 +583,28 @@ fn the_drift_window_is_kept_and_extended_between_observations() {
             .unwrap_or_default()
     };
     // 600 rows, observed (calls that queue while the monitor is busy are joined
-    // into one observation).
-    traffic_from(&server, 0, 12, 1.0);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while window(&server)["window.rows"]["last"]
-        .as_f64()
-        .unwrap_or_default()
-        < 600.0
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no window of 600 rows"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    // into one observation), in two halves: the second sent 300 ms after the first
+    // was observed, so the halves' stamps are further apart than the overlap even
+    // when a loaded machine logs a half late and in one go.
+    let wait_rows = |at_least: f64| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while window(&server)["window.rows"]["last"]
+            .as_f64()
+            .unwrap_or_default()
+            < at_least
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no window of {at_least} rows"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    traffic_from(&server, 0, 6, 1.0);
+    wait_rows(300.0);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    traffic_from(&server, 300, 6, 1.0);
+    wait_rows(600.0);
     // Then one call at a time, until an observation has seen the rows of one of
     // them (a call is observed when it answers, maybe before its rows are logged).
     // Each read takes the 100 ms before the newest row held again (the overlap):
@@ -614,7 +622,7 @@ fn the_drift_window_is_kept_and_extended_between_observations() {
         assert!(sent < 1000, "no observation saw the later calls: {m}");
     };
     assert!(
-        metrics["window.rows"]["count"].as_u64().unwrap() >= 2,
+        metrics["window.rows"]["count"].as_u64().unwrap() >= 3,
         "{metrics}"
     );
     let (rows, read) = (
