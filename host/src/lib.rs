@@ -60,6 +60,8 @@ pub struct ServerConfig {
     /// Push and pull artifacts in this OCI registry (`oci://HOST[:PORT]/PATH`); the
     /// data dir's blobs are then a cache.
     pub oci_registry: Option<String>,
+    /// The hosts' shared key for precompiled code in that registry (a file).
+    pub precompiled_key_file: Option<PathBuf>,
 }
 
 /// Where and how often telemetry goes out over OTLP.
@@ -156,7 +158,16 @@ pub async fn start(config: &ServerConfig) -> anyhow::Result<RunningServer> {
     )?);
     let oci = match &config.oci_registry {
         Some(url) => {
-            let store = oci::OciStore::open(url).map_err(anyhow::Error::msg)?;
+            let mut store = oci::OciStore::open(url).map_err(anyhow::Error::msg)?;
+            if let Some(path) = &config.precompiled_key_file {
+                let key = std::fs::read(path).map_err(|e| {
+                    anyhow::anyhow!("reading the precompiled-code key {}: {e}", path.display())
+                })?;
+                let key = key.trim_ascii();
+                store = store
+                    .with_precompiled_key(key)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            }
             tracing::info!(registry = %store.describe(), "artifacts in an OCI registry");
             Some(Arc::new(store))
         }

@@ -12,6 +12,16 @@
 //! bytes pulls the layer by its digest, bounded by the size the index recorded,
 //! and keeps them only when their SHA-256 is that digest.
 //!
+//! **Precompiled code** (`--precompiled-key-file`): beside a component, the host
+//! that deployed it pushes the native code its engine compiled, to
+//! `PATH/<tenant>/aot/<name>:<version>-<engine>` (`<engine>`: a hash of wasmtime's
+//! compatibility hash, so only a host that can load it looks for it). Loading
+//! precompiled code runs it outside the sandbox's checks, so it is only taken with an
+//! HMAC-SHA256 under a key the hosts share (a Kubernetes Secret, say) over the tenant,
+//! the component's digest, the engine and the code's own digest: write access to the
+//! registry alone cannot put native code on a host. Anything else (no such tag, a
+//! bad MAC, another engine) falls back to pulling the component and compiling it.
+//!
 //! `oci://` speaks HTTPS, except to a loopback registry (`127.0.0.1`, `[::1]`,
 //! `localhost`), which it speaks plain HTTP to, as Docker does. Credentials come
 //! from `QUIVER_REGISTRY_USERNAME` / `QUIVER_REGISTRY_PASSWORD` (anonymous without).
@@ -26,12 +36,24 @@ use std::collections::BTreeMap;
 pub const MODEL_ARTIFACT_TYPE: &str = "application/vnd.quiver.model.v1";
 pub const MODEL_CONFIG_MEDIA_TYPE: &str = "application/vnd.quiver.model.config.v1+json";
 pub const MODEL_LAYER_MEDIA_TYPE: &str = "application/vnd.quiver.model.layer.v1.onnx";
+pub const PRECOMPILED_ARTIFACT_TYPE: &str = "application/vnd.quiver.precompiled.v1";
+pub const PRECOMPILED_CONFIG_MEDIA_TYPE: &str = "application/vnd.quiver.precompiled.config.v1+json";
+pub const PRECOMPILED_LAYER_MEDIA_TYPE: &str = "application/vnd.quiver.precompiled.layer.v1.cwasm";
+/// The manifest annotation that carries the hex HMAC of a precompiled artifact.
+pub const PRECOMPILED_MAC_ANNOTATION: &str = "dev.quiver.precompiled.mac";
+/// The largest precompiled artifact a host pulls (native code is several times
+/// the component's size; a 64 MiB component compiles to well under this).
+pub const MAX_PRECOMPILED_SIZE: u64 = 512 * 1024 * 1024;
+/// The shortest key `--precompiled-key-file` takes.
+pub const MIN_PRECOMPILED_KEY: usize = 32;
 
 /// What an artifact is, which picks its repository.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Artifact {
     Component,
     Model,
+    /// A component's code compiled by one engine.
+    Precompiled,
 }
 
 impl Artifact {
@@ -39,6 +61,7 @@ impl Artifact {
         match self {
             Artifact::Component => "fn",
             Artifact::Model => "model",
+            Artifact::Precompiled => "aot",
         }
     }
 }
@@ -50,6 +73,50 @@ pub struct OciStore {
     registry: String,
     /// The repository prefix (`quiver`), no leading or trailing `/`.
     base: String,
+    /// The hosts' shared key for precompiled code; none: never pushed or pulled.
+    precompiled_key: Option<ring::hmac::Key>,
+    /// Precompiled pulls by outcome: `loaded`, `absent` (none pushed for this
+    /// engine, or the registry failed) and `refused` (a bad MAC or layer).
+    precompiled_pulls: prometheus::IntCounterVec,
+}
+
+/// Where a precompiled artifact belongs and what it must be compiled from.
+pub struct CodeOf<'a> {
+    pub tenant: &'a str,
+    pub name: &'a str,
+    pub version: &'a str,
+    /// The component's digest, `sha256:<hex>`.
+    pub component: &'a str,
+    /// The engine's hash ([`crate::runtime::Runtime::engine_hash`]).
+    pub engine: &'a str,
+}
+
+impl CodeOf<'_> {
+    /// What the MAC covers: every field that picks the code, and the code's digest.
+    fn mac_message(&self, code_digest: &str) -> String {
+        format!(
+            "quiver-precompiled-v1\n{}\n{}\n{}\n{}\n{}\n{code_digest}",
+            self.tenant, self.name, self.version, self.component, self.engine
+        )
+    }
+}
+
+/// Why a precompiled pull brought nothing.
+#[derive(Debug)]
+pub enum PrecompiledMiss {
+    /// None pushed for this engine, or the registry could not be read.
+    Absent(String),
+    /// One is there but fails its checks: not loaded, ever.
+    Refused(String),
+}
+
+impl std::fmt::Display for PrecompiledMiss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PrecompiledMiss::Absent(why) => write!(f, "no precompiled code: {why}"),
+            PrecompiledMiss::Refused(why) => write!(f, "precompiled code refused: {why}"),
+        }
+    }
 }
 
 impl OciStore {
@@ -71,12 +138,162 @@ impl OciStore {
             ));
         }
         let (client, auth) = client_for(registry);
+        let precompiled_pulls = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "quiver_precompiled_pulls_total",
+                "Pulls of precompiled code from the OCI registry, by outcome (loaded, absent, refused)",
+            ),
+            &["outcome"],
+        )
+        .map_err(|e| e.to_string())?;
         Ok(OciStore {
             client,
             auth,
             registry: registry.to_string(),
             base: base.to_string(),
+            precompiled_key: None,
+            precompiled_pulls,
         })
+    }
+
+    /// Push and pull precompiled code, MACed with `key` (at least
+    /// [`MIN_PRECOMPILED_KEY`] bytes; every host sharing the registry needs it).
+    pub fn with_precompiled_key(mut self, key: &[u8]) -> Result<Self, String> {
+        if key.len() < MIN_PRECOMPILED_KEY {
+            return Err(format!(
+                "the precompiled-code key is {} bytes; at least {MIN_PRECOMPILED_KEY} are needed",
+                key.len()
+            ));
+        }
+        self.precompiled_key = Some(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key));
+        Ok(self)
+    }
+
+    pub fn precompiled(&self) -> bool {
+        self.precompiled_key.is_some()
+    }
+
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![Box::new(self.precompiled_pulls.clone())]
+    }
+
+    fn precompiled_reference(&self, code: &CodeOf<'_>) -> Reference {
+        Reference::with_tag(
+            self.registry.clone(),
+            self.repository(Artifact::Precompiled, code.tenant, code.name),
+            format!("{}-{}", Self::tag(code.version), code.engine),
+        )
+    }
+
+    /// Push `bytes`, the code compiled from `code.component`, with its MAC. Without
+    /// a key, pushes nothing (`Ok(None)`).
+    pub async fn push_precompiled(
+        &self,
+        code: &CodeOf<'_>,
+        bytes: Vec<u8>,
+    ) -> anyhow::Result<Option<String>> {
+        let Some(key) = &self.precompiled_key else {
+            return Ok(None);
+        };
+        let reference = self.precompiled_reference(code);
+        let code_digest = quiver_registry::Digest::of(&bytes).to_string();
+        let mac = ring::hmac::sign(key, code.mac_message(&code_digest).as_bytes());
+        let layers = vec![ImageLayer::new(
+            bytes,
+            PRECOMPILED_LAYER_MEDIA_TYPE.to_string(),
+            None,
+        )];
+        let config = Config::new(
+            serde_json::to_vec(&serde_json::json!({
+                "component": code.component,
+                "engine": code.engine,
+                "quiver": env!("CARGO_PKG_VERSION"),
+            }))?,
+            PRECOMPILED_CONFIG_MEDIA_TYPE.to_string(),
+            None,
+        );
+        let mut notes = annotations(code.name, code.version);
+        notes.insert(
+            PRECOMPILED_MAC_ANNOTATION.to_string(),
+            hex::encode(mac.as_ref()),
+        );
+        let mut manifest = OciImageManifest::build(&layers, &config, Some(notes));
+        manifest.artifact_type = Some(PRECOMPILED_ARTIFACT_TYPE.to_string());
+        let client: &Client = self.client.as_ref();
+        let pushed = client
+            .push(&reference, &layers, config, &self.auth, Some(manifest))
+            .await
+            .map_err(|e| anyhow::anyhow!("pushing {reference}: {e:#}"))?;
+        Ok(Some(pushed.manifest_url))
+    }
+
+    /// The code compiled from `code.component` for this engine, if another host
+    /// pushed it and its MAC verifies. Counted by outcome.
+    pub async fn pull_precompiled(&self, code: &CodeOf<'_>) -> Result<Vec<u8>, PrecompiledMiss> {
+        let got = self.pull_precompiled_uncounted(code).await;
+        let outcome = match &got {
+            Ok(_) => "loaded",
+            Err(PrecompiledMiss::Absent(_)) => "absent",
+            Err(PrecompiledMiss::Refused(_)) => "refused",
+        };
+        self.precompiled_pulls.with_label_values(&[outcome]).inc();
+        got
+    }
+
+    async fn pull_precompiled_uncounted(
+        &self,
+        code: &CodeOf<'_>,
+    ) -> Result<Vec<u8>, PrecompiledMiss> {
+        use PrecompiledMiss::{Absent, Refused};
+        let Some(key) = &self.precompiled_key else {
+            return Err(Absent("no --precompiled-key-file".into()));
+        };
+        let reference = self.precompiled_reference(code);
+        let client: &Client = self.client.as_ref();
+        let (manifest, _) = client
+            .pull_image_manifest(&reference, &self.auth)
+            .await
+            .map_err(|e| Absent(format!("{reference}: {e}")))?;
+        let refused = |why: String| Refused(format!("{reference}: {why}"));
+        if manifest.artifact_type.as_deref() != Some(PRECOMPILED_ARTIFACT_TYPE) {
+            return Err(refused(format!(
+                "the artifact type is {:?}, not {PRECOMPILED_ARTIFACT_TYPE}",
+                manifest.artifact_type
+            )));
+        }
+        let [layer] = manifest.layers.as_slice() else {
+            return Err(refused(format!(
+                "{} layers, not one",
+                manifest.layers.len()
+            )));
+        };
+        if layer.media_type != PRECOMPILED_LAYER_MEDIA_TYPE {
+            return Err(refused(format!("a `{}` layer", layer.media_type)));
+        }
+        let size = u64::try_from(layer.size).unwrap_or(u64::MAX);
+        if size > MAX_PRECOMPILED_SIZE {
+            return Err(refused(format!(
+                "{} bytes; at most {MAX_PRECOMPILED_SIZE} are taken",
+                layer.size
+            )));
+        }
+        let mac = manifest
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(PRECOMPILED_MAC_ANNOTATION))
+            .and_then(|m| hex::decode(m).ok())
+            .ok_or_else(|| refused(format!("no hex `{PRECOMPILED_MAC_ANNOTATION}`")))?;
+        // Checked before the layer is read: a forged manifest costs no download.
+        ring::hmac::verify(key, code.mac_message(&layer.digest).as_bytes(), &mac)
+            .map_err(|_| refused("its MAC does not verify under this host's key".into()))?;
+        // The bytes must hash to the digest the MAC covers.
+        self.client
+            .auth(&reference, &self.auth, RegistryOperation::Pull)
+            .await
+            .map_err(|e| Absent(format!("authenticating to {}: {e:#}", self.registry)))?;
+        read_layer(&self.client, &reference, &layer.digest, size)
+            .await
+            .map_err(|e| refused(format!("{e:#}")))
     }
 
     /// `oci://HOST/PATH` as given (for logs and `/healthz`).

@@ -6,7 +6,7 @@
 //! the image and the unit hand to the binary is then handed to the real binary,
 //! which must start on it and answer the probes: no flag or variable it lacks.
 
-use quiver_tests::{free_port, py_env, quiver_bin, repo};
+use quiver_tests::{free_port, py_env, quiver_bin, repo, OciRegistry};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -75,6 +75,13 @@ fn serve_env() -> BTreeSet<String> {
         names.contains("QUIVER_LISTEN") && names.contains("QUIVER_REDIS"),
         "unexpected help:\n{help}"
     );
+    // Credentials are no flags (a flag's value shows in `ps`): `--registry`'s help
+    // names the variables the host reads.
+    let mut names = names;
+    for var in ["QUIVER_REGISTRY_USERNAME", "QUIVER_REGISTRY_PASSWORD"] {
+        assert!(help.contains(var), "--registry's help names {var}:\n{help}");
+        names.insert(var.to_string());
+    }
     names
 }
 
@@ -366,6 +373,32 @@ fn the_chart_renders_with_helm_and_every_manifest_validates() {
         env_of(host, "QUIVER_TLS_CERT").unwrap()["value"],
         "/etc/quiver/tls/tls.crt"
     );
+    assert_eq!(
+        env_of(host, "QUIVER_REGISTRY").unwrap()["value"],
+        "oci://registry.example.com/quiver"
+    );
+    for (var, key) in [
+        ("QUIVER_REGISTRY_USERNAME", "username"),
+        ("QUIVER_REGISTRY_PASSWORD", "password"),
+    ] {
+        assert_eq!(
+            env_of(host, var).unwrap()["valueFrom"]["secretKeyRef"],
+            serde_json::json!({"name": "registry-auth", "key": key})
+        );
+    }
+    assert_eq!(
+        env_of(host, "QUIVER_PRECOMPILED_KEY_FILE").unwrap()["value"],
+        "/etc/quiver/precompiled/key"
+    );
+    let volumes = &dep["spec"]["template"]["spec"]["volumes"];
+    let key_volume = volumes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "precompiled-key")
+        .unwrap_or_else(|| panic!("{volumes}"));
+    assert_eq!(key_volume["secret"]["secretName"], "quiver-precompiled-key");
+    assert!(env_of(host_container(d), "QUIVER_REGISTRY").is_none());
     let so = find(f, "ScaledObject", "q-quiver");
     assert_eq!(so["spec"]["minReplicaCount"], 0);
     assert_eq!(so["spec"]["maxReplicaCount"], 1);
@@ -416,10 +449,7 @@ fn the_chart_renders_with_helm_and_every_manifest_validates() {
     let bad: BTreeMap<&str, &[&str]> = BTreeMap::from([
         (
             "bad-registry",
-            &[
-                "OCI registry blob backend is not built yet",
-                "no --registry flag",
-            ][..],
+            &["registry.url=https://registry.example.com/quiver: expected oci://"][..],
         ),
         (
             "bad-index",
@@ -430,11 +460,11 @@ fn the_chart_renders_with_helm_and_every_manifest_validates() {
         ),
         (
             "bad-replicas",
-            &["3 hosts asked for", "which are not built yet"],
+            &["3 hosts asked for", "which is not built yet"],
         ),
         (
             "bad-keda-max",
-            &["4 hosts asked for", "which are not built yet"],
+            &["4 hosts asked for", "which is not built yet"],
         ),
         ("bad-hpa-and-keda", &["KEDA makes and owns the HPA"]),
         (
@@ -488,6 +518,7 @@ fn the_binary_starts_on_what_the_chart_passes_it_and_answers_its_probes() {
 
         let data = tempfile::tempdir().unwrap();
         let mut redis = None;
+        let mut registry = None;
         let mut env = BTreeMap::new();
         for e in host["env"].as_array().unwrap() {
             let var = e["name"].as_str().unwrap().to_string();
@@ -544,6 +575,22 @@ fn the_binary_starts_on_what_the_chart_passes_it_and_answers_its_probes() {
                 ("QUIVER_TLS_KEY", Some(v)) => {
                     assert_eq!(v, format!("{}/tls.key", mount("tls")), "{name}");
                     key.to_str().unwrap().to_string()
+                }
+                // A real OCI registry, on loopback.
+                ("QUIVER_REGISTRY", Some(v)) => {
+                    let path = v.strip_prefix("oci://").and_then(|r| r.split_once('/'));
+                    let (_, path) = path.unwrap_or_else(|| panic!("{name}: {v}"));
+                    registry.insert(OciRegistry::start()).oci_url(path)
+                }
+                ("QUIVER_REGISTRY_USERNAME" | "QUIVER_REGISTRY_PASSWORD", None) => {
+                    assert_eq!(e["valueFrom"]["secretKeyRef"]["name"], "registry-auth");
+                    "quiver".to_string()
+                }
+                ("QUIVER_PRECOMPILED_KEY_FILE", Some(v)) => {
+                    assert_eq!(v, format!("{}/key", mount("precompiled-key")), "{name}");
+                    let file = certs.path().join("precompiled-key");
+                    std::fs::write(&file, "a-key-the-hosts-share-0123456789abcdef").unwrap();
+                    file.to_str().unwrap().to_string()
                 }
                 // Nothing leaves the machine: a loopback port nothing listens on.
                 ("QUIVER_OTLP_ENDPOINT", Some(_)) => format!("http://127.0.0.1:{}", free_port()),

@@ -94,11 +94,20 @@ fn invoke_status(server: &Server, function: &str) -> reqwest::blocking::Response
     )
 }
 
-/// Empty the host's blob store, as on a host that never had these bytes.
+/// Empty the host's blob store and its compiled code, as on a host that never had
+/// these bytes.
 fn forget_local_blobs(server: &Server) {
-    let blobs = server.data_dir.join("registry/blobs/sha256");
-    std::fs::remove_dir_all(&blobs).expect("remove blobs");
-    std::fs::create_dir_all(&blobs).expect("recreate blobs");
+    for dir in ["registry/blobs/sha256", "aot"] {
+        let dir = server.data_dir.join(dir);
+        std::fs::remove_dir_all(&dir).expect("remove");
+        std::fs::create_dir_all(&dir).expect("recreate");
+    }
+}
+
+fn local_blobs(server: &Server) -> usize {
+    std::fs::read_dir(server.data_dir.join("registry/blobs/sha256"))
+        .expect("blobs")
+        .count()
 }
 
 #[test]
@@ -198,10 +207,7 @@ fn artifacts_go_to_the_oci_registry_and_come_back_verified() {
         message.contains("refused") || message.contains("igest"),
         "{message}"
     );
-    let blobs = std::fs::read_dir(server.data_dir.join("registry/blobs/sha256"))
-        .expect("blobs")
-        .count();
-    assert_eq!(blobs, 0, "a corrupt pull is not kept");
+    assert_eq!(local_blobs(&server), 0, "a corrupt pull is not kept");
 
     // Another tool pushes; Quiver deploys from the registry, verified, and runs it.
     std::fs::write(registry.blob_file(&digest), &layer).expect("restore");
@@ -239,4 +245,137 @@ fn artifacts_go_to_the_oci_registry_and_come_back_verified() {
         "transform",
     ]);
     assert!(err.contains("application/wasm"), "{err}");
+}
+
+#[test]
+fn precompiled_code_is_pulled_only_with_a_mac_under_the_hosts_key() {
+    let registry = OciRegistry::start();
+    let base = registry.http_url();
+    let flag = registry.oci_url("quiver");
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (key_a, key_b, short) = (
+        keys.path().join("a"),
+        keys.path().join("b"),
+        keys.path().join("short"),
+    );
+    std::fs::write(&key_a, "a-secret-the-hosts-share-0123456789abcdef\n").expect("key");
+    std::fs::write(&key_b, "another-secret-no-host-shares-0123456789").expect("key");
+    std::fs::write(&short, "too-short").expect("key");
+    let serve = |dir: Option<&std::path::Path>, key: &std::path::Path| -> Server {
+        let key = key.to_str().expect("utf-8");
+        let flags = ["--registry", flag.as_str(), "--precompiled-key-file", key];
+        match dir {
+            Some(dir) => Server::start_in_with(dir, &flags),
+            None => Server::start_with(&flags),
+        }
+    };
+
+    // A key too short to be a secret, or one without a registry: refused at start.
+    let err = quiver_tests::serve_refused(&[
+        "--registry",
+        &flag,
+        "--precompiled-key-file",
+        short.to_str().expect("utf-8"),
+    ]);
+    assert!(err.contains("at least 32"), "{err}");
+    let err =
+        quiver_tests::serve_refused(&["--precompiled-key-file", key_a.to_str().expect("utf-8")]);
+    assert!(err.contains("--registry"), "{err}");
+
+    // The deploy pushes the code it compiled beside the component, with a MAC.
+    let mut server = serve(None, &key_a);
+    server.deploy("txn-features");
+    let repo = "quiver/default/aot/txn-features";
+    let tags = get_json(&format!("{base}/v2/{repo}/tags/list"));
+    let tags = tags["tags"].as_array().expect("tags");
+    assert_eq!(tags.len(), 1, "{tags:?}");
+    let tag = tags[0].as_str().expect("tag").to_string();
+    assert!(
+        tag.starts_with("1.0.0-") && tag.len() == "1.0.0-".len() + 16,
+        "{tag}"
+    );
+    let manifest = get_json(&format!("{base}/v2/{repo}/manifests/{tag}"));
+    assert_eq!(
+        manifest["artifactType"],
+        "application/vnd.quiver.precompiled.v1"
+    );
+    let mac = manifest["annotations"]["dev.quiver.precompiled.mac"]
+        .as_str()
+        .expect("a MAC");
+    assert_eq!(mac.len(), 64, "HMAC-SHA256 in hex");
+    let code_digest = manifest["layers"][0]["digest"]
+        .as_str()
+        .expect("layer digest")
+        .to_string();
+    let local_code: Vec<_> = std::fs::read_dir(server.data_dir.join("aot"))
+        .expect("aot")
+        .map(|e| std::fs::read(e.expect("entry").path()).expect("read"))
+        .collect();
+    assert_eq!(local_code.len(), 1);
+    assert_eq!(
+        sha256_of(&local_code[0]),
+        code_digest,
+        "the deploy's own code"
+    );
+
+    // A host that never had this version's bytes or code loads the precompiled code:
+    // nothing compiled, and the component itself is not even pulled.
+    server.terminate();
+    forget_local_blobs(&server);
+    let dir = server.data_dir.clone();
+    let mut server = serve(Some(&dir), &key_a);
+    let resp = invoke_status(&server, "txn-features");
+    assert_eq!(resp.status(), 200, "{:?}", resp.text());
+    assert_eq!(server.metric("quiver_compilations_total"), Some(0.0));
+    assert_eq!(
+        server.metric(r#"quiver_precompiled_pulls_total{outcome="loaded"}"#),
+        Some(1.0)
+    );
+    assert_eq!(local_blobs(&server), 0, "the code was enough");
+
+    // Under another key the MAC does not verify: refused, compiled from the
+    // component instead, and still served.
+    server.terminate();
+    forget_local_blobs(&server);
+    let mut server = serve(Some(&dir), &key_b);
+    let resp = invoke_status(&server, "txn-features");
+    assert_eq!(resp.status(), 200, "{:?}", resp.text());
+    assert_eq!(server.metric("quiver_compilations_total"), Some(1.0));
+    assert_eq!(
+        server.metric(r#"quiver_precompiled_pulls_total{outcome="refused"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        local_blobs(&server),
+        1,
+        "the component was pulled to compile"
+    );
+
+    // Code changed in the registry's storage under a valid MAC: its digest no
+    // longer matches what the MAC covers, so it is refused too.
+    server.terminate();
+    forget_local_blobs(&server);
+    let mut junk = std::fs::read(registry.blob_file(&code_digest)).expect("code blob");
+    let at = junk.len() / 2;
+    junk[at] ^= 0xff;
+    std::fs::write(registry.blob_file(&code_digest), &junk).expect("tamper");
+    let mut server = serve(Some(&dir), &key_a);
+    let resp = invoke_status(&server, "txn-features");
+    assert_eq!(resp.status(), 200, "{:?}", resp.text());
+    assert_eq!(server.metric("quiver_compilations_total"), Some(1.0));
+    assert_eq!(
+        server.metric(r#"quiver_precompiled_pulls_total{outcome="refused"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        server.metric(r#"quiver_precompiled_pulls_total{outcome="loaded"}"#),
+        None
+    );
+    let kept: Vec<_> = std::fs::read_dir(dir.join("aot"))
+        .expect("aot")
+        .map(|e| std::fs::read(e.expect("entry").path()).expect("read"))
+        .collect();
+    assert_eq!(kept.len(), 1);
+    assert_ne!(kept[0], junk, "what is cached is this host's own compile");
+    server.terminate();
 }

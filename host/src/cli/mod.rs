@@ -130,6 +130,16 @@ struct ServeArgs {
         value_name = "oci://HOST/PATH"
     )]
     oci_registry: Option<String>,
+    /// A secret the hosts sharing `--registry` hold (at least 32 bytes): with it, a
+    /// deploy pushes the compiled code beside the component, and a host that lacks a
+    /// version's code pulls it, MAC-checked, instead of compiling.
+    #[arg(
+        long,
+        env = "QUIVER_PRECOMPILED_KEY_FILE",
+        value_name = "PATH",
+        requires = "oci_registry"
+    )]
+    precompiled_key_file: Option<PathBuf>,
     /// How long a feature-store call may take before it fails as `unavailable`.
     #[arg(long, env = "QUIVER_FEATURES_TIMEOUT", default_value = "250ms")]
     features_timeout: humantime::Duration,
@@ -207,6 +217,7 @@ impl ServeArgs {
             grpc_listen: self.grpc_listen,
             usage_save_interval: *self.usage_save_interval,
             oci_registry: self.oci_registry.clone(),
+            precompiled_key_file: self.precompiled_key_file.clone(),
             triggers: crate::triggers::TriggerConfig {
                 consumer: self
                     .host_id

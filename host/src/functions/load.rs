@@ -270,16 +270,29 @@ impl Functions {
             }
             DeploymentBody::Pipeline(stages)
         } else {
-            self.ensure_local(crate::oci::Artifact::Component, &record)
-                .await?;
+            let digest = record.digest()?;
+            let code_key = crate::runtime::Runtime::code_key(&record.tenant, &digest.hex());
+            if !self.runtime.has_code(&code_key) {
+                self.pull_precompiled(&record, &code_key).await;
+            }
+            // With the code at hand, the component's bytes are only needed if it
+            // fails to load (then fetched on the blocking thread below).
+            if !self.runtime.has_code(&code_key) {
+                self.ensure_local(crate::oci::Artifact::Component, &record)
+                    .await?;
+            }
             let this = self.clone();
             let rec = record.clone();
+            let handle = tokio::runtime::Handle::current();
             let prepared = tokio::task::spawn_blocking(move || -> anyhow::Result<Prepared> {
-                let digest = rec.digest()?;
-                let component = this.runtime.component(
-                    &crate::runtime::Runtime::code_key(&rec.tenant, &digest.hex()),
-                    || Ok(this.registry.blobs().get(&digest)?),
-                )?;
+                let component = this.runtime.component(&code_key, || {
+                    if !this.registry.blobs().has(&digest) {
+                        handle
+                            .block_on(this.ensure_local(crate::oci::Artifact::Component, &rec))
+                            .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    }
+                    Ok(this.registry.blobs().get(&digest)?)
+                })?;
                 this.runtime.prepare(&rec.kind, &component)
             })
             .await

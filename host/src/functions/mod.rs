@@ -356,6 +356,7 @@ impl Functions {
         all.extend(self.datasets.collectors());
         all.extend(self.logs.collectors());
         all.extend(self.ml.collectors());
+        all.extend(self.oci.iter().flat_map(|o| o.collectors()));
         all
     }
 
@@ -696,10 +697,93 @@ impl Functions {
             crate::oci::Artifact::Model => {
                 oci.push_model(tenant, name, version, bytes.to_vec()).await
             }
+            crate::oci::Artifact::Precompiled => {
+                return Err(DeployError::Internal(anyhow::anyhow!(
+                    "precompiled code goes with its component, not on its own"
+                )))
+            }
         };
         let url = pushed.map_err(DeployError::Upstream)?;
         tracing::info!(tenant, name, version, manifest = %url, "pushed to the OCI registry");
+        if what == crate::oci::Artifact::Component && oci.precompiled() {
+            self.push_precompiled(oci, tenant, name, version, bytes)
+                .await;
+        }
         Ok(())
+    }
+
+    /// Push the code the deploy's check compiled (its AOT artifact) beside the
+    /// component. Only saves other hosts a compile: a failure is logged, not
+    /// returned.
+    async fn push_precompiled(
+        &self,
+        oci: &crate::oci::OciStore,
+        tenant: &str,
+        name: &str,
+        version: &str,
+        bytes: &[u8],
+    ) {
+        let digest = quiver_registry::Digest::of(bytes);
+        let key = Runtime::code_key(tenant, &digest.hex());
+        let Some(code) = self.runtime.artifact(&key) else {
+            tracing::warn!(
+                tenant,
+                name,
+                version,
+                "no AOT artifact to push as precompiled code"
+            );
+            return;
+        };
+        let component = digest.to_string();
+        let of = crate::oci::CodeOf {
+            tenant,
+            name,
+            version,
+            component: &component,
+            engine: self.runtime.engine_hash(),
+        };
+        match oci.push_precompiled(&of, code).await {
+            Ok(url) => {
+                tracing::info!(tenant, name, version, manifest = ?url, "pushed precompiled code")
+            }
+            Err(e) => tracing::warn!(tenant, name, version, "not pushing precompiled code: {e:#}"),
+        }
+    }
+
+    /// Before a load that would compile: fetch the code another host compiled for
+    /// this engine, MAC-checked, into the AOT cache. Falls back (returns) on any miss.
+    async fn pull_precompiled(&self, rec: &VersionRecord, key: &str) {
+        let Some(oci) = self.oci.as_ref().filter(|o| o.precompiled()) else {
+            return;
+        };
+        let of = crate::oci::CodeOf {
+            tenant: &rec.tenant,
+            name: &rec.name,
+            version: &rec.version,
+            component: &rec.digest,
+            engine: self.runtime.engine_hash(),
+        };
+        let (tenant, name, version) = (&rec.tenant, &rec.name, &rec.version);
+        match oci.pull_precompiled(&of).await {
+            Ok(code) => {
+                let (runtime, key) = (self.runtime.clone(), key.to_string());
+                let installed =
+                    tokio::task::spawn_blocking(move || runtime.install_artifact(&key, &code))
+                        .await
+                        .map_err(anyhow::Error::from)
+                        .and_then(|r| r);
+                match installed {
+                    Ok(()) => tracing::info!(tenant, name, version, "loaded precompiled code"),
+                    Err(e) => {
+                        tracing::warn!(tenant, name, version, "precompiled code not kept: {e:#}")
+                    }
+                }
+            }
+            Err(miss @ crate::oci::PrecompiledMiss::Refused(_)) => {
+                tracing::warn!(tenant, name, version, "{miss}; compiling instead")
+            }
+            Err(miss) => tracing::info!(tenant, name, version, "{miss}; compiling instead"),
+        }
     }
 
     /// Make sure the blob store holds `rec`'s bytes: with `--registry oci://…`, pull

@@ -316,12 +316,12 @@ impl Runtime {
         {
             return Ok(c.clone());
         }
-        let path = self
-            .aot_dir
-            .join(format!("{digest_hex}-{}.cwasm", self.engine_hash));
+        let path = self.artifact_path(digest_hex);
         // SAFETY: the file was written by `Component::serialize` of an engine with the
         // same compatibility hash (it is in the file name) into this host's own data
-        // dir; wasmtime still checks the header and rejects a foreign artifact.
+        // dir, or pulled with a MAC under the hosts' shared key that binds it to this
+        // component's digest and engine (`oci::pull_precompiled`); wasmtime still
+        // checks the header and rejects a foreign artifact.
         let loaded = match path.is_file() {
             true => unsafe { Component::deserialize_file(&self.engine, &path) }.ok(),
             false => None,
@@ -346,6 +346,41 @@ impl Runtime {
             }
         };
         Ok(component)
+    }
+
+    /// The engine's hash: which precompiled code this host can load.
+    pub fn engine_hash(&self) -> &str {
+        &self.engine_hash
+    }
+
+    fn artifact_path(&self, key: &str) -> PathBuf {
+        self.aot_dir
+            .join(format!("{key}-{}.cwasm", self.engine_hash))
+    }
+
+    /// Whether code for `key` is in memory or on disk (a load compiles nothing).
+    pub fn has_code(&self, key: &str) -> bool {
+        let in_memory = self
+            .components
+            .lock()
+            .map(|c| c.contains_key(key))
+            .unwrap_or(false);
+        in_memory || self.artifact_path(key).is_file()
+    }
+
+    /// The AOT artifact on disk for `key`, if there is one.
+    pub fn artifact(&self, key: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.artifact_path(key)).ok()
+    }
+
+    /// Keep `bytes`, precompiled code another host of this engine made (MAC checked
+    /// by the caller), as the AOT artifact for `key`. Refused unless wasmtime reads
+    /// it as a component of this engine; the next load deserializes it.
+    pub fn install_artifact(&self, key: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        if Engine::detect_precompiled(bytes) != Some(wasmtime::Precompiled::Component) {
+            anyhow::bail!("not a precompiled component");
+        }
+        self.save_artifact(&self.artifact_path(key), bytes)
     }
 
     /// Write an AOT artifact durably: a uniquely named temp file in the same

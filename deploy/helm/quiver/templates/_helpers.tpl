@@ -78,8 +78,11 @@ Refuse what the binary cannot do yet, and combinations that cannot work. Every
 template includes this, so a bad value set fails whichever template renders first.
 */}}
 {{- define "quiver.validate" -}}
-{{- if .Values.registry.url }}
-{{- fail (printf "registry.url=%s: the OCI registry blob backend is not built yet (quiver serve has no --registry flag); each host keeps its blobs in its data dir. Leave registry.url empty." .Values.registry.url) }}
+{{- if and .Values.registry.url (not (hasPrefix "oci://" (.Values.registry.url | toString))) }}
+{{- fail (printf "registry.url=%s: expected oci://HOST[:PORT]/PATH" .Values.registry.url) }}
+{{- end }}
+{{- if and (or .Values.registry.existingSecret .Values.registry.precompiledKeySecret) (not .Values.registry.url) }}
+{{- fail "registry.existingSecret / registry.precompiledKeySecret need registry.url" }}
 {{- end }}
 {{- if .Values.index.url }}
 {{- fail "index.url: the shared (PostgreSQL) registry index is not built yet (quiver serve has no --index flag); each host keeps its SQLite index in its data dir. Leave index.url empty." }}
@@ -88,7 +91,7 @@ template includes this, so a bad value set fails whichever template renders firs
 {{- if .Values.autoscaling.enabled }}{{ $hosts = max $hosts (int .Values.autoscaling.maxReplicas) }}{{ end }}
 {{- if .Values.keda.enabled }}{{ $hosts = max $hosts (int .Values.keda.maxReplicaCount) }}{{ end }}
 {{- if gt $hosts 1 }}
-{{- fail (printf "%d hosts asked for (replicaCount / autoscaling.maxReplicas / keda.maxReplicaCount): more than one host needs the shared registry index and OCI blob store, which are not built yet; each host would have its own registry and tokens. Keep them at 1." $hosts) }}
+{{- fail (printf "%d hosts asked for (replicaCount / autoscaling.maxReplicas / keda.maxReplicaCount): more than one host needs the shared registry index, which is not built yet; each host would have its own registry and tokens. Keep them at 1." $hosts) }}
 {{- end }}
 {{- if not (has .Values.redis.mode (list "internal" "external" "none")) }}
 {{- fail (printf "redis.mode=%s: one of internal, external, none" .Values.redis.mode) }}
