@@ -10,7 +10,7 @@
 # rounds; prints p50 and p90 of each and the ratio.
 # Needs docker-registry (apt).   usage: scripts/bench-first-pull.sh [rounds] [function]
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
-rounds=${1:-15}; fn=${2:-retrain-fraud}
+rounds=${1:-15}; fn=${2:-txn-features}
 command -v docker-registry >/dev/null || { echo "install docker-registry (apt)"; exit 1; }
 bench_setup
 cat > "$data/registry.yml" <<YML
@@ -42,7 +42,7 @@ stop_host() { # mode
   local port; port=$(port_of "$1")
   kill "${host_pid[$port]}"; wait "${host_pid[$port]}" 2>/dev/null || true
 }
-body='[{"txn_id":"t","merchant":"m","amount":4.5,"hour":3}]'
+body='[{"txn_id":"t-0","amount":4.5,"ts":1763812800,"merchant":"coffee-corner"}]'
 for mode in compile precompiled; do
   start_host $mode
   use_token "$data/$mode"

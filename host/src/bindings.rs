@@ -26,11 +26,11 @@ macro_rules! world {
                 world: $world,
                 exports: { default: async },
                 with: {
-                    "quiver:ml/types@0.1.0": crate::bindings::base::quiver::ml::types,
-                    "quiver:ml/log@0.1.0": crate::bindings::base::quiver::ml::log,
-                    "quiver:ml/config@0.1.0": crate::bindings::base::quiver::ml::config,
-                    "quiver:ml/features@0.1.0": crate::bindings::base::quiver::ml::features,
-                    "quiver:ml/events@0.1.0": crate::bindings::base::quiver::ml::events,
+                    "quiver:ml/types@0.2.0": crate::bindings::base::quiver::ml::types,
+                    "quiver:ml/log@0.2.0": crate::bindings::base::quiver::ml::log,
+                    "quiver:ml/config@0.2.0": crate::bindings::base::quiver::ml::config,
+                    "quiver:ml/features@0.2.0": crate::bindings::base::quiver::ml::features,
+                    "quiver:ml/events@0.2.0": crate::bindings::base::quiver::ml::events,
                     $($extra: $path,)*
                 },
             });
@@ -45,10 +45,11 @@ world!(transform, "quiver:ml/transform");
 world!(inference, "quiver:ml/inference");
 // Only the monitor and trainer worlds import datasets.
 world!(monitor, "quiver:ml/monitor",
-    "quiver:ml/datasets@0.1.0" => crate::bindings::base::quiver::ml::datasets);
+    "quiver:ml/datasets@0.2.0" => crate::bindings::base::quiver::ml::datasets);
 world!(trainer, "quiver:ml/trainer",
-    "quiver:ml/datasets@0.1.0" => crate::bindings::base::quiver::ml::datasets);
+    "quiver:ml/datasets@0.2.0" => crate::bindings::base::quiver::ml::datasets);
 
 pub use base::quiver::ml::types::{
-    Batch, Column, Error as GuestError, Field, Ingested, ModelArtifact, RejectedRow, Report,
+    Batch, Column, ElementType, Error as GuestError, Field, Ingested, ModelArtifact, RejectedRow,
+    Report, Tensor,
 };

@@ -95,12 +95,95 @@ fn column_of(name: &str, values: &[&Value]) -> Result<Column, String> {
             }
             Column::Boolean(out)
         }
+        Value::Array(_) => tensor_of(name, values)?,
         other => {
             return Err(format!(
-                "field `{name}` must be a number, string or boolean, got {other}"
+                "field `{name}` must be a number, string, boolean or an array of them, got {other}"
             ))
         }
     })
+}
+
+/// Rows whose values are (nested) arrays of one shape: a tensor whose first
+/// dimension is the rows. All integers: int64; any fraction: float64; booleans:
+/// boolean.
+fn tensor_of(name: &str, values: &[&Value]) -> Result<Column, String> {
+    use crate::bindings::{ElementType, Tensor};
+    // The first row's shape, from its first elements; every row must match it.
+    let mut shape = vec![values.len() as u32];
+    let mut at = values[0];
+    while let Value::Array(items) = at {
+        let len = u32::try_from(items.len())
+            .map_err(|_| format!("field `{name}`: an array is too long"))?;
+        shape.push(len);
+        if shape.len() > crate::columns::MAX_RANK {
+            return Err(format!(
+                "field `{name}`: a tensor has at most {} dimensions",
+                crate::columns::MAX_RANK
+            ));
+        }
+        match items.first() {
+            Some(first) => at = first,
+            None => break,
+        }
+    }
+    let mut flat: Vec<&Value> = Vec::new();
+    for (i, v) in values.iter().enumerate() {
+        let before = flat.len();
+        if !flat_into(v, &shape[1..], &mut flat) {
+            return Err(format!(
+                "row {}: field `{name}` is not an array of shape {:?} like the first row",
+                i + 1,
+                &shape[1..]
+            ));
+        }
+        debug_assert!(flat.len() >= before);
+    }
+    let bad = |v: &Value| {
+        format!("field `{name}`: tensor elements must all be numbers or all booleans, got {v}")
+    };
+    let (element, data): (ElementType, Vec<u8>) = match flat.first() {
+        Some(Value::Bool(_)) => (
+            ElementType::Boolean,
+            flat.iter()
+                .map(|v| v.as_bool().map(u8::from).ok_or_else(|| bad(v)))
+                .collect::<Result<_, _>>()?,
+        ),
+        _ if flat.iter().all(|v| v.is_i64()) => (
+            ElementType::Int64,
+            flat.iter()
+                .filter_map(|v| v.as_i64())
+                .flat_map(i64::to_le_bytes)
+                .collect(),
+        ),
+        _ => {
+            let mut data = Vec::with_capacity(flat.len() * 8);
+            for v in &flat {
+                data.extend_from_slice(&v.as_f64().ok_or_else(|| bad(v))?.to_le_bytes());
+            }
+            (ElementType::Float64, data)
+        }
+    };
+    Ok(Column::Tensor(Tensor {
+        shape,
+        element,
+        data,
+    }))
+}
+
+/// Push the leaves of `v` if it is an array of exactly `shape`.
+fn flat_into<'a>(v: &'a Value, shape: &[u32], out: &mut Vec<&'a Value>) -> bool {
+    match (v, shape.split_first()) {
+        (Value::Array(items), Some((n, rest))) => {
+            items.len() == *n as usize && items.iter().all(|i| flat_into(i, rest, out))
+        }
+        (Value::Array(_), None) | (Value::Null, _) | (Value::Object(_), _) => false,
+        (_, Some(_)) => false,
+        (leaf, None) => {
+            out.push(leaf);
+            true
+        }
+    }
 }
 
 /// The most JSON a function's result may make as a response.
@@ -117,6 +200,11 @@ pub fn json_size_lower_bound(batch: &Batch) -> usize {
             let n = column_len(&f.values);
             let values = match &f.values {
                 Column::Text(v) => v.iter().map(|s| s.len() + 3).sum(),
+                // Base64: 4 characters per 3 bytes.
+                Column::Bytes(v) => v.iter().map(|b| b.len() / 3 * 4 + 3).sum(),
+                Column::Tensor(t) => {
+                    (t.data.len() / crate::columns::element_size(t.element)).saturating_mul(2)
+                }
                 other => column_len(other) * 2,
             };
             values + n.saturating_mul(f.name.len() + 3)
@@ -136,33 +224,59 @@ pub fn check_response_size(batch: &Batch) -> Result<(), String> {
 }
 
 pub fn column_len(c: &Column) -> usize {
-    match c {
-        Column::Float64(v) => v.len(),
-        Column::Int64(v) => v.len(),
-        Column::Text(v) => v.len(),
-        Column::Boolean(v) => v.len(),
+    crate::columns::rows(c)
+}
+
+fn float(x: f64) -> Value {
+    Number::from_f64(x).map_or(Value::Null, Value::Number)
+}
+
+/// Row `i` of a checked tensor as nested arrays.
+fn tensor_row(t: &crate::bindings::Tensor, i: usize) -> Value {
+    use crate::bindings::ElementType;
+    let size = crate::columns::element_size(t.element);
+    let row = crate::columns::row_bytes(t);
+    let bytes = &t.data[i * row..(i + 1) * row];
+    let leaves: Vec<Value> = bytes
+        .chunks_exact(size)
+        .map(|c| match t.element {
+            ElementType::Int8 | ElementType::Uint8 | ElementType::Int32 | ElementType::Int64 => {
+                Value::from(crate::columns::element_f64(t.element, c) as i64)
+            }
+            ElementType::Boolean => Value::from(c[0] == 1),
+            e => float(crate::columns::element_f64(e, c)),
+        })
+        .collect();
+    nest(&t.shape[1..], &mut leaves.into_iter())
+}
+
+fn nest(shape: &[u32], leaves: &mut impl Iterator<Item = Value>) -> Value {
+    match shape.split_first() {
+        None => leaves.next().unwrap_or(Value::Null),
+        Some((n, rest)) => Value::Array((0..*n).map(|_| nest(rest, leaves)).collect()),
     }
 }
 
-/// Rows as JSON objects. A guest that returns ragged columns gets an error, not a panic.
+/// Rows as JSON objects: a tensor's row as nested arrays, bytes as base64 text. A
+/// guest that returns ragged columns or a malformed tensor gets an error, not a
+/// panic.
 pub fn batch_to_rows(batch: &Batch) -> Result<Vec<Value>, String> {
-    let n = batch.fields.first().map_or(0, |f| column_len(&f.values));
-    if let Some(f) = batch.fields.iter().find(|f| column_len(&f.values) != n) {
-        return Err(format!(
-            "the function returned a ragged batch: field `{}` has {} values, expected {n}",
-            f.name,
-            column_len(&f.values)
-        ));
-    }
+    use base64::Engine as _;
+    let n = crate::columns::check_batch(batch).map_err(|e| format!("the function returned {e}"))?;
     Ok((0..n)
         .map(|i| {
             let mut row = Map::with_capacity(batch.fields.len());
             for f in &batch.fields {
                 let v = match &f.values {
-                    Column::Float64(v) => Number::from_f64(v[i]).map_or(Value::Null, Value::Number),
+                    Column::Float64(v) => float(v[i]),
+                    Column::Float32(v) => float(v[i].into()),
                     Column::Int64(v) => Value::from(v[i]),
                     Column::Text(v) => Value::from(v[i].as_str()),
                     Column::Boolean(v) => Value::from(v[i]),
+                    Column::Bytes(v) => {
+                        Value::from(base64::engine::general_purpose::STANDARD.encode(&v[i]))
+                    }
+                    Column::Tensor(t) => tensor_row(t, i),
                 };
                 row.insert(f.name.clone(), v);
             }
@@ -214,6 +328,46 @@ mod tests {
             ],
         };
         assert!(batch_to_rows(&ragged).unwrap_err().contains("ragged"));
+    }
+
+    #[test]
+    fn nested_arrays_are_tensors_and_come_back_as_nested_arrays() {
+        let doc = json!([{"img": [[1, 2], [3, 4]], "p": [0.5, 1]}, {"img": [[5, 6], [7, 8]], "p": [2, 3]}]);
+        let batch = json_to_batch(&doc).unwrap();
+        let Column::Tensor(img) = &batch.fields[0].values else {
+            panic!("a tensor")
+        };
+        assert_eq!(img.shape, [2, 2, 2]);
+        assert_eq!(img.element, crate::bindings::ElementType::Int64);
+        let Column::Tensor(p) = &batch.fields[1].values else {
+            panic!("a tensor")
+        };
+        assert_eq!(
+            (p.shape.as_slice(), p.element),
+            (&[2, 2][..], crate::bindings::ElementType::Float64)
+        );
+        let rows = batch_to_rows(&batch).unwrap();
+        assert_eq!(rows[1], json!({"img": [[5, 6], [7, 8]], "p": [2.0, 3.0]}));
+        let e = json_to_batch(&json!([{"x": [1, 2]}, {"x": [1, 2, 3]}])).unwrap_err();
+        assert!(e.contains("row 2") && e.contains("shape [2]"), "{e}");
+        assert!(json_to_batch(&json!([{"x": [1, "a"]}])).is_err());
+        assert!(json_to_batch(&json!([{"x": [[1], 2]}])).is_err());
+        let deep = json!([{"x": [[[[[[[[[1]]]]]]]]]}]);
+        assert!(json_to_batch(&deep).unwrap_err().contains("at most 8"));
+        // A malformed tensor from a guest is an error, not a panic.
+        let lying = Batch {
+            fields: vec![Field {
+                name: "t".into(),
+                values: Column::Tensor(crate::bindings::Tensor {
+                    shape: vec![4, 1000],
+                    element: crate::bindings::ElementType::Float32,
+                    data: vec![0; 16],
+                }),
+            }],
+        };
+        assert!(batch_to_rows(&lying)
+            .unwrap_err()
+            .contains("needs 16000 bytes"));
     }
 
     mod props {

@@ -6,6 +6,7 @@ pub mod bindings;
 pub mod call;
 pub mod capability;
 pub mod cli;
+pub mod columns;
 pub mod convert;
 pub mod datasets;
 pub mod egress;

@@ -376,34 +376,23 @@ pub fn rows(b: &Batch) -> usize {
     b.fields.first().map_or(0, |f| column_len(&f.values))
 }
 
-/// Values in a column.
+/// Values in a column (a tensor: its rows).
 pub fn column_len(c: &Column) -> usize {
-    match c {
-        Column::Float64(v) => v.len(),
-        Column::Int64(v) => v.len(),
-        Column::Text(v) => v.len(),
-        Column::Boolean(v) => v.len(),
-    }
+    crate::columns::rows(c)
 }
 
 fn same_shape(a: &Batch, b: &Batch) -> bool {
     a.fields.len() == b.fields.len()
-        && a.fields.iter().zip(&b.fields).all(|(x, y)| {
-            x.name == y.name
-                && std::mem::discriminant(&x.values) == std::mem::discriminant(&y.values)
-        })
+        && a.fields
+            .iter()
+            .zip(&b.fields)
+            .all(|(x, y)| x.name == y.name && crate::columns::same_type(&x.values, &y.values))
 }
 
 fn append(into: &mut Batch, from: Batch) {
     for (a, b) in into.fields.iter_mut().zip(from.fields) {
-        match (&mut a.values, b.values) {
-            (Column::Float64(x), Column::Float64(y)) => x.extend(y),
-            (Column::Int64(x), Column::Int64(y)) => x.extend(y),
-            (Column::Text(x), Column::Text(y)) => x.extend(y),
-            (Column::Boolean(x), Column::Boolean(y)) => x.extend(y),
-            // `same_shape` was checked by the caller.
-            _ => {}
-        }
+        // `same_shape` was checked by the caller.
+        crate::columns::append(&mut a.values, b.values);
     }
 }
 

@@ -229,7 +229,7 @@ mod tests {
             name: "f",
             version: &version,
             kind: "transform",
-            world: "quiver:ml/transform@0.1.0",
+            world: "quiver:ml/transform@0.2.0",
             manifest: "{}",
             bytes,
         })

@@ -102,7 +102,7 @@ mod tests {
             name,
             version: &version,
             kind: "transform",
-            world: "quiver:ml/transform@0.1.0",
+            world: "quiver:ml/transform@0.2.0",
             manifest: "{}",
             bytes,
         })

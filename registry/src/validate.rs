@@ -15,11 +15,11 @@ pub struct Inspection {
 /// The export that makes a component of each kind, and the world it belongs to.
 pub fn world_of_kind(kind: &str) -> Option<(&'static str, &'static str)> {
     Some(match kind {
-        "ingest" => ("ingest", "quiver:ml/ingest@0.1.0"),
-        "transform" => ("transform", "quiver:ml/transform@0.1.0"),
-        "inference" => ("infer", "quiver:ml/inference@0.1.0"),
-        "monitor" => ("observe", "quiver:ml/monitor@0.1.0"),
-        "trainer" => ("train", "quiver:ml/trainer@0.1.0"),
+        "ingest" => ("ingest", "quiver:ml/ingest@0.2.0"),
+        "transform" => ("transform", "quiver:ml/transform@0.2.0"),
+        "inference" => ("infer", "quiver:ml/inference@0.2.0"),
+        "monitor" => ("observe", "quiver:ml/monitor@0.2.0"),
+        "trainer" => ("train", "quiver:ml/trainer@0.2.0"),
         "http" => ("wasi:http/incoming-handler", "wasi:http/proxy@0.2.12"),
         _ => return None,
     })

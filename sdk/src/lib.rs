@@ -16,10 +16,10 @@
 //! from `../wit` (never hand-copied); batches are columnar, so a stage pays per column
 //! when it crosses the component boundary.
 
-mod batch;
+pub mod batch;
 mod rows;
 
-pub use batch::{Batch, Column, Field};
+pub use batch::{Batch, Column, Element, ElementType, Field, Tensor, TensorView};
 pub use rows::{from_rows, to_rows};
 
 /// Bindings of the interfaces every world shares (types, log, config).
@@ -40,11 +40,11 @@ macro_rules! world_bindings {
                 path: "../wit",
                 world: $world,
                 with: {
-                    "quiver:ml/types@0.1.0": crate::base::quiver::ml::types,
-                    "quiver:ml/log@0.1.0": crate::base::quiver::ml::log,
-                    "quiver:ml/config@0.1.0": crate::base::quiver::ml::config,
-                    "quiver:ml/features@0.1.0": crate::base::quiver::ml::features,
-                    "quiver:ml/events@0.1.0": crate::base::quiver::ml::events,
+                    "quiver:ml/types@0.2.0": crate::base::quiver::ml::types,
+                    "quiver:ml/log@0.2.0": crate::base::quiver::ml::log,
+                    "quiver:ml/config@0.2.0": crate::base::quiver::ml::config,
+                    "quiver:ml/features@0.2.0": crate::base::quiver::ml::features,
+                    "quiver:ml/events@0.2.0": crate::base::quiver::ml::events,
                     $($extra: $to,)*
                 },
                 // Interfaces not mapped above (wasi:nn, models) are generated here.
@@ -80,14 +80,14 @@ world_bindings!(
     "quiver:ml/monitor",
     "export",
     "quiver_sdk::monitor_world",
-    "quiver:ml/datasets@0.1.0" => crate::base::quiver::ml::datasets
+    "quiver:ml/datasets@0.2.0" => crate::base::quiver::ml::datasets
 );
 world_bindings!(
     trainer_world,
     "quiver:ml/trainer",
     "export",
     "quiver_sdk::trainer_world",
-    "quiver:ml/datasets@0.1.0" => crate::base::quiver::ml::datasets
+    "quiver:ml/datasets@0.2.0" => crate::base::quiver::ml::datasets
 );
 
 pub use base::quiver::ml::types::{Error, Ingested, ModelArtifact, RejectedRow, Report};
@@ -151,6 +151,34 @@ pub mod nn {
         Error::Internal(format!("{what}: {:?}: {}", e.code(), e.data()))
     }
 
+    /// The wasi-nn type of an element type (none for int8 and boolean).
+    pub fn nn_type(e: crate::batch::ElementType) -> Option<TensorType> {
+        use crate::batch::ElementType as E;
+        Some(match e {
+            E::Float16 => TensorType::Fp16,
+            E::Bfloat16 => TensorType::Bf16,
+            E::Float32 => TensorType::Fp32,
+            E::Float64 => TensorType::Fp64,
+            E::Uint8 => TensorType::U8,
+            E::Int32 => TensorType::I32,
+            E::Int64 => TensorType::I64,
+            E::Int8 | E::Boolean => return None,
+        })
+    }
+
+    fn element_of(t: TensorType) -> crate::batch::ElementType {
+        use crate::batch::ElementType as E;
+        match t {
+            TensorType::Fp16 => E::Float16,
+            TensorType::Bf16 => E::Bfloat16,
+            TensorType::Fp32 => E::Float32,
+            TensorType::Fp64 => E::Float64,
+            TensorType::U8 => E::Uint8,
+            TensorType::I32 => E::Int32,
+            TensorType::I64 => E::Int64,
+        }
+    }
+
     /// A bound model, loaded by its alias (the host parsed it once; loading is cheap).
     pub struct Model {
         /// One execution context for every run (each run sets its own inputs).
@@ -191,6 +219,42 @@ pub mod nn {
                 context,
                 _graph: graph,
             })
+        }
+
+        /// Run on named tensors (their bytes go to wasi-nn as they are); every
+        /// output, by name, as a tensor. Int8 and boolean tensors have no wasi-nn
+        /// type and are refused.
+        pub fn run(
+            &self,
+            inputs: &[(&str, crate::batch::TensorView<'_>)],
+        ) -> Result<Vec<(String, crate::batch::Tensor)>, Error> {
+            let named = inputs
+                .iter()
+                .map(|(name, t)| {
+                    let ty = nn_type(t.element).ok_or_else(|| {
+                        Error::InvalidInput(format!(
+                            "input `{name}`: wasi-nn has no {:?} tensors",
+                            t.element
+                        ))
+                    })?;
+                    Ok((name.to_string(), Tensor::new(t.shape, ty, t.data)))
+                })
+                .collect::<Result<Vec<_>, Error>>()?;
+            let outputs = self
+                .context
+                .compute(named)
+                .map_err(|e| nn_error("compute", e))?;
+            Ok(outputs
+                .into_iter()
+                .map(|(name, t)| {
+                    let tensor = crate::batch::Tensor {
+                        shape: t.dimensions(),
+                        element: element_of(t.ty()),
+                        data: t.data(),
+                    };
+                    (name, tensor)
+                })
+                .collect())
         }
 
         /// Run on one f32 input tensor; the first output's dimensions and values.

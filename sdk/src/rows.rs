@@ -12,9 +12,19 @@ pub fn to_rows<T: DeserializeOwned>(batch: &Batch) -> Result<Vec<T>, Error> {
             for field in &batch.fields {
                 let v = match &field.values {
                     Column::Float64(v) => Number::from_f64(v[i]).map_or(Value::Null, Value::Number),
+                    Column::Float32(v) => {
+                        Number::from_f64(v[i].into()).map_or(Value::Null, Value::Number)
+                    }
                     Column::Int64(v) => Value::from(v[i]),
                     Column::Text(v) => Value::from(v[i].clone()),
                     Column::Boolean(v) => Value::from(v[i]),
+                    Column::Bytes(v) => Value::from(v[i].clone()),
+                    Column::Tensor(_) => {
+                        return Err(Error::InvalidInput(format!(
+                            "field `{}` is a tensor; read it with Batch::tensor",
+                            field.name
+                        )))
+                    }
                 };
                 row.insert(field.name.clone(), v);
             }
@@ -56,6 +66,8 @@ pub fn from_rows<T: Serialize>(rows: &[T]) -> Result<Batch, Error> {
                     Value::String(s) => s.clone(),
                     other => other.to_string(),
                 }),
+                // Only the four above are made from the first row.
+                Column::Float32(_) | Column::Bytes(_) | Column::Tensor(_) => return Err(bad()),
             }
         }
     }

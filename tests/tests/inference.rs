@@ -129,13 +129,13 @@ fn deploy_resolves_the_model_range_and_records_the_version() {
         .json()
         .unwrap();
     assert_eq!(meta["parameters"]["models"]["fraud"], "fraud-model@=1.1.0");
-    server.deploy_with("fraud-score", &["--version", "1.2.1"]);
+    server.deploy_with("fraud-score", &["--version", "1.3.1"]);
     let meta: Value = server
         .get("/v2/tenants/default/models/fraud-score")
         .json()
         .unwrap();
     assert_eq!(meta["parameters"]["models"]["fraud"], "fraud-model@=1.2.0");
-    assert_eq!(meta["versions"], json!(["1.2.0", "1.2.1"]));
+    assert_eq!(meta["versions"], json!(["1.3.0", "1.3.1"]));
 
     // A GPU target on this CPU-only host is an explicit error at deploy.
     let err = server.cli_err(&[
@@ -304,13 +304,13 @@ fn open_inference_protocol_v2() {
     });
     for path in [
         "/v2/tenants/default/models/fraud-score/infer",
-        "/v2/tenants/default/models/fraud-score/versions/1.2.0/infer",
+        "/v2/tenants/default/models/fraud-score/versions/1.3.0/infer",
     ] {
         let resp = post_json(&server, path, &request);
         assert_eq!(resp.status(), 200);
         let out: Value = resp.json().unwrap();
         assert_eq!(out["model_name"], "fraud-score");
-        assert_eq!(out["model_version"], "1.2.0");
+        assert_eq!(out["model_version"], "1.3.0");
         assert_eq!(out["id"], "req-7");
         let outputs = out["outputs"].as_array().unwrap();
         assert_eq!(outputs.len(), 1, "only the requested output: {out}");
@@ -362,9 +362,13 @@ fn open_inference_protocol_v2() {
     assert!(s == 400 && e.contains("not an inference request"), "{e}");
     let (s, e) = error(
         "/v2/tenants/default/models/fraud-score/infer",
-        json!({ "inputs": [{ "name": "x", "shape": [2, 2], "datatype": "FP64", "data": [1, 2, 3, 4] }] }),
+        json!({ "inputs": [{ "name": "log_amount", "shape": [2, 2], "datatype": "FP64", "data": [1, 2, 3, 4] }] }),
     );
-    assert!(s == 400 && e.contains("[N, 1]"), "{e}");
+    // An n-d input reaches the function as a tensor; this one takes columns.
+    assert!(
+        s == 400 && e.contains("`log_amount` is tensor") && e.contains("one number per row"),
+        "{e}"
+    );
     // The function's own validation, passed through.
     let (s, e) = error(
         "/v2/tenants/default/models/fraud-score/infer",
@@ -633,10 +637,10 @@ fn dynamic_batching_gives_the_same_answers() {
     let batched: Vec<Value> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     assert_eq!(batched, alone, "batched scores differ from unbatched ones");
     let calls = server
-        .metric(r#"quiver_inference_computes{function="fraud-batched",tenant="default",version="1.2.0"}"#)
+        .metric(r#"quiver_inference_computes{function="fraud-batched",tenant="default",version="1.3.0"}"#)
         .unwrap();
     let runs = server
-        .metric(r#"quiver_inference_backend_runs{function="fraud-batched",tenant="default",version="1.2.0"}"#)
+        .metric(r#"quiver_inference_backend_runs{function="fraud-batched",tenant="default",version="1.3.0"}"#)
         .unwrap();
     eprintln!("{calls} compute calls ran as {runs} backend calls");
     assert_eq!(calls, rows.len() as f64);
@@ -646,7 +650,7 @@ fn dynamic_batching_gives_the_same_answers() {
     );
     // Unbatched: one run per call.
     let plain = server
-        .metric(r#"quiver_inference_backend_runs{function="fraud-score",tenant="default",version="1.2.0"}"#)
+        .metric(r#"quiver_inference_backend_runs{function="fraud-score",tenant="default",version="1.3.0"}"#)
         .unwrap();
     assert_eq!(plain, rows.len() as f64);
 }

@@ -212,7 +212,7 @@ fn tritonclient_grpc_infers_with_raw_tensors() {
     }
     // The same call path: its calls are counted like the REST route's.
     let calls = server.metric(
-        r#"quiver_invocations_total{function="fraud-score",status="200",tenant="default",version="1.2.0"}"#,
+        r#"quiver_invocations_total{function="fraud-score",status="200",tenant="default",version="1.3.0"}"#,
     );
     assert!(calls.unwrap_or(0.0) >= 2.0, "{calls:?}");
     server.assert_healthy();

@@ -419,7 +419,7 @@ fn drift_in_live_traffic_retrains_the_model_it_was_measured_against() {
         "fraud-score",
         &[
             "--set",
-            "function.version=1.3.0",
+            "function.version=1.4.0",
             "--set",
             "models.fraud=fraud-model@champion",
         ],

@@ -62,6 +62,12 @@ fn reference() -> Result<Vec<(String, f64, f64)>, Error> {
 fn numeric(c: &Column) -> Option<Vec<f64>> {
     match c {
         Column::Float64(v) => Some(v.iter().copied().filter(|x| x.is_finite()).collect()),
+        Column::Float32(v) => Some(
+            v.iter()
+                .map(|x| f64::from(*x))
+                .filter(|x| x.is_finite())
+                .collect(),
+        ),
         Column::Int64(v) => Some(v.iter().map(|x| *x as f64).collect()),
         _ => None,
     }
@@ -280,6 +286,11 @@ fn judge_window(
             (Distribution::Numerical(r), Column::Float64(v)) => {
                 compare_numbers(&column, r, &mine.iter().map(|&i| v[i]).collect::<Vec<_>>())
             }
+            (Distribution::Numerical(r), Column::Float32(v)) => compare_numbers(
+                &column,
+                r,
+                &mine.iter().map(|&i| f64::from(v[i])).collect::<Vec<_>>(),
+            ),
             (Distribution::Numerical(r), Column::Int64(v)) => compare_numbers(
                 &column,
                 r,

@@ -51,12 +51,7 @@ fn keys(b: &Batch, from: usize) -> HashSet<(String, i64)> {
 
 /// `b`'s rows at `idx`, in that order.
 fn take(b: &Batch, idx: &[usize]) -> Batch {
-    let pick = |c: &Column| match c {
-        Column::Float64(v) => Column::Float64(idx.iter().map(|&i| v[i]).collect()),
-        Column::Int64(v) => Column::Int64(idx.iter().map(|&i| v[i]).collect()),
-        Column::Text(v) => Column::Text(idx.iter().map(|&i| v[i].clone()).collect()),
-        Column::Boolean(v) => Column::Boolean(idx.iter().map(|&i| v[i]).collect()),
-    };
+    let pick = |c: &Column| c.select(idx);
     Batch {
         fields: b
             .fields
@@ -95,12 +90,8 @@ fn concat(mut a: Batch, b: Batch) -> Option<Batch> {
         if x.name != y.name {
             return None;
         }
-        match (&mut x.values, y.values) {
-            (Column::Float64(v), Column::Float64(w)) => v.extend(w),
-            (Column::Int64(v), Column::Int64(w)) => v.extend(w),
-            (Column::Text(v), Column::Text(w)) => v.extend(w),
-            (Column::Boolean(v), Column::Boolean(w)) => v.extend(w),
-            _ => return None,
+        if !x.values.append(y.values) {
+            return None;
         }
     }
     Some(a)

@@ -6,8 +6,8 @@
 use quiver_sdk::datasets::{self, Query};
 use quiver_sdk::{Batch, Column, Error, Report};
 
-fn positives(c: &Column) -> Vec<bool> {
-    match c {
+fn positives(c: &Column) -> Result<Vec<bool>, Error> {
+    Ok(match c {
         Column::Boolean(v) => v.clone(),
         Column::Int64(v) => v.iter().map(|x| *x != 0).collect(),
         Column::Float64(v) => v.iter().map(|x| *x != 0.0).collect(),
@@ -15,7 +15,16 @@ fn positives(c: &Column) -> Vec<bool> {
             .iter()
             .map(|s| matches!(s.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes"))
             .collect(),
-    }
+        other => match other.numbers() {
+            Some(v) => v.iter().map(|x| *x != 0.0).collect(),
+            None => {
+                return Err(Error::InvalidInput(format!(
+                    "a {} column cannot be read as labels",
+                    other.type_name()
+                )))
+            }
+        },
+    })
 }
 
 /// `7d`, `12h`, `30m`, `45s` as milliseconds.
@@ -52,8 +61,8 @@ fn observe(_inputs: Batch, _outputs: Batch) -> Result<Report, Error> {
     let mut metrics = vec![("labelled_rows".to_string(), rows.num_rows() as f64)];
     let mut alerts = Vec::new();
     if rows.num_rows() > 0 {
-        let predicted = positives(rows.column(&format!("out.{prediction}"))?);
-        let actual = positives(rows.column("label")?);
+        let predicted = positives(rows.column(&format!("out.{prediction}"))?)?;
+        let actual = positives(rows.column("label")?)?;
         let agree = predicted
             .iter()
             .zip(&actual)

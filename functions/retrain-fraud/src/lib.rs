@@ -17,15 +17,12 @@ const FEATURES: [&str; 4] = ["log_amount", "hour_of_day", "merchant_z", "merchan
 
 /// A feature column as f64, checked to have `rows` values.
 fn feature(batch: &Batch, name: &str, rows: usize) -> Result<Vec<f64>, Error> {
-    let v: Vec<f64> = match batch.column(name)? {
-        Column::Float64(v) => v.clone(),
-        Column::Int64(v) => v.iter().map(|x| *x as f64).collect(),
-        Column::Boolean(v) => v.iter().map(|b| f64::from(u8::from(*b))).collect(),
-        Column::Text(_) => {
-            return Err(Error::InvalidInput(format!(
-                "field `{name}` is text; the model takes numbers or booleans"
-            )))
-        }
+    let column = batch.column(name)?;
+    let Some(v) = column.numbers() else {
+        return Err(Error::InvalidInput(format!(
+            "field `{name}` is {}; the model takes numbers or booleans",
+            column.type_name()
+        )));
     };
     match v.len() == rows {
         true => Ok(v),
@@ -61,9 +58,10 @@ fn labels(batch: &Batch) -> Result<Vec<bool>, Error> {
                 other => Err(bad(i, &other)),
             })
             .collect(),
-        Column::Text(_) => Err(Error::InvalidInput(
-            "field `label` is text; expected booleans or 0/1".into(),
-        )),
+        other => Err(Error::InvalidInput(format!(
+            "field `label` is {}; expected booleans or 0/1",
+            other.type_name()
+        ))),
     }
 }
 

@@ -144,22 +144,12 @@ fn label_of(v: &Value) -> Option<bool> {
 
 /// The rows at `idx` of a column.
 fn take(c: &Column, idx: &[usize]) -> Column {
-    match c {
-        Column::Float64(v) => Column::Float64(idx.iter().map(|&i| v[i]).collect()),
-        Column::Int64(v) => Column::Int64(idx.iter().map(|&i| v[i]).collect()),
-        Column::Text(v) => Column::Text(idx.iter().map(|&i| v[i].clone()).collect()),
-        Column::Boolean(v) => Column::Boolean(idx.iter().map(|&i| v[i]).collect()),
-    }
+    crate::columns::select(c, idx)
 }
 
-/// A numeric column as f64 (booleans as 0/1); `None` for text.
+/// A numeric column as f64 (booleans as 0/1); `None` for text, bytes and tensors.
 fn numbers(c: &Column) -> Option<Vec<f64>> {
-    match c {
-        Column::Float64(v) => Some(v.clone()),
-        Column::Int64(v) => Some(v.iter().map(|x| *x as f64).collect()),
-        Column::Boolean(v) => Some(v.iter().map(|b| f64::from(u8::from(*b))).collect()),
-        Column::Text(_) => None,
-    }
+    crate::columns::numbers(c)
 }
 
 /// The reference distribution of one input: its sorted training values, or
@@ -358,7 +348,8 @@ impl Functions {
             }
             let Some(values) = numbers(&field.values) else {
                 return Err(invalid(format!(
-                    "input `{name}` is text; a model's inputs are numbers"
+                    "input `{name}` is {}; a trained model's inputs are one number per row",
+                    crate::columns::type_name(&field.values)
                 )));
             };
             columns.push((field, values));

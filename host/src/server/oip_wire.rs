@@ -6,15 +6,19 @@
 //! element. Binary outputs when the request asks (`parameters.binary_data_output`,
 //! or an output's `parameters.binary_data`).
 //!
-//! Tensors are one column each: shape `[N]` or `[N, 1]`. FP16/BF16/FP32/FP64
-//! become float64 columns, INT*/UINT* int64, BOOL boolean, BYTES text (UTF-8).
-//! Outputs come back as `[N]` tensors (FP64, INT64, BOOL, BYTES).
+//! A tensor of shape `[N]` or `[N, 1]` is one column: FP32 a float32 column,
+//! FP16/BF16/FP64 float64, INT*/UINT* int64, BOOL boolean, BYTES text (UTF-8) or
+//! bytes (binary, not UTF-8). Any other shape (up to 8 dimensions, the first the
+//! rows) is a tensor field of the same element type (FP16, BF16, FP32, FP64,
+//! INT8, UINT8, INT32, INT64, BOOL; the others have no tensor element type and
+//! are refused). Outputs go back the same way: a column as `[N]` (FP64, FP32,
+//! INT64, BOOL, BYTES), a tensor with its own shape and type.
 //!
 //! Every size comes from the client: each is checked against the bytes that
 //! came (the body is bounded) before anything is allocated from it.
 
 use super::ApiError;
-use crate::bindings::{Batch, Column, Field};
+use crate::bindings::{Batch, Column, ElementType, Field, Tensor};
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{json, Map, Value};
 
@@ -144,22 +148,72 @@ fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
     }
 }
 
-/// The rows a tensor of `shape` holds, for shapes this mapping takes (`[N]`,
-/// `[N, 1]`), checked (a negative `N`) before anything is sized from it.
-fn tensor_rows(name: &str, shape: &[i64]) -> Result<usize, ApiError> {
-    let n = match shape {
-        [n] | [n, 1] => *n,
-        other => {
-            return Err(bad(format!(
-                "input `{name}` has shape {other:?}; this function takes one column per tensor: [N] or [N, 1]"
-            )))
-        }
-    };
-    usize::try_from(n).map_err(|_| {
-        bad(format!(
-            "input `{name}` has shape {shape:?}: a dimension is negative"
-        ))
+/// How an input maps onto a batch field: one column of `N` values (`[N]`,
+/// `[N, 1]`), or a tensor of these dimensions.
+enum Layout {
+    Column(usize),
+    Tensor(Vec<u32>),
+}
+
+/// The layout of a tensor of `shape`, checked (negative, huge, too many
+/// dimensions) before anything is sized from it.
+fn layout(name: &str, shape: &[i64]) -> Result<Layout, ApiError> {
+    let max = crate::columns::MAX_RANK;
+    if shape.is_empty() || shape.len() > max {
+        return Err(bad(format!(
+            "input `{name}` has shape {shape:?}: 1 to {max} dimensions, the first the rows"
+        )));
+    }
+    let dims = shape
+        .iter()
+        .map(|d| u32::try_from(*d))
+        .collect::<Result<Vec<u32>, _>>()
+        .map_err(|_| {
+            bad(format!(
+                "input `{name}` has shape {shape:?}: a dimension is negative or over {}",
+                u32::MAX
+            ))
+        })?;
+    if crate::columns::elements(&dims).is_none_or(|n| n.checked_mul(8).is_none()) {
+        return Err(bad(format!(
+            "input `{name}` has shape {shape:?}: more elements than this host can address"
+        )));
+    }
+    Ok(match dims.as_slice() {
+        [n] | [n, 1] => Layout::Column(*n as usize),
+        _ => Layout::Tensor(dims),
     })
+}
+
+/// The tensor element type of an OIP datatype, if it has one.
+fn tensor_element(datatype: &str) -> Option<ElementType> {
+    Some(match datatype {
+        "FP16" => ElementType::Float16,
+        "BF16" => ElementType::Bfloat16,
+        "FP32" => ElementType::Float32,
+        "FP64" => ElementType::Float64,
+        "INT8" => ElementType::Int8,
+        "UINT8" => ElementType::Uint8,
+        "INT32" => ElementType::Int32,
+        "INT64" => ElementType::Int64,
+        "BOOL" => ElementType::Boolean,
+        _ => return None,
+    })
+}
+
+/// The OIP datatype of a tensor element type.
+fn datatype_of(e: ElementType) -> &'static str {
+    match e {
+        ElementType::Float16 => "FP16",
+        ElementType::Bfloat16 => "BF16",
+        ElementType::Float32 => "FP32",
+        ElementType::Float64 => "FP64",
+        ElementType::Int8 => "INT8",
+        ElementType::Uint8 => "UINT8",
+        ElementType::Int32 => "INT32",
+        ElementType::Int64 => "INT64",
+        ElementType::Boolean => "BOOL",
+    }
 }
 
 /// The inclusive range of an integer datatype, as i64 (UINT64's top half does
@@ -196,14 +250,18 @@ pub(crate) fn request_batch(inputs: &[InputTensor], binary: &mut &[u8]) -> Resul
         return Err(bad("the request has no inputs"));
     }
     let mut fields = Vec::with_capacity(inputs.len());
-    let mut rows: Option<usize> = None;
+    let mut rows: Option<(usize, &InputTensor)> = None;
     for t in inputs {
-        let n = tensor_rows(&t.name, &t.shape)?;
-        if *rows.get_or_insert(n) != n {
+        let layout = layout(&t.name, &t.shape)?;
+        let n = match &layout {
+            Layout::Column(n) => *n,
+            Layout::Tensor(dims) => dims[0] as usize,
+        };
+        let (first, by) = *rows.get_or_insert((n, t));
+        if first != n {
             return Err(bad(format!(
-                "input `{}` has {n} rows, other inputs have {}",
-                t.name,
-                rows.unwrap_or(0)
+                "input `{}` of shape {:?} has {n} rows, `{}` of shape {:?} {first}: every input's first dimension is the rows",
+                t.name, t.shape, by.name, by.shape
             )));
         }
         if element_size(&t.datatype).is_none() && t.datatype != "BYTES" {
@@ -237,7 +295,10 @@ pub(crate) fn request_batch(inputs: &[InputTensor], binary: &mut &[u8]) -> Resul
                 )))
             }
             (None, None) => return Err(bad(format!("input `{}` has no `data`", t.name))),
-            (None, Some(data)) => json_column(t, n, data)?,
+            (None, Some(data)) => match layout {
+                Layout::Column(n) => json_column(t, n, data)?,
+                Layout::Tensor(dims) => json_tensor(t, dims, data)?,
+            },
             (Some(size), None) => {
                 if size > binary.len() {
                     return Err(bad(format!(
@@ -248,7 +309,10 @@ pub(crate) fn request_batch(inputs: &[InputTensor], binary: &mut &[u8]) -> Resul
                 }
                 let (bytes, rest) = binary.split_at(size);
                 *binary = rest;
-                binary_column(t, n, bytes)?
+                match layout {
+                    Layout::Column(n) => binary_column(t, n, bytes)?,
+                    Layout::Tensor(dims) => binary_tensor(t, dims, bytes)?,
+                }
             }
         };
         fields.push(Field {
@@ -257,6 +321,95 @@ pub(crate) fn request_batch(inputs: &[InputTensor], binary: &mut &[u8]) -> Resul
         });
     }
     Ok(Batch { fields })
+}
+
+/// The tensor element type of `t`'s datatype, or why it has none.
+fn element_of(t: &InputTensor) -> Result<ElementType, ApiError> {
+    tensor_element(&t.datatype).ok_or_else(|| {
+        bad(format!(
+            "input `{}` has shape {:?}: a {} input must be [N] or [N, 1]; n-d tensors are FP16, BF16, FP32, FP64, INT8, UINT8, INT32, INT64 or BOOL",
+            t.name, t.shape, t.datatype
+        ))
+    })
+}
+
+fn json_tensor(t: &InputTensor, dims: Vec<u32>, data: &Value) -> Result<Column, ApiError> {
+    let element = element_of(t)?;
+    let mut flat = Vec::new();
+    flatten(data, &mut flat);
+    // `layout` checked the product fits.
+    let want = crate::columns::elements(&dims).unwrap_or(usize::MAX);
+    if flat.len() != want {
+        return Err(bad(format!(
+            "input `{}`: shape {:?} needs {want} values, data has {}",
+            t.name,
+            t.shape,
+            flat.len()
+        )));
+    }
+    let wrong = |i: usize, want: &str| {
+        bad(format!(
+            "input `{}` ({}): element {i} is {}, not {want}",
+            t.name, t.datatype, flat[i]
+        ))
+    };
+    // Sized from the data that came (bounded by the body).
+    let mut bytes = Vec::with_capacity(flat.len() * crate::columns::element_size(element));
+    for (i, v) in flat.iter().enumerate() {
+        match element {
+            ElementType::Boolean => {
+                bytes.push(u8::from(v.as_bool().ok_or_else(|| wrong(i, "a boolean"))?))
+            }
+            ElementType::Float16
+            | ElementType::Bfloat16
+            | ElementType::Float32
+            | ElementType::Float64 => {
+                let x = v.as_f64().ok_or_else(|| wrong(i, "a number"))?;
+                match element {
+                    ElementType::Float16 => bytes.extend(half::f16::from_f64(x).to_le_bytes()),
+                    ElementType::Bfloat16 => bytes.extend(half::bf16::from_f64(x).to_le_bytes()),
+                    ElementType::Float32 => bytes.extend((x as f32).to_le_bytes()),
+                    _ => bytes.extend(x.to_le_bytes()),
+                }
+            }
+            _ => {
+                // Checked by `element_of`: an integer datatype with a range.
+                let (lo, hi) = int_range(&t.datatype).unwrap_or((i64::MIN, i64::MAX));
+                let x = v
+                    .as_i64()
+                    .filter(|x| (lo..=hi).contains(x))
+                    .ok_or_else(|| wrong(i, &format!("an integer in {lo}..={hi}")))?;
+                match element {
+                    ElementType::Int8 => bytes.extend((x as i8).to_le_bytes()),
+                    ElementType::Uint8 => bytes.push(x as u8),
+                    ElementType::Int32 => bytes.extend((x as i32).to_le_bytes()),
+                    _ => bytes.extend(x.to_le_bytes()),
+                }
+            }
+        }
+    }
+    Ok(Column::Tensor(Tensor {
+        shape: dims,
+        element,
+        data: bytes,
+    }))
+}
+
+fn binary_tensor(t: &InputTensor, dims: Vec<u32>, bytes: &[u8]) -> Result<Column, ApiError> {
+    let element = element_of(t)?;
+    let tensor = Tensor {
+        shape: dims,
+        element,
+        data: bytes.to_vec(),
+    };
+    crate::columns::check_tensor(&t.name, &tensor).map_err(|e| {
+        bad(format!(
+            "input {} (binary_data_size {})",
+            e.trim_start_matches("field "),
+            bytes.len()
+        ))
+    })?;
+    Ok(Column::Tensor(tensor))
 }
 
 fn json_column(t: &InputTensor, n: usize, data: &Value) -> Result<Column, ApiError> {
@@ -279,7 +432,17 @@ fn json_column(t: &InputTensor, n: usize, data: &Value) -> Result<Column, ApiErr
         ))
     };
     Ok(match t.datatype.as_str() {
-        "FP16" | "BF16" | "FP32" | "FP64" => Column::Float64(
+        "FP32" => Column::Float32(
+            data.iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    v.as_f64()
+                        .map(|x| x as f32)
+                        .ok_or_else(|| wrong(i, "a number"))
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        "FP16" | "BF16" | "FP64" => Column::Float64(
             data.iter()
                 .enumerate()
                 .map(|(i, v)| v.as_f64().ok_or_else(|| wrong(i, "a number")))
@@ -340,13 +503,7 @@ fn binary_column(t: &InputTensor, n: usize, bytes: &[u8]) -> Result<Column, ApiE
                 )));
             }
             let (s, tail) = tail.split_at(len);
-            let s = std::str::from_utf8(s).map_err(|_| {
-                bad(format!(
-                    "input `{name}` (BYTES): element {} is not UTF-8 text",
-                    out.len()
-                ))
-            })?;
-            out.push(s.to_string());
+            out.push(s);
             rest = tail;
         }
         if out.len() != n {
@@ -356,7 +513,17 @@ fn binary_column(t: &InputTensor, n: usize, bytes: &[u8]) -> Result<Column, ApiE
                 out.len()
             )));
         }
-        return Ok(Column::Text(out));
+        // Text when every element is UTF-8, else opaque bytes.
+        return Ok(
+            match out
+                .iter()
+                .map(|s| std::str::from_utf8(s))
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(text) => Column::Text(text.into_iter().map(str::to_string).collect()),
+                Err(_) => Column::Bytes(out.into_iter().map(<[u8]>::to_vec).collect()),
+            },
+        );
     }
     // Checked by the caller: a fixed-size datatype.
     let size = element_size(&t.datatype).unwrap_or(1);
@@ -393,7 +560,12 @@ fn binary_column(t: &InputTensor, n: usize, bytes: &[u8]) -> Result<Column, ApiE
     Ok(match t.datatype.as_str() {
         "FP16" => floats(|c| half::f16::from_le_bytes(arr(c)).to_f64()),
         "BF16" => floats(|c| half::bf16::from_le_bytes(arr(c)).to_f64()),
-        "FP32" => floats(|c| f32::from_le_bytes(arr(c)).into()),
+        "FP32" => Column::Float32(
+            bytes
+                .chunks_exact(size)
+                .map(|c| f32::from_le_bytes(arr(c)))
+                .collect(),
+        ),
         "FP64" => floats(|c| f64::from_le_bytes(arr(c))),
         "INT8" => ints(|c| Some(i8::from_le_bytes(arr(c)).into()))?,
         "INT16" => ints(|c| Some(i16::from_le_bytes(arr(c)).into()))?,
@@ -438,6 +610,20 @@ pub(crate) fn response_tensors(
             )));
         }
     }
+    crate::columns::check_batch(out).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "bad_output",
+            format!("the function returned {e}"),
+        )
+    })?;
+    let internal = |f: &Field, what: &str| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("output `{}`: {what}", f.name),
+        )
+    };
     let mut tensors = Vec::with_capacity(out.fields.len());
     let mut binary = Vec::new();
     for f in &out.fields {
@@ -446,49 +632,91 @@ pub(crate) fn response_tensors(
             continue;
         }
         let as_binary = asked.and_then(|(_, b)| *b).unwrap_or(wanted.binary_default);
-        let (datatype, n) = match &f.values {
-            Column::Float64(v) => ("FP64", v.len()),
-            Column::Int64(v) => ("INT64", v.len()),
-            Column::Boolean(v) => ("BOOL", v.len()),
-            Column::Text(v) => ("BYTES", v.len()),
+        let n = crate::columns::rows(&f.values);
+        let (datatype, shape): (&str, Vec<u32>) = match &f.values {
+            Column::Float64(_) => ("FP64", vec![n as u32]),
+            Column::Float32(_) => ("FP32", vec![n as u32]),
+            Column::Int64(_) => ("INT64", vec![n as u32]),
+            Column::Boolean(_) => ("BOOL", vec![n as u32]),
+            Column::Text(_) | Column::Bytes(_) => ("BYTES", vec![n as u32]),
+            Column::Tensor(t) => (datatype_of(t.element), t.shape.clone()),
         };
-        let mut t = json!({ "name": f.name, "datatype": datatype, "shape": [n] });
+        let mut t = json!({ "name": f.name, "datatype": datatype, "shape": shape });
         if as_binary {
             let start = binary.len();
+            let mut strings = |items: &mut dyn Iterator<Item = &[u8]>| -> Result<(), ApiError> {
+                for s in items {
+                    let len = u32::try_from(s.len())
+                        .map_err(|_| internal(f, "an element is over 4 GiB"))?;
+                    binary.extend_from_slice(&len.to_le_bytes());
+                    binary.extend_from_slice(s);
+                }
+                Ok(())
+            };
             match &f.values {
+                Column::Text(v) => strings(&mut v.iter().map(|s| s.as_bytes()))?,
+                Column::Bytes(v) => strings(&mut v.iter().map(Vec::as_slice))?,
                 Column::Float64(v) => v
+                    .iter()
+                    .for_each(|x| binary.extend_from_slice(&x.to_le_bytes())),
+                Column::Float32(v) => v
                     .iter()
                     .for_each(|x| binary.extend_from_slice(&x.to_le_bytes())),
                 Column::Int64(v) => v
                     .iter()
                     .for_each(|x| binary.extend_from_slice(&x.to_le_bytes())),
                 Column::Boolean(v) => binary.extend(v.iter().map(|b| u8::from(*b))),
-                Column::Text(v) => {
-                    for s in v {
-                        let len = u32::try_from(s.len()).map_err(|_| {
-                            ApiError::new(
-                                StatusCode::INTERNAL_SERVER_ERROR,
-                                "internal",
-                                format!("output `{}`: an element is over 4 GiB", f.name),
-                            )
-                        })?;
-                        binary.extend_from_slice(&len.to_le_bytes());
-                        binary.extend_from_slice(s.as_bytes());
-                    }
-                }
+                Column::Tensor(t) => binary.extend_from_slice(&t.data),
             }
             t["parameters"] = json!({ "binary_data_size": binary.len() - start });
         } else {
             t["data"] = match &f.values {
                 Column::Float64(v) => json!(v),
+                Column::Float32(v) => json!(v),
                 Column::Int64(v) => json!(v),
                 Column::Boolean(v) => json!(v),
                 Column::Text(v) => json!(v),
+                Column::Bytes(v) => {
+                    let text: Result<Vec<&str>, _> =
+                        v.iter().map(|b| std::str::from_utf8(b)).collect();
+                    json!(text.map_err(|_| bad(format!(
+                        "output `{}` holds bytes that are not UTF-8: ask for it with binary_data",
+                        f.name
+                    )))?)
+                }
+                Column::Tensor(t) => tensor_json(t),
             };
         }
         tensors.push(t);
     }
     Ok((tensors, binary))
+}
+
+/// A checked tensor's elements as a flat JSON array (row-major, as OIP sends them).
+fn tensor_json(t: &Tensor) -> Value {
+    let size = crate::columns::element_size(t.element);
+    Value::Array(
+        t.data
+            .chunks_exact(size)
+            .map(|c| match t.element {
+                ElementType::Boolean => Value::from(c[0] == 1),
+                ElementType::Int8 | ElementType::Uint8 | ElementType::Int32 => {
+                    Value::from(crate::columns::element_f64(t.element, c) as i64)
+                }
+                ElementType::Int64 => {
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(c);
+                    Value::from(i64::from_le_bytes(a))
+                }
+                ElementType::Float32 => {
+                    let mut a = [0u8; 4];
+                    a.copy_from_slice(c);
+                    json!(f32::from_le_bytes(a))
+                }
+                e => json!(crate::columns::element_f64(e, c)),
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -578,9 +806,17 @@ mod props {
     fn check(batch: &Batch, inputs: &[InputTensor]) -> Result<(), TestCaseError> {
         prop_assert_eq!(batch.fields.len(), inputs.len());
         for (f, t) in batch.fields.iter().zip(inputs) {
-            let n = crate::convert::column_len(&f.values);
             let want: i64 = t.shape.iter().product();
-            prop_assert_eq!(n as i64, want);
+            match &f.values {
+                Column::Tensor(x) => {
+                    let shape: Vec<i64> = x.shape.iter().map(|d| i64::from(*d)).collect();
+                    prop_assert_eq!(&shape, &t.shape);
+                    prop_assert!(crate::columns::check_tensor(&f.name, x).is_ok());
+                    let size = crate::columns::element_size(x.element) as i64;
+                    prop_assert_eq!(x.data.len() as i64, want * size);
+                }
+                other => prop_assert_eq!(crate::convert::column_len(other) as i64, want),
+            }
         }
         Ok(())
     }
@@ -650,7 +886,7 @@ mod props {
         body.extend(half::f16::from_f64(-4.0).to_le_bytes());
         let req = parse(&header(&json.len().to_string()), &body).unwrap();
         let col = |i: usize| &req.batch.fields[i].values;
-        assert!(matches!(col(0), Column::Float64(v) if v == &[1.5, -2.0]));
+        assert!(matches!(col(0), Column::Float32(v) if v == &[1.5, -2.0]));
         assert!(matches!(col(1), Column::Text(v) if v == &["hi", "!"]));
         assert!(matches!(col(2), Column::Int64(v) if v == &[7, 255]));
         assert!(matches!(col(3), Column::Float64(v) if v == &[0.5, -4.0]));
@@ -666,6 +902,80 @@ mod props {
         let mut want = 7i64.to_le_bytes().to_vec();
         want.extend(255i64.to_le_bytes());
         assert_eq!(binary, want);
+    }
+
+    #[test]
+    fn n_d_tensors_come_in_and_go_back_with_their_shape_and_type() {
+        let pixels: Vec<u8> = (0..24).collect();
+        let json = json!({
+            "inputs": [
+                {"name": "image", "shape": [2, 3, 2, 2], "datatype": "UINT8",
+                 "parameters": {"binary_data_size": 24}},
+                {"name": "ids", "shape": [2, 3], "datatype": "INT64", "data": [[1, 2, 3], [4, 5, 6]]},
+                {"name": "mask", "shape": [2, 3], "datatype": "BOOL", "data": [true, true, false, true, false, false]},
+                {"name": "blob", "shape": [2], "datatype": "BYTES",
+                 "parameters": {"binary_data_size": 10}},
+            ],
+            "outputs": [{"name": "image", "parameters": {"binary_data": true}}, {"name": "ids"}, {"name": "mask"}],
+        })
+        .to_string();
+        let mut body = json.clone().into_bytes();
+        body.extend(&pixels);
+        body.extend(1u32.to_le_bytes());
+        body.push(0xff);
+        body.extend(1u32.to_le_bytes());
+        body.push(0x00);
+        let req = parse(&header(&json.len().to_string()), &body).unwrap();
+        let col = |i: usize| &req.batch.fields[i].values;
+        let Column::Tensor(image) = col(0) else {
+            panic!("a tensor: {:?}", col(0))
+        };
+        assert_eq!(image.shape, [2, 3, 2, 2]);
+        assert_eq!(image.element, ElementType::Uint8);
+        assert_eq!(image.data, pixels);
+        let Column::Tensor(ids) = col(1) else {
+            panic!("a tensor")
+        };
+        assert_eq!((ids.element, ids.data.len()), (ElementType::Int64, 48));
+        assert_eq!(ids.data[24..32], 4i64.to_le_bytes());
+        assert!(
+            matches!(col(3), Column::Bytes(v) if v == &[vec![0xff], vec![0]]),
+            "not UTF-8: bytes"
+        );
+        let (tensors, binary) = response_tensors(&req.batch, &req.outputs).unwrap();
+        assert_eq!(tensors[0]["shape"], json!([2, 3, 2, 2]));
+        assert_eq!(tensors[0]["datatype"], "UINT8");
+        assert_eq!(tensors[0]["parameters"]["binary_data_size"], 24);
+        assert_eq!(binary, pixels);
+        assert_eq!(tensors[1]["data"], json!([1, 2, 3, 4, 5, 6]));
+        assert_eq!(tensors[1]["shape"], json!([2, 3]));
+        assert_eq!(
+            tensors[2]["data"],
+            json!([true, true, false, true, false, false])
+        );
+        // A guest's tensor that lies about its shape is the function's fault.
+        let lying = Batch {
+            fields: vec![Field {
+                name: "y".into(),
+                values: Column::Tensor(Tensor {
+                    shape: vec![1, 4],
+                    element: ElementType::Float32,
+                    data: vec![0; 4],
+                }),
+            }],
+        };
+        let e = response_tensors(
+            &lying,
+            &Outputs {
+                wanted: vec![],
+                binary_default: false,
+            },
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.status, e.message.contains("needs 16 bytes")),
+            (StatusCode::BAD_GATEWAY, true)
+        );
     }
 
     #[test]
@@ -701,8 +1011,48 @@ mod props {
             ),
             (one(t("BYTES", json!([1]), 3), &[0; 3], None), "cut short"),
             (
-                one(t("BYTES", json!([1]), 5), &[1, 0, 0, 0, 0xff], None),
-                "not UTF-8",
+                one(t("FP32", json!([2, 3]), 20), &[0; 20], None),
+                "needs 24 bytes of data, it has 20",
+            ),
+            (
+                one(t("BOOL", json!([1, 2]), 2), &[1, 2], None),
+                "element 1 is byte 2",
+            ),
+            (
+                one(t("INT16", json!([2, 2]), 8), &[0; 8], None),
+                "n-d tensors are FP16",
+            ),
+            (
+                one(
+                    t("UINT8", json!([1, 1, 1, 1, 1, 1, 1, 1, 1]), 1),
+                    &[0],
+                    None,
+                ),
+                "1 to 8 dimensions",
+            ),
+            (
+                one(
+                    t(
+                        "UINT8",
+                        json!([4_000_000_000u64, 4_000_000_000u64, 4_000_000_000u64]),
+                        1,
+                    ),
+                    &[0],
+                    None,
+                ),
+                "more elements than this host can address",
+            ),
+            (
+                one(t("UINT8", json!([65536, 65536, 65536]), 1), &[0], None),
+                "needs 281474976710656 bytes of data, it has 1",
+            ),
+            (
+                one(
+                    json!({"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [1, 2, 3]}),
+                    &[],
+                    None,
+                ),
+                "needs 4 values, data has 3",
             ),
             (
                 one(t("FP32", json!([1]), 4), &[0; 4], Some("99999")),
@@ -712,7 +1062,10 @@ mod props {
                 one(t("FP32", json!([1]), 4), &[0; 4], Some("-1")),
                 "not a byte count",
             ),
-            (one(t("FP32", json!([i64::MAX]), 4), &[0; 4], None), "needs"),
+            (
+                one(t("FP32", json!([i64::MAX]), 4), &[0; 4], None),
+                "negative or over",
+            ),
             (
                 one(
                     json!({"name": "x", "shape": [1], "datatype": "INT8", "data": [300]}),
