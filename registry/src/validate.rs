@@ -25,6 +25,9 @@ pub fn world_of_kind(kind: &str) -> Option<(&'static str, &'static str)> {
     })
 }
 
+/// The version of the `quiver:ml` package (`wit/quiver.wit`) this host links.
+pub const QUIVER_ML_VERSION: &str = "0.2.0";
+
 pub const KINDS: &str = "ingest, transform, inference, monitor, trainer, http";
 
 fn invalid(msg: impl Into<String>) -> RegistryError {
@@ -108,6 +111,18 @@ pub fn validate_component(
             inspection.exports.join(", ")
         )));
     }
+    // Quiver's own interfaces are versioned with the host: a component built
+    // against another version of `quiver:ml` would fail to link, for a reason the
+    // linker words badly.
+    if let Some(old) = inspection
+        .imports
+        .iter()
+        .find(|i| i.starts_with("quiver:ml/") && !i.ends_with(&format!("@{QUIVER_ML_VERSION}")))
+    {
+        return Err(invalid(format!(
+            "component imports `{old}`; this host speaks quiver:ml@{QUIVER_ML_VERSION}: rebuild it with this release's quiver-sdk"
+        )));
+    }
     for import in &inspection.imports {
         let name = unversioned(import);
         let ok = provided.iter().any(|p| match p.strip_suffix("/*") {
@@ -173,5 +188,20 @@ mod tests {
         )
         .unwrap();
         assert!(err(&sneaky, "transform").contains("imports `acme:secrets/vault@1.0.0`"));
+
+        let old = wat::parse_str(
+            r#"(component
+                 (import "quiver:ml/log@0.1.0" (instance))
+                 (core module $m (func (export "f")))
+                 (core instance $i (instantiate $m))
+                 (func $f (canon lift (core func $i "f")))
+                 (export "transform" (func $f)))"#,
+        )
+        .unwrap();
+        let e = err(&old, "transform");
+        assert!(
+            e.contains("quiver:ml/log@0.1.0") && e.contains("speaks quiver:ml@0.2.0"),
+            "{e}"
+        );
     }
 }
