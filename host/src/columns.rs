@@ -31,6 +31,23 @@ pub fn element_name(e: ElementType) -> &'static str {
     }
 }
 
+/// The tensor element type of an OIP / KServe datatype (`FP32`, `UINT8`...), if
+/// it has one.
+pub fn element_of_datatype(datatype: &str) -> Option<ElementType> {
+    Some(match datatype {
+        "FP16" => ElementType::Float16,
+        "BF16" => ElementType::Bfloat16,
+        "FP32" => ElementType::Float32,
+        "FP64" => ElementType::Float64,
+        "INT8" => ElementType::Int8,
+        "UINT8" => ElementType::Uint8,
+        "INT32" => ElementType::Int32,
+        "INT64" => ElementType::Int64,
+        "BOOL" => ElementType::Boolean,
+        _ => return None,
+    })
+}
+
 /// Rows of a column: its length, or a tensor's first dimension.
 pub fn rows(c: &Column) -> usize {
     match c {

@@ -14,6 +14,21 @@ impl ElementType {
             ElementType::Float64 | ElementType::Int64 => 8,
         }
     }
+
+    /// The WIT name (`float32`, `int64`...), for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            ElementType::Float16 => "float16",
+            ElementType::Bfloat16 => "bfloat16",
+            ElementType::Float32 => "float32",
+            ElementType::Float64 => "float64",
+            ElementType::Int8 => "int8",
+            ElementType::Uint8 => "uint8",
+            ElementType::Int32 => "int32",
+            ElementType::Int64 => "int64",
+            ElementType::Boolean => "boolean",
+        }
+    }
 }
 
 /// Element types a Rust slice can be viewed as.

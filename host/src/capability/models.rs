@@ -57,6 +57,14 @@ impl Capability for Models {
     }
 }
 
+fn spec(t: &crate::nn::TensorSpec) -> crate::bindings::inference::quiver::ml::models::TensorSpec {
+    crate::bindings::inference::quiver::ml::models::TensorSpec {
+        name: t.name.clone(),
+        element: crate::columns::element_of_datatype(&t.datatype),
+        shape: t.shape.clone(),
+    }
+}
+
 impl crate::bindings::inference::quiver::ml::models::Host for HostState {
     fn list_models(&mut self) -> Vec<crate::bindings::inference::quiver::ml::models::ModelInfo> {
         self.models
@@ -68,6 +76,8 @@ impl crate::bindings::inference::quiver::ml::models::Host for HostState {
                     name: m.name.clone(),
                     version: m.version.clone(),
                     digest: m.digest.clone(),
+                    inputs: m.inputs.iter().map(spec).collect(),
+                    outputs: m.outputs.iter().map(spec).collect(),
                 },
             )
             .collect()

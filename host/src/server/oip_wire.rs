@@ -185,20 +185,8 @@ fn layout(name: &str, shape: &[i64]) -> Result<Layout, ApiError> {
     })
 }
 
-/// The tensor element type of an OIP datatype, if it has one.
 fn tensor_element(datatype: &str) -> Option<ElementType> {
-    Some(match datatype {
-        "FP16" => ElementType::Float16,
-        "BF16" => ElementType::Bfloat16,
-        "FP32" => ElementType::Float32,
-        "FP64" => ElementType::Float64,
-        "INT8" => ElementType::Int8,
-        "UINT8" => ElementType::Uint8,
-        "INT32" => ElementType::Int32,
-        "INT64" => ElementType::Int64,
-        "BOOL" => ElementType::Boolean,
-        _ => return None,
-    })
+    crate::columns::element_of_datatype(datatype)
 }
 
 /// The OIP datatype of a tensor element type.
