@@ -217,13 +217,16 @@ pub struct InferenceSection {
     pub outputs: Vec<TensorDecl>,
 }
 
-/// A named, typed, one-dimensional tensor (a batch column): `{ name, datatype }`
-/// with KServe v2 datatypes (FP64, INT64, BOOL, BYTES...).
+/// A named, typed tensor: `{ name, datatype, shape? }` with KServe v2 datatypes
+/// (FP64, INT64, BOOL, BYTES...); `shape` as the model declares it (-1: any),
+/// `[-1]` (a batch column) when absent.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TensorDecl {
     pub name: String,
     pub datatype: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape: Option<Vec<i64>>,
 }
 
 /// `[inference]` resolved: execution target and batching.

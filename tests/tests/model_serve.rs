@@ -90,9 +90,52 @@ fn onnx_models_of_every_rank_and_type_serve_with_no_code() {
     let mut names: Vec<&String> = reference.as_object().unwrap().keys().collect();
     names.sort();
     assert_eq!(names, ["image", "multi", "pixels", "tokens"]);
+    // With no function source: `models push --serve` for three, `serve-model` for one.
     for name in &names {
-        serve(&server, dir.path(), name);
+        let file = dir.path().join(format!("{name}.onnx"));
+        let file = file.to_str().unwrap();
+        match name.as_str() {
+            "multi" => {
+                server.push_model(file, name, "1.0.0");
+                let out = server.cli_ok(&["serve-model", "multi@^1"]);
+                assert!(out.contains("as function multi@1.0.0"), "{out}");
+            }
+            _ => {
+                let out = server.cli_ok(&[
+                    "models",
+                    "push",
+                    file,
+                    "--name",
+                    name,
+                    "--version",
+                    "1.0.0",
+                    "--serve",
+                ]);
+                assert!(
+                    out.contains(&format!("served as function {name}@1.0.0")),
+                    "{out}"
+                );
+            }
+        }
     }
+    // OIP metadata is the model's own: names, datatypes, shapes (-1: any).
+    let meta: Value = server
+        .get("/v2/tenants/default/models/tokens")
+        .json()
+        .unwrap();
+    assert_eq!(
+        meta["inputs"],
+        json!([
+            {"name": "input_ids", "datatype": "INT64", "shape": [-1, 6]},
+            {"name": "attention_mask", "datatype": "INT64", "shape": [-1, 6]},
+        ]),
+        "{meta}"
+    );
+    assert_eq!(
+        meta["outputs"],
+        json!([{"name": "embedding", "datatype": "FP32", "shape": [-1, 8]}]),
+        "{meta}"
+    );
     for name in &names {
         let r = &reference[name.as_str()];
         let resp = server
@@ -104,6 +147,11 @@ fn onnx_models_of_every_rank_and_type_serve_with_no_code() {
         assert_eq!(resp.status(), 200, "{name}");
         assert_matches(name, &resp.json().unwrap(), r);
     }
+    let err = server.cli_err(&["serve-model", "image@^2"]);
+    assert!(
+        err.contains("no version of model `image` matches `^2`"),
+        "{err}"
+    );
     server.assert_healthy();
 }
 

@@ -9,6 +9,7 @@ mod features_load;
 mod feedback;
 mod logs;
 mod models;
+mod serve_model;
 mod tenancy;
 
 use crate::manifest::Manifest;
@@ -365,6 +366,15 @@ enum Command {
     /// Models in the registry (ONNX), bound by inference functions in `[models]`.
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// Serve a stored model with no code: NAME@RANGE (`resnet@^1`) deploys the
+    /// first-party inference function bound to it, as function NAME (or --name) at
+    /// the newest matching version, so `/v2/models/NAME/infer` answers.
+    ServeModel {
+        model: String,
+        /// The function's name (default: the model's).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Tenants, their quotas and grants (platform admin).
     #[command(subcommand)]
     Tenants(tenancy::TenantsCommand),
@@ -514,6 +524,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Models(cmd) => models::run(&client, cmd, cli.json).await,
+        Command::ServeModel { model, name } => {
+            let (model_name, req) = crate::functions::split_ref(&model);
+            let req = req.unwrap_or("*");
+            let record = serve_model::newest_matching(&client, model_name, req).await?;
+            let function = name.as_deref().unwrap_or(model_name);
+            let out = serve_model::serve(&client, &record, req, function).await?;
+            match cli.json {
+                true => println!("{out}"),
+                false => println!(
+                    "serving model {model_name}@{} as function {}@{}: POST /v2/models/{}/infer",
+                    s(&record["version"]),
+                    s(&out["name"]),
+                    s(&out["version"]),
+                    s(&out["name"])
+                ),
+            }
+            Ok(())
+        }
         Command::Tenants(cmd) => tenancy::tenants(&client, cmd, cli.json).await,
         Command::Keys(cmd) => keys(cmd, cli.json),
         Command::Tokens(cmd) => tenancy::tokens(&client, cmd, cli.json).await,

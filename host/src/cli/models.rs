@@ -28,6 +28,11 @@ pub enum ModelsCommand {
         /// Lineage: the version of this model it was trained from.
         #[arg(long)]
         parent: Option<String>,
+        /// Serve it with no code: deploy the first-party inference function as
+        /// function NAME@VERSION bound to this version, so `/v2/models/NAME/infer`
+        /// answers (`quiver rollback NAME` goes back to the previous model).
+        #[arg(long)]
+        serve: bool,
     },
     /// Point an alias (`champion`, `challenger`...) at a version; `[models] m =
     /// "NAME@ALIAS"` follows it. Every move is kept: `quiver models history`.
@@ -174,6 +179,7 @@ pub async fn run(client: &Client, cmd: ModelsCommand, json_out: bool) -> anyhow:
             trainer,
             metrics,
             parent,
+            serve,
         } => {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
@@ -182,7 +188,17 @@ pub async fn run(client: &Client, cmd: ModelsCommand, json_out: bool) -> anyhow:
                 "version": version,
                 "lineage": lineage(dataset_digest, trainer, &metrics, parent)?,
             });
-            let out = client.push_model(&meta, bytes).await?;
+            let mut out = client.push_model(&meta, bytes).await?;
+            let served = match serve {
+                true => {
+                    let version = s(&out["version"]).to_string();
+                    let f = super::serve_model::serve(client, &out, &format!("={version}"), &name)
+                        .await?;
+                    out["served"] = f.clone();
+                    Some(f)
+                }
+                false => None,
+            };
             if !json_out {
                 println!(
                     "{} model {}@{} ({} bytes) {}",
@@ -197,6 +213,14 @@ pub async fn run(client: &Client, cmd: ModelsCommand, json_out: bool) -> anyhow:
                 );
                 println!("  inputs  {}", tensors(&out["inputs"]));
                 println!("  outputs {}", tensors(&out["outputs"]));
+                if let Some(f) = served {
+                    println!(
+                        "served as function {}@{}: POST /v2/models/{}/infer",
+                        s(&f["name"]),
+                        s(&f["version"]),
+                        s(&f["name"])
+                    );
+                }
                 return Ok(());
             }
             out

@@ -106,7 +106,10 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
 fn tensor_decls(decls: &[crate::manifest::TensorDecl]) -> Vec<Value> {
     decls
         .iter()
-        .map(|d| json!({ "name": d.name, "datatype": d.datatype, "shape": [-1] }))
+        .map(|d| {
+            let shape = d.shape.clone().unwrap_or_else(|| vec![-1]);
+            json!({ "name": d.name, "datatype": d.datatype, "shape": shape })
+        })
         .collect()
 }
 
