@@ -78,9 +78,9 @@ impl<'a> TensorView<'a> {
     pub fn values<T: Element>(&self) -> Result<Cow<'a, [T]>, Error> {
         if self.element != T::TYPE {
             return Err(Error::InvalidInput(format!(
-                "a {:?} tensor read as {:?}",
-                self.element,
-                T::TYPE
+                "a tensor of {} read as {}",
+                self.element.name(),
+                T::TYPE.name()
             )));
         }
         if !self.data.len().is_multiple_of(self.element.size()) {

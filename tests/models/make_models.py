@@ -9,7 +9,10 @@ with no code (functions/model-serve) and compares against.
   multi   f32 x [N,3] -> sum [N,1], doubled [N,3], argmax i64 [N]
 
 Usage: make_models.py OUT_DIR -> OUT_DIR/<name>.onnx and OUT_DIR/reference.json
-({name: {"inputs": {name: {"datatype", "shape", "data"}}, "outputs": {...}}}).
+({name: {"inputs": {name: {"datatype", "shape", "data"}}, "outputs": {...}}}), and
+OUT_DIR/pipeline.json: what functions/vision-pipeline (image-prep → the image model →
+top-class) must answer for uint8 images [6, 8, 8, 3], computed here with numpy and
+onnxruntime ({"image": {...}, "class": [...], "probability": [...]}).
 """
 
 import json
@@ -118,6 +121,24 @@ def tensor(a):
             "data": a.flatten().tolist()}
 
 
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def vision_pipeline(image_model):
+    # Noise over six different tints and brightnesses, so that the classes differ.
+    tint = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 0, 0], [1, 1, 1]])
+    noise = rng.integers(0, 64, (6, 8, 8, 3))
+    images = np.clip(noise + 190 * tint[:, None, None, :], 0, 255).astype(np.uint8)
+    x = ((images.astype(np.float32) / 255.0 - MEAN) / STD).transpose(0, 3, 1, 2)
+    session = ort.InferenceSession(str(image_model), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {"pixels": np.ascontiguousarray(x)})
+    e = np.exp(logits.astype(np.float64) - logits.max(axis=1, keepdims=True))
+    probability = (e / e.sum(axis=1, keepdims=True)).max(axis=1)
+    return {"image": tensor(images), "class": logits.argmax(axis=1).tolist(),
+            "probability": probability.tolist()}
+
+
 def main():
     out = pathlib.Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
@@ -134,6 +155,7 @@ def main():
             "outputs": {n: tensor(v) for n, v in zip(names, got)},
         }
     (out / "reference.json").write_text(json.dumps(reference, indent=1))
+    (out / "pipeline.json").write_text(json.dumps(vision_pipeline(out / "image.onnx")))
     print(json.dumps({"models": sorted(reference), "onnxruntime": ort.__version__,
                       "onnx": onnx.__version__}))
 

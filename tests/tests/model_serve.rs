@@ -246,7 +246,84 @@ fn binary_tensors_in_and_out_and_refusals_that_name_the_model_inputs() {
     bad(
         "image",
         json!({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 192], "data": vec![0.0; 192]}]}),
-        "the model takes rank 4",
+        "has shape [1, 192]; the model takes [-1, 3, 8, 8]",
+    );
+    bad(
+        "image",
+        json!({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 3, 8, 9], "data": vec![0.0; 216]}]}),
+        "has shape [1, 3, 8, 9]; the model takes [-1, 3, 8, 8]",
+    );
+    server.assert_healthy();
+}
+
+#[test]
+fn a_transform_model_transform_pipeline_classifies_uint8_images() {
+    let dir = tempfile::tempdir().unwrap();
+    make_models(dir.path());
+    let want: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("pipeline.json")).unwrap()).unwrap();
+    let server = Server::start();
+    let file = dir.path().join("image.onnx");
+    server.cli_ok(&[
+        "models",
+        "push",
+        file.to_str().unwrap(),
+        "--name",
+        "vision",
+        "--version",
+        "1.0.0",
+        "--serve",
+    ]);
+    server.deploy("image-prep");
+    server.deploy("top-class");
+    server.deploy("vision-pipeline");
+    let image = &want["image"];
+    let body = json!({"inputs": [{"name": "image", "datatype": "UINT8",
+        "shape": image["shape"], "data": image["data"]}]});
+    let resp = server
+        .http()
+        .post(format!("{}{}", server.url, infer_path("vision-pipeline")))
+        .json(&body)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let got: Value = resp.json().unwrap();
+    let output = |name: &str| {
+        got["outputs"]
+            .as_array()
+            .and_then(|o| o.iter().find(|t| t["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name}: {got}"))
+    };
+    let class = output("class");
+    assert_eq!(class["datatype"], "INT64");
+    assert_eq!(class["data"], want["class"], "{got}");
+    let probability = output("probability");
+    assert_eq!(probability["shape"], json!([6]));
+    for (g, w) in probability["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(want["probability"].as_array().unwrap())
+    {
+        let (g, w) = (g.as_f64().unwrap(), w.as_f64().unwrap());
+        assert!((g - w).abs() < 1e-4, "probability {g} vs onnxruntime's {w}");
+    }
+    // The first stage refuses what is not an image, naming what it takes.
+    let resp = server
+        .http()
+        .post(format!("{}{}", server.url, infer_path("vision-pipeline")))
+        .json(
+            &json!({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 2, 2, 3],
+            "data": vec![0.5; 12]}]}),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().unwrap();
+    assert!(
+        v["error"].as_str().unwrap().contains("send uint8 images"),
+        "{v}"
     );
     server.assert_healthy();
 }

@@ -93,13 +93,15 @@ fn serve(input: Batch) -> Result<Batch, Error> {
                         element.name()
                     )));
                 }
-                if t.shape.len() != spec.shape.len() {
+                let fits = t.shape.len() == spec.shape.len()
+                    && t.shape
+                        .iter()
+                        .zip(&spec.shape)
+                        .all(|(d, want)| *want < 0 || i64::from(*d) == *want);
+                if !fits {
                     return Err(invalid(format!(
-                        "input `{}` has shape {:?}; the model takes rank {} ({:?}, -1 any)",
-                        spec.name,
-                        t.shape,
-                        spec.shape.len(),
-                        spec.shape
+                        "input `{}` has shape {:?}; the model takes {:?} (-1: any size)",
+                        spec.name, t.shape, spec.shape
                     )));
                 }
                 passed.push((spec.name.clone(), TensorView::of(t)));

@@ -82,16 +82,26 @@ pub type Timed<'a> = Pin<Box<dyn Future<Output = Duration> + Send + 'a>>;
 /// first (on caches the previous call left cold) or last.
 pub async fn interleaved<'env, const N: usize>(
     iters: usize,
+    call: impl FnMut(usize) -> Timed<'env>,
+) -> Vec<[Duration; N]> {
+    interleaved_after(WARM_UP, iters, call).await
+}
+
+/// [`interleaved`] after `warm_up` untimed iterations (fewer than [`WARM_UP`] for
+/// models whose one call takes tens of milliseconds).
+pub async fn interleaved_after<'env, const N: usize>(
+    warm_up: usize,
+    iters: usize,
     mut call: impl FnMut(usize) -> Timed<'env>,
 ) -> Vec<[Duration; N]> {
     let mut samples = Vec::with_capacity(iters);
-    for i in 0..WARM_UP + iters {
+    for i in 0..warm_up + iters {
         let mut sample = [Duration::ZERO; N];
         for k in 0..N {
             let path = (i + k) % N;
             sample[path] = call(path).await;
         }
-        if i >= WARM_UP {
+        if i >= warm_up {
             samples.push(sample);
         }
     }

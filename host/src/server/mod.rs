@@ -29,7 +29,7 @@ mod logs;
 mod models;
 mod monitors;
 mod oip;
-mod oip_wire;
+pub mod oip_wire;
 mod tenants;
 pub mod tls;
 mod traffic;

@@ -70,6 +70,47 @@ pub(crate) struct Outputs {
     binary_default: bool,
 }
 
+/// The wire format without the call path, for a server that runs a model itself:
+/// the native peer of `scripts/bench-peers.sh` (`host/examples/native_oip.rs`),
+/// which decodes and encodes exactly as Quiver does, with no sandbox between.
+pub mod direct {
+    use crate::bindings::Batch;
+    use axum::http::HeaderMap;
+    use serde_json::json;
+
+    /// A decoded request: its tensors as a batch, and the outputs it asked for.
+    pub struct Decoded {
+        pub batch: Batch,
+        outputs: super::Outputs,
+    }
+
+    /// Decode a request body (JSON, or the binary extension per `headers`).
+    pub fn decode(headers: &HeaderMap, body: &[u8]) -> Result<Decoded, String> {
+        let req = super::parse(headers, body).map_err(|e| e.message().to_string())?;
+        Ok(Decoded {
+            batch: req.batch,
+            outputs: req.outputs,
+        })
+    }
+
+    /// The response body for `out`, and the JSON header's length when binary
+    /// outputs follow it.
+    pub fn encode(
+        model: &str,
+        out: &Batch,
+        asked: &Decoded,
+    ) -> Result<(Vec<u8>, Option<usize>), String> {
+        let (outputs, binary) =
+            super::response_tensors(out, &asked.outputs).map_err(|e| e.message().to_string())?;
+        let mut body = json!({ "model_name": model, "outputs": outputs })
+            .to_string()
+            .into_bytes();
+        let header = (!binary.is_empty()).then_some(body.len());
+        body.extend_from_slice(&binary);
+        Ok((body, header))
+    }
+}
+
 /// A parameter that must be a boolean when present.
 fn flag(
     params: &Option<Map<String, Value>>,
