@@ -20,7 +20,7 @@ use common::{columns, interleaved_after, on_worker, took};
 use quiver_host::bindings::{Batch, Column, ElementType, Field};
 use quiver_host::manifest::ResolvedLimits;
 use quiver_host::nn::{Batching, BoundModel, BoundModels, Executor, InferencePool, OnnxBackend};
-use quiver_host::runtime::{Allocator, Invocation, Prepared, Runtime, MAX_IDLE};
+use quiver_host::runtime::{Invocation, MAX_IDLE};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -103,22 +103,10 @@ fn main() {
     if cfg!(feature = "ort") && std::env::var("ORT_DYLIB_PATH").is_ok() {
         backends.push(OnnxBackend::Ort);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio");
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let runtime = Runtime::new(tmp.path(), Allocator::Pooling).expect("runtime");
+    let (rt, _dir, runtime) = common::inference_runtimes();
     let bytes = std::fs::read(common::repo().join("host/first-party/model-serve.wasm"))
         .expect("host/first-party/model-serve.wasm");
-    let component = runtime
-        .component("bench-model-serve", || Ok(bytes))
-        .expect("compile");
-    let Prepared::Inference(pre) = runtime.prepare("inference", &component).expect("prepare")
-    else {
-        panic!("model-serve is an inference function");
-    };
+    let pre = common::prepare_inference(&runtime, "bench-model-serve", bytes);
     let pool = InferencePool::new(1, 64).expect("pool");
     println!(
         "{:<10} {:<7} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>8} {:>8} {:>10} {:>10}",

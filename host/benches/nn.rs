@@ -24,7 +24,7 @@ use common::{columns, guest_nanos, interleaved, on_worker, took};
 use quiver_host::bindings::{Batch, Column, Field};
 use quiver_host::manifest::ResolvedLimits;
 use quiver_host::nn::{Batching, BoundModel, BoundModels, Executor, InferencePool, OnnxBackend};
-use quiver_host::runtime::{Allocator, Invocation, Prepared, Runtime, MAX_IDLE};
+use quiver_host::runtime::{Invocation, MAX_IDLE};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tract_onnx::prelude::{tvec, IntoTValue as _, Tensor};
@@ -85,28 +85,9 @@ fn main() {
             backends.push((OnnxBackend::Ort, "gpu"));
         }
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let runtime = Runtime::new(dir.path(), Allocator::Pooling).expect("runtime");
-    let bytes = common::wasm("fraud_score");
-    let component = runtime
-        .component("bench-nn", || Ok(bytes))
-        .expect("compile");
-    let Prepared::Inference(pre) = runtime.prepare("inference", &component).expect("prepare")
-    else {
-        panic!("fraud-score is an inference function");
-    };
-    let probe_bytes = common::wasm("nn_probe");
-    let probe = runtime
-        .component("bench-nn-probe", || Ok(probe_bytes))
-        .expect("compile");
-    let Prepared::Inference(probe) = runtime.prepare("inference", &probe).expect("prepare") else {
-        panic!("nn-probe is an inference function");
-    };
+    let (rt, _dir, runtime) = common::inference_runtimes();
+    let pre = common::prepare_inference(&runtime, "bench-nn", common::wasm("fraud_score"));
+    let probe = common::prepare_inference(&runtime, "bench-nn-probe", common::wasm("nn_probe"));
     let pool = InferencePool::new(1, 64).expect("pool");
 
     println!(

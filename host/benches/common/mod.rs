@@ -107,3 +107,36 @@ pub async fn interleaved_after<'env, const N: usize>(
     }
     samples
 }
+
+/// What the inference benches run on: a tokio runtime of two workers (as the
+/// server's), and a wasmtime runtime in a scratch dir (removed when the returned
+/// `TempDir` drops).
+pub fn inference_runtimes() -> (
+    tokio::runtime::Runtime,
+    tempfile::TempDir,
+    std::sync::Arc<quiver_host::runtime::Runtime>,
+) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime =
+        quiver_host::runtime::Runtime::new(dir.path(), quiver_host::runtime::Allocator::Pooling)
+            .expect("runtime");
+    (rt, dir, runtime)
+}
+
+/// An inference function's component, compiled under `key` and prepared.
+pub fn prepare_inference(
+    runtime: &quiver_host::runtime::Runtime,
+    key: &str,
+    bytes: Vec<u8>,
+) -> quiver_host::bindings::inference::InferencePre<quiver_host::runtime::HostState> {
+    let component = runtime.component(key, || Ok(bytes)).expect("compile");
+    match runtime.prepare("inference", &component).expect("prepare") {
+        quiver_host::runtime::Prepared::Inference(pre) => pre,
+        _ => panic!("{key} is not an inference function"),
+    }
+}
