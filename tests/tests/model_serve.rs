@@ -152,6 +152,28 @@ fn onnx_models_of_every_rank_and_type_serve_with_no_code() {
         err.contains("no version of model `image` matches `^2`"),
         "{err}"
     );
+    // An alias is followed: served as it points now, bound to the alias.
+    server.cli_ok(&["models", "alias", "tokens", "champion", "1.0.0"]);
+    let out = server.cli_ok(&[
+        "serve-model",
+        "tokens@champion",
+        "--name",
+        "tokens-champion",
+    ]);
+    assert!(
+        out.contains("serving model tokens@1.0.0 as function tokens-champion@1.0.0"),
+        "{out}"
+    );
+    let resp = server
+        .http()
+        .post(format!("{}{}", server.url, infer_path("tokens-champion")))
+        .json(&json_request(&reference["tokens"]))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_matches("tokens", &resp.json().unwrap(), &reference["tokens"]);
+    let err = server.cli_err(&["serve-model", "tokens@nope"]);
+    assert!(err.contains("model `tokens` has no alias `nope`"), "{err}");
     server.assert_healthy();
 }
 

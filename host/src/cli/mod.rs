@@ -366,9 +366,10 @@ enum Command {
     /// Models in the registry (ONNX), bound by inference functions in `[models]`.
     #[command(subcommand)]
     Models(models::ModelsCommand),
-    /// Serve a stored model with no code: NAME@RANGE (`resnet@^1`) deploys the
-    /// first-party inference function bound to it, as function NAME (or --name) at
-    /// the newest matching version, so `/v2/models/NAME/infer` answers.
+    /// Serve a stored model with no code: NAME@RANGE (`resnet@^1`) or NAME@ALIAS
+    /// (`resnet@champion`, followed as it moves) deploys the first-party inference
+    /// function bound to it, as function NAME (or --name) at the version it
+    /// resolves to now, so `/v2/models/NAME/infer` answers.
     ServeModel {
         model: String,
         /// The function's name (default: the model's).

@@ -68,15 +68,26 @@ pub async fn serve(
         .await
 }
 
-/// The newest version of model `name` that `req` (a semver range) matches.
+/// The version of model `name` that `req` names: where an alias (`champion`)
+/// points now, or the newest version a semver range matches.
 pub async fn newest_matching(client: &Client, name: &str, req: &str) -> anyhow::Result<Value> {
-    let range = semver::VersionReq::parse(req)
-        .with_context(|| format!("`{req}` is not a version range (`^1`, `=1.2.0`)"))?;
-    let out = client.get(&format!("models/{name}/versions")).await?;
-    out["versions"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let versions = client.get(&format!("models/{name}/versions")).await?;
+    let versions = versions["versions"].as_array().cloned().unwrap_or_default();
+    if req.starts_with(|c: char| c.is_ascii_lowercase()) {
+        let aliases = client.get(&format!("models/{name}/aliases")).await?;
+        let target = aliases["aliases"][req]
+            .as_str()
+            .with_context(|| format!("model `{name}` has no alias `{req}`"))?;
+        return versions
+            .into_iter()
+            .find(|m| m["version"] == target)
+            .with_context(|| format!("`{name}@{req}` points at {target}, which is gone"));
+    }
+    let range = semver::VersionReq::parse(req).with_context(|| {
+        format!("`{req}` is neither an alias nor a version range (`^1`, `=1.2.0`)")
+    })?;
+    versions
+        .iter()
         .filter_map(|m| {
             let v = semver::Version::parse(m["version"].as_str()?).ok()?;
             range.matches(&v).then_some((v, m))
