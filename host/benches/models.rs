@@ -18,9 +18,7 @@ mod common;
 use common::{columns, interleaved_after, on_worker, took};
 
 use quiver_host::bindings::{Batch, Column, ElementType, Field};
-use quiver_host::manifest::ResolvedLimits;
-use quiver_host::nn::{Batching, BoundModel, BoundModels, Executor, InferencePool, OnnxBackend};
-use quiver_host::runtime::{Invocation, MAX_IDLE};
+use quiver_host::nn::{Batching, Executor, InferencePool, OnnxBackend};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -160,29 +158,14 @@ fn main() {
                 Batching::OFF,
             ));
             let graph = quiver_host::nn::graph(exec);
-            let info = BoundModel {
-                alias: "model".into(),
-                name: name.into(),
-                version: "1.0.0".into(),
-                digest: "sha256:bench".into(),
-                inputs: model.inputs.clone(),
-                outputs: model.outputs.clone(),
-            };
-            let mut inv = Invocation::new(
-                ResolvedLimits {
-                    memory_bytes: 256 << 20,
-                    timeout: Duration::from_secs(30),
-                },
+            let inv = common::invocation_with_model(
                 "bench/model-serve@1.0.0",
-                MAX_IDLE,
-            );
-            inv.models = Some(Arc::new(BoundModels::new(
-                "bench",
-                Batching::OFF,
+                256 << 20,
+                Duration::from_secs(30),
+                "model",
+                &model,
                 &pool,
-                64,
-                vec![(info, model.clone())],
-            )));
+            );
             let (runtime, pre, batch) = (runtime.clone(), pre.clone(), batch.clone());
             let native_model = model.clone();
             let samples: Vec<[Duration; 3]> = on_worker(&rt, async move {

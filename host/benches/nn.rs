@@ -22,9 +22,7 @@ mod common;
 use common::{columns, guest_nanos, interleaved, on_worker, took};
 
 use quiver_host::bindings::{Batch, Column, Field};
-use quiver_host::manifest::ResolvedLimits;
-use quiver_host::nn::{Batching, BoundModel, BoundModels, Executor, InferencePool, OnnxBackend};
-use quiver_host::runtime::{Invocation, MAX_IDLE};
+use quiver_host::nn::{Batching, Executor, InferencePool, OnnxBackend};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tract_onnx::prelude::{tvec, IntoTValue as _, Tensor};
@@ -161,53 +159,27 @@ fn main() {
             let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
             let t =
                 wasmtime_wasi_nn::Tensor::new(vec![case.rows as u32, 4], TensorType::Fp32, data);
-            let info = BoundModel {
-                alias: "fraud".into(),
-                name: "bench-model".into(),
-                version: "1.0.0".into(),
-                digest: "sha256:bench".into(),
-                inputs: model.inputs.clone(),
-                outputs: model.outputs.clone(),
-            };
-            let mut inv = Invocation::new(
-                ResolvedLimits {
-                    memory_bytes: 64 << 20,
-                    timeout: Duration::from_secs(10),
-                },
+            let inv = common::invocation_with_model(
                 "bench/fraud-score@1.0.0",
-                MAX_IDLE,
-            );
-            let probe_info = BoundModel {
-                alias: "model".into(),
-                ..info.clone()
-            };
-            inv.models = Some(Arc::new(BoundModels::new(
-                "bench",
-                Batching::OFF,
+                64 << 20,
+                Duration::from_secs(10),
+                "fraud",
+                &model,
                 &pool,
-                64,
-                vec![(info, model.clone())],
-            )));
+            );
+            let mut probe_inv = common::invocation_with_model(
+                "bench/nn-probe@1.0.0",
+                64 << 20,
+                Duration::from_secs(60),
+                "model",
+                &model,
+                &pool,
+            );
             let config = [
                 ("input".to_string(), model.inputs[0].name.clone()),
                 ("calls".to_string(), "1".to_string()),
             ];
-            let mut probe_inv = Invocation::new(
-                ResolvedLimits {
-                    memory_bytes: 64 << 20,
-                    timeout: Duration::from_secs(60),
-                },
-                "bench/nn-probe@1.0.0",
-                MAX_IDLE,
-            );
             probe_inv.config = Arc::new(config.into_iter().collect());
-            probe_inv.models = Some(Arc::new(BoundModels::new(
-                "bench",
-                Batching::OFF,
-                &pool,
-                64,
-                vec![(probe_info, model.clone())],
-            )));
             // Interleaved call by call, in a task on a runtime worker, as the server
             // runs a request.
             let (runtime, pre, inv, input) =

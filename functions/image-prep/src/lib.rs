@@ -53,6 +53,16 @@ fn prep(input: Batch) -> Result<Batch, Error> {
     }
     let px = image.values::<u8>()?;
     let (n, h, w, c) = (n as usize, h as usize, w as usize, c as usize);
+    let want = [n, h, w, c]
+        .iter()
+        .try_fold(1usize, |a, d| a.checked_mul(*d));
+    if want != Some(px.len()) {
+        return Err(invalid(format!(
+            "`{name}` has shape {:?} but {} bytes of data",
+            image.shape,
+            px.len()
+        )));
+    }
     let mut nchw = vec![0f32; px.len()];
     for i in 0..n {
         for y in 0..h {

@@ -60,12 +60,29 @@ fn column_tensor(
     })
 }
 
-fn serve(input: Batch) -> Result<Batch, Error> {
+std::thread_local! {
+    /// The bound model's alias and description, read once per instance: an
+    /// instance serves one deployment, whose bindings do not change.
+    static BOUND: std::cell::OnceCell<(String, std::rc::Rc<nn::ModelInfo>)> =
+        const { std::cell::OnceCell::new() };
+}
+
+fn bound() -> Result<(String, std::rc::Rc<nn::ModelInfo>), Error> {
+    if let Some(b) = BOUND.with(|b| b.get().cloned()) {
+        return Ok(b);
+    }
     let alias = quiver_sdk::config("model").unwrap_or_else(|| "model".into());
     let info = nn::list_models()
         .into_iter()
         .find(|m| m.alias == alias)
         .ok_or_else(|| Error::Internal(format!("no model is bound as `{alias}`")))?;
+    let b = (alias, std::rc::Rc::new(info));
+    BOUND.with(|cell| cell.set(b.clone()).ok());
+    Ok(b)
+}
+
+fn serve(input: Batch) -> Result<Batch, Error> {
+    let (alias, info) = bound()?;
     // Columns become tensors here; tensor fields are borrowed as they came.
     let mut made: Vec<(String, Tensor)> = Vec::new();
     let mut passed: Vec<(String, TensorView<'_>)> = Vec::new();

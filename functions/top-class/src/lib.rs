@@ -16,6 +16,12 @@ fn top(input: Batch) -> Result<Batch, Error> {
         return Err(Error::InvalidInput(format!("`{name}` has no classes")));
     }
     let values = logits.f32s()?;
+    if (n as usize).checked_mul(k as usize) != Some(values.len()) {
+        return Err(Error::InvalidInput(format!(
+            "`{name}` has shape [{n}, {k}] but {} values",
+            values.len()
+        )));
+    }
     let (mut class, mut probability) = (
         Vec::with_capacity(n as usize),
         Vec::with_capacity(n as usize),

@@ -140,3 +140,38 @@ pub fn prepare_inference(
         _ => panic!("{key} is not an inference function"),
     }
 }
+
+/// An invocation of `function` (`bench/NAME@VERSION`) with `model` bound as
+/// `alias`, batching off, on `pool`.
+pub fn invocation_with_model(
+    function: &str,
+    memory_bytes: usize,
+    timeout: Duration,
+    alias: &str,
+    model: &std::sync::Arc<quiver_host::nn::OnnxModel>,
+    pool: &std::sync::Arc<quiver_host::nn::InferencePool>,
+) -> quiver_host::runtime::Invocation {
+    use quiver_host::nn::{Batching, BoundModel, BoundModels};
+    let info = BoundModel {
+        alias: alias.into(),
+        name: "bench-model".into(),
+        version: "1.0.0".into(),
+        digest: "sha256:bench".into(),
+        inputs: model.inputs.clone(),
+        outputs: model.outputs.clone(),
+    };
+    let limits = quiver_host::manifest::ResolvedLimits {
+        memory_bytes,
+        timeout,
+    };
+    let mut inv =
+        quiver_host::runtime::Invocation::new(limits, function, quiver_host::runtime::MAX_IDLE);
+    inv.models = Some(std::sync::Arc::new(BoundModels::new(
+        "bench",
+        Batching::OFF,
+        pool,
+        64,
+        vec![(info, model.clone())],
+    )));
+    inv
+}

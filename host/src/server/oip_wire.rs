@@ -226,10 +226,6 @@ fn layout(name: &str, shape: &[i64]) -> Result<Layout, ApiError> {
     })
 }
 
-fn tensor_element(datatype: &str) -> Option<ElementType> {
-    crate::columns::element_of_datatype(datatype)
-}
-
 /// The OIP datatype of a tensor element type.
 fn datatype_of(e: ElementType) -> &'static str {
     match e {
@@ -354,7 +350,7 @@ pub(crate) fn request_batch(inputs: &[InputTensor], binary: &mut &[u8]) -> Resul
 
 /// The tensor element type of `t`'s datatype, or why it has none.
 fn element_of(t: &InputTensor) -> Result<ElementType, ApiError> {
-    tensor_element(&t.datatype).ok_or_else(|| {
+    crate::columns::element_of_datatype(&t.datatype).ok_or_else(|| {
         bad(format!(
             "input `{}` has shape {:?}: a {} input must be [N] or [N, 1]; n-d tensors are FP16, BF16, FP32, FP64, INT8, UINT8, INT32, INT64 or BOOL",
             t.name, t.shape, t.datatype
